@@ -1,0 +1,257 @@
+"""CFRG: coarse-to-fine anomaly detection with recovery guidance.
+
+- teacher: frozen ImageNet CNN, features at strides 4/8/16
+- student: a different, randomly initialised CNN family with 1x1 adapters to the teacher's channels
+- recovery: bottleneck + decoder that rebuilds the teacher features of the normal image
+- segmentation head: teacher features weighted by student and recovery discrepancies -> logit map
+Test time: map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg), Gaussian sigma 4; score = max(map).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .backbones import build_teacher
+
+
+@dataclass
+class CFRGConfig:
+    image_size: tuple[int, int] = (256, 256)  # (height, width)
+    teacher: str = "efficientnet_lite0"
+    student_width: int = 32
+    recovery_width: int = 128
+    seg_width: int = 32
+    use_recovery: bool = True
+    use_segmentation: bool = True
+    gaussian_sigma: float = 4.0
+    colour_order: str = "RGB"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CFRGConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        if "image_size" in d:
+            d["image_size"] = tuple(int(v) for v in d["image_size"])
+        return cls(**d)
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(c, c)
+        self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class Student(nn.Module):
+    """Plain ResNet-style student (full convs, ReLU): heterogeneous to the MBConv teacher."""
+
+    def __init__(self, teacher_channels: Sequence[int], width: int = 32):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3, 2))
+        self.stage4 = _ResBlock(w)
+        self.down8 = conv_bn_relu(w, 2 * w, 3, 2)
+        self.stage8 = _ResBlock(2 * w)
+        self.down16 = conv_bn_relu(2 * w, 4 * w, 3, 2)
+        self.stage16 = _ResBlock(4 * w)
+        self.adapters = nn.ModuleList(
+            nn.Conv2d(c_in, c_t, 1) for c_in, c_t in zip((w, 2 * w, 4 * w), teacher_channels)
+        )
+
+    def forward(self, x):
+        f4 = self.stage4(self.stem(x))
+        f8 = self.stage8(self.down8(f4))
+        f16 = self.stage16(self.down16(f8))
+        return [a(f) for a, f in zip(self.adapters, (f4, f8, f16))]
+
+
+class Recovery(nn.Module):
+    """Reverse-distillation style: fuse teacher scales into a compact code at stride 32, decode back."""
+
+    def __init__(self, teacher_channels: Sequence[int], width: int = 128):
+        super().__init__()
+        c4, c8, c16 = teacher_channels
+        w = width
+        self.in4 = conv_bn_relu(c4, w // 4, 3, 4)
+        self.in8 = conv_bn_relu(c8, w // 4, 3, 2)
+        self.in16 = conv_bn_relu(c16, w // 2, 1, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(w, w), conv_bn_relu(w, 2 * w, 3, 2))  # stride 32 code
+        self.up16 = nn.Sequential(conv_bn_relu(2 * w, w), _ResBlock(w))
+        self.up8 = nn.Sequential(conv_bn_relu(w, w // 2), _ResBlock(w // 2))
+        self.up4 = nn.Sequential(conv_bn_relu(w // 2, w // 4), _ResBlock(w // 4))
+        self.out = nn.ModuleList(nn.Conv2d(c, ct, 1) for c, ct in zip((w // 4, w // 2, w), teacher_channels))
+
+    def forward(self, feats):
+        f4, f8, f16 = feats
+        code = self.fuse(torch.cat([self.in4(f4), self.in8(f8), self.in16(f16)], 1))
+        d16 = self.up16(F.interpolate(code, size=f16.shape[-2:], mode="bilinear", align_corners=False))
+        d8 = self.up8(F.interpolate(d16, size=f8.shape[-2:], mode="bilinear", align_corners=False))
+        d4 = self.up4(F.interpolate(d8, size=f4.shape[-2:], mode="bilinear", align_corners=False))
+        return [o(d) for o, d in zip(self.out, (d4, d8, d16))]
+
+
+class SegHead(nn.Module):
+    """Light decoder on discrepancy-weighted teacher features; logits at stride 4."""
+
+    def __init__(self, teacher_channels: Sequence[int], width: int = 32, n_weights: int = 2):
+        super().__init__()
+        self.proj = nn.ModuleList(
+            conv_bn_relu(c * n_weights + n_weights, width, 1) for c in teacher_channels
+        )
+        self.fuse = conv_bn_relu(3 * width, width)
+        self.logit = nn.Conv2d(width, 1, 1)
+
+    def forward(self, t_feats, discrepancies):
+        """discrepancies: per scale, a list of (N,1,h,w) maps in [0, 2]."""
+        size = t_feats[0].shape[-2:]
+        parts = []
+        for proj, t, ds in zip(self.proj, t_feats, discrepancies):
+            x = torch.cat([t * d for d in ds] + list(ds), 1)
+            x = proj(x)
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            parts.append(x)
+        return self.logit(self.fuse(torch.cat(parts, 1)))
+
+
+def cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity over channels, (N,1,H,W)."""
+    return 1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-6).unsqueeze(1)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = int(math.ceil(4 * sigma))  # as scipy.ndimage.gaussian_filter (truncate=4)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class GaussianBlur(nn.Module):
+    """Fixed separable Gaussian as two convolutions with reflect padding (ONNX/TensorRT friendly)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        k = gaussian_kernel1d(sigma)
+        self.radius = (k.numel() - 1) // 2
+        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+
+    def forward(self, x):
+        r = self.radius
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), self.kx)
+        return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), self.ky)
+
+
+class CFRG(nn.Module):
+    """Input: float RGB in [0, 1], NCHW, at config.image_size. Normalisation is inside."""
+
+    def __init__(self, config: CFRGConfig | None = None, pretrained_teacher: bool = True,
+                 teacher_weights: str | None = None):
+        super().__init__()
+        self.config = config = config or CFRGConfig()
+        self.teacher = build_teacher(config.teacher, config.image_size, teacher_weights, pretrained_teacher)
+        channels = [fi.channels for fi in self.teacher.feature_info]
+        self.register_buffer("mean", torch.tensor(self.teacher.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.teacher.std).view(1, 3, 1, 1), persistent=False)
+        self.student = Student(channels, config.student_width)
+        self.recovery = Recovery(channels, config.recovery_width) if config.use_recovery else None
+        n_weights = 1 + int(config.use_recovery)
+        self.seg = SegHead(channels, config.seg_width, n_weights) if config.use_segmentation else None
+        self.blur = GaussianBlur(config.gaussian_sigma)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen BN statistics
+        return self
+
+    def trainable_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("teacher.") and p.requires_grad]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.teacher(self.normalise(x))
+
+    def heads(self, x: torch.Tensor, t_feats: list[torch.Tensor]) -> dict:
+        """Student, recovery and segmentation outputs for input x with teacher features t_feats."""
+        s_feats = self.student(self.normalise(x))
+        d_s = [cos_distance(t, s) for t, s in zip(t_feats, s_feats)]
+        out = {"student": s_feats, "d_student": d_s}
+        weights = [[d.detach()] for d in d_s]
+        if self.recovery is not None:
+            r_feats = self.recovery(t_feats)
+            d_r = [cos_distance(t, r) for t, r in zip(t_feats, r_feats)]
+            out.update(recovery=r_feats, d_recovery=d_r)
+            for w, d in zip(weights, d_r):
+                w.append(d.detach())
+        if self.seg is not None:
+            out["seg_logit"] = self.seg(t_feats, weights)
+        return out
+
+    def anomaly_map(self, x: torch.Tensor, heads: dict) -> torch.Tensor:
+        """(N,1,H,W) smoothed map at input resolution."""
+        size = x.shape[-2:]
+        up = lambda m: F.interpolate(m, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
+        amap = sum(up(d) for d in coarse)
+        if self.seg is not None:
+            amap = amap + torch.sigmoid(up(heads["seg_logit"]))
+        return self.blur(amap)
+
+    def forward(self, x: torch.Tensor):
+        """Returns (anomaly_map (N,1,H,W), score (N,))."""
+        t_feats = self.teacher_features(x)
+        amap = self.anomaly_map(x, self.heads(x, t_feats))
+        return amap, amap.flatten(1).amax(1)
+
+
+def save_checkpoint(model: CFRG, path, extra: dict | None = None) -> None:
+    """model.pt: plain tensors and JSON-able values only (loads with weights_only=True)."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+    payload = {"format": "cfrg-checkpoint-1", "config": model.config.to_dict(), "state_dict": state,
+               "teacher_state_dict": model.teacher.state_dict(), "extra": extra or {}}
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    import os
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[CFRG, dict]:
+    import os
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train one with `cfrg train ... --out DIR` "
+                                f"and pass DIR/model.pt")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{path} is not a readable CFRG checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "cfrg-checkpoint-1":
+        raise ValueError(f"{path} is not a CFRG checkpoint (no 'cfrg-checkpoint-1' format tag)")
+    model = CFRG(CFRGConfig.from_dict(payload["config"]), pretrained_teacher=False)
+    model.teacher.load_state_dict(payload["teacher_state_dict"])
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith("teacher.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match its config (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]})")
+    model.eval()
+    return model, payload.get("extra", {})
