@@ -1,0 +1,286 @@
+"""Train CFRG on good images with synthetic defects, under a step count or a wall-clock budget."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdk.data import AnomalyDataset
+from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
+
+from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint
+from .synthesis import DefectSynthesizer
+
+
+@dataclass
+class TrainArgs:
+    data: str
+    category: str
+    out: str
+    image_size: tuple[int, int] = (256, 256)
+    teacher: str = "efficientnet_lite0"
+    teacher_weights: str | None = None
+    steps: int = 0  # 0: until the time budget ends
+    time_budget: float = 30.0  # minutes of training (evaluation time not counted)
+    batch_size: int = 8
+    lr: float = 2e-3
+    anomaly_prob: float = 0.7
+    seed: int = 0
+    eval_every: float = 0.0  # minutes between evaluations on the test split (0: only at the end)
+    eval_limit: int | None = None  # images in a periodic evaluation (None: all)
+    resume: bool = False
+    texture_dir: str | None = None
+    use_recovery: bool = True
+    use_segmentation: bool = True
+    threads: int = 0
+    progress: bool = True
+    final_eval: bool = True
+
+
+def _to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC RGB -> float NCHW in [0, 1], channels_last memory."""
+    x = torch.from_numpy(batch_u8).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    p = torch.sigmoid(logit)
+    pt = p * target + (1 - p) * (1 - target)
+    return ((1 - pt) ** gamma * bce).mean()
+
+
+def dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logit)
+    inter = (p * target).flatten(1).sum(1)
+    denom = (p + target).flatten(1).sum(1)
+    has = target.flatten(1).amax(1) > 0
+    if not has.any():
+        return logit.new_zeros(())
+    return (1 - (2 * inter + 1) / (denom + 1))[has].mean()
+
+
+def cfrg_losses(model: CFRG, x: torch.Tensor, t_clean: list[torch.Tensor], mask: torch.Tensor) -> dict:
+    """Distillation, recovery and segmentation losses for a synthetic batch.
+
+    Student and recovery both aim at the teacher's features of the clean image: on normal
+    pixels that pulls them onto the teacher, on defect pixels it pushes them away from the
+    teacher's (anomalous) features of the input.
+    """
+    t_in = model.teacher_features(x)
+    out = model.heads(x, t_in)
+    losses = {"student": sum(cos_distance(s, t).mean() for s, t in zip(out["student"], t_clean)) / 3}
+    if model.recovery is not None:
+        losses["recovery"] = sum(cos_distance(r, t).mean() for r, t in zip(out["recovery"], t_clean)) / 3
+    if model.seg is not None:
+        logit = out["seg_logit"]
+        target = F.adaptive_avg_pool2d(mask, logit.shape[-2:]).clamp_(0, 1)
+        losses["seg"] = 5.0 * focal_loss(logit, target) + dice_loss(logit, target)
+    losses["total"] = sum(losses.values())
+    return losses
+
+
+class BatchMaker:
+    """Synthetic batches made in a background thread; batch k depends only on (seed, k)."""
+
+    def __init__(self, images: np.ndarray, synth: DefectSynthesizer, batch_size: int, anomaly_prob: float,
+                 seed: int, start_step: int = 0, prefetch: int = 3):
+        self.images, self.synth, self.bs, self.p, self.seed = images, synth, batch_size, anomaly_prob, seed
+        self.q: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.step = start_step
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def make(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.integers(0, len(self.images), self.bs)
+        h, w = self.images.shape[1:3]
+        xs = np.empty((self.bs, h, w, 3), np.uint8)
+        masks = np.zeros((self.bs, 1, h, w), np.float32)
+        for j, i in enumerate(idx):
+            if rng.random() < self.p:
+                xs[j], masks[j, 0], _ = self.synth(self.images[i], rng)
+            else:
+                xs[j] = self.images[i]
+        return idx, xs, masks
+
+    def _run(self):
+        step = self.step
+        while not self.stop.is_set():
+            item = self.make(step)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def next(self):
+        return self.q.get()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool) -> np.ndarray:
+    from tqdm import tqdm
+    imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
+            for i in tqdm(range(len(dataset)), desc="load train", unit="img", disable=not progress, leave=False)]
+    return np.stack(imgs)
+
+
+@torch.no_grad()
+def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torch.Tensor]:
+    """Teacher features of every clean training image (float16, reused every step)."""
+    feats: list[list[torch.Tensor]] = [[], [], []]
+    for s in range(0, len(images), batch):
+        for k, f in enumerate(model.teacher_features(_to_tensor(images[s:s + batch]))):
+            feats[k].append(f.to(torch.float16).contiguous())
+    return [torch.cat(f) for f in feats]
+
+
+def torch_predictor(model: CFRG):
+    """A NumPy predictor (sdk.evaluate.Predictor) around the PyTorch model."""
+
+    @torch.inference_mode()
+    def predict(frames_u8: np.ndarray):
+        model.eval()
+        amap, score = model(_to_tensor(frames_u8))
+        return amap[:, 0].numpy(), score.numpy()
+
+    return predict
+
+
+def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> dict:
+    preds = predict_dataset(torch_predictor(model), test, model.config.image_size, progress=progress, limit=limit)
+    return evaluate(preds, test)
+
+
+def versions() -> dict:
+    import numpy
+    return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def train(args: TrainArgs) -> dict:
+    """Train and write OUT/model.pt, OUT/config.json (and OUT/last.pt for resuming)."""
+    from tqdm import tqdm
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set = AnomalyDataset(args.data, args.category, "train")
+    test_set = None
+    if args.eval_every or args.final_eval:
+        try:
+            test_set = AnomalyDataset(args.data, args.category, "test")
+        except Exception as exc:  # noqa: BLE001 - a missing test split only disables evaluation
+            print(f"no evaluation: {exc}")
+    config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
+                        use_recovery=args.use_recovery, use_segmentation=args.use_segmentation)
+    model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
+    images = load_train_images(train_set, config.image_size, args.progress)
+    cache = teacher_cache(model, images)
+    synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    step, elapsed, history = 0, 0.0, []
+    last = out / "last.pt"
+    if args.resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state["elapsed"], json.loads(state["history"])
+        print(f"resumed from {last} at step {step}, {elapsed / 60:.1f} min trained")
+    budget = args.time_budget * 60.0
+    total_steps = args.steps or None
+
+    def progress_fraction():
+        fr = elapsed / budget if budget > 0 else 0.0
+        if total_steps:
+            fr = max(fr, step / total_steps) if budget > 0 else step / total_steps
+        return min(fr, 1.0)
+
+    def save_last():
+        torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
+                    "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "history": json.dumps(history)}, f"{last}.tmp")
+        os.replace(f"{last}.tmp", last)
+
+    maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step)
+    bar = tqdm(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total}% [{elapsed}<{remaining}{postfix}]")
+    bar.update(100 * progress_fraction())
+    next_eval = elapsed + args.eval_every * 60 if args.eval_every else math.inf
+    next_save = elapsed + 60
+    model.train()
+    try:
+        while progress_fraction() < 1.0:
+            t0 = time.perf_counter()
+            idx, xs, masks = maker.next()
+            for g in opt.param_groups:
+                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
+            x = _to_tensor(xs)
+            t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
+            losses = cfrg_losses(model, x, t_clean, torch.from_numpy(masks))
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            step += 1
+            before = progress_fraction()
+            elapsed += time.perf_counter() - t0
+            bar.update(100 * (progress_fraction() - before))
+            if step % 10 == 0:
+                bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()} | {"step": step})
+            if elapsed >= next_save:
+                save_last()
+                next_save = elapsed + 60
+            if elapsed >= next_eval and test_set is not None:
+                res = run_eval(model, test_set, args.eval_limit, progress=False)
+                history.append({"step": step, "minutes": elapsed / 60,
+                                **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
+                bar.write(f"eval @ step {step} ({elapsed / 60:.1f} min): " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in history[-1].items() if k not in ("step", "minutes")))
+                model.train()
+                next_eval = elapsed + args.eval_every * 60
+    finally:
+        maker.close()
+        bar.close()
+    save_last()
+    summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
+               "history": history}
+    save_checkpoint(model, out / "model.pt", extra={"train": summary})
+    cfg = {"model": config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
+                                                for k, v in asdict(args).items()},
+           "data_fingerprint": train_set.fingerprint(), "n_train_images": len(train_set),
+           "versions": versions(), "summary": summary}
+    if args.final_eval and test_set is not None:
+        model.eval()
+        res = run_eval(model, test_set, progress=args.progress)
+        print(format_table(res))
+        cfg["metrics"] = res
+        write_json(res, out / "metrics.json")
+    write_json(cfg, out / "config.json")
+    return cfg
+
+
+def load_model(path) -> CFRG:
+    model, _ = load_checkpoint(path)
+    return model.to(memory_format=torch.channels_last)

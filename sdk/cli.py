@@ -1,0 +1,155 @@
+"""`cfrg` command line: train, eval, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); 'HxW' e.g. '192x448' -> (192, 448). Sides must be multiples of 32."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, e.g. 256 or 192x448") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p < 32 or p % 32 for p in parts):
+        raise argparse.ArgumentTypeError(f"image size {text!r}: each side must be a multiple of 32 and >= 32")
+    return parts[0], parts[1]
+
+
+def _needs_torch(what: str):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit(f"cfrg {what} needs PyTorch: pip install 'cfrg-inspect[train]' (or pip install torch==2.13.0)")
+
+
+def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    if not demo:
+        p.add_argument("--data", required=True, help="dataset root in MVTec AD / 3CAD layout")
+        p.add_argument("--category", required=True, help="category folder under the root")
+        p.add_argument("--out", required=True, help="output folder for model.pt and config.json")
+    p.add_argument("--image-size", type=parse_size, default=(256, 256), help="N or HxW (default 256)")
+    p.add_argument("--teacher", default="efficientnet_lite0",
+                   choices=["efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2"])
+    p.add_argument("--teacher-weights", help="state dict file for wide_resnet50_2 (torchvision format)")
+    p.add_argument("--time-budget", type=float, default=3.0 if demo else 30.0,
+                   help="minutes of training (evaluation not counted)")
+    p.add_argument("--steps", type=int, default=0, help="stop after N steps (0: only the time budget)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=float, default=0.0, help="minutes between evaluations (0: end only)")
+    p.add_argument("--eval-limit", type=int, help="images per periodic evaluation (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--texture-dir", help="folder of texture images for defect synthesis")
+    p.add_argument("--no-recovery", action="store_true", help="ablation: drop the recovery branch")
+    p.add_argument("--no-segmentation", action="store_true", help="ablation: drop the segmentation head")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def train_args_from(ns, data, category, out):
+    from export.train import TrainArgs
+
+    return TrainArgs(data=data, category=category, out=out, image_size=ns.image_size, teacher=ns.teacher,
+                     teacher_weights=ns.teacher_weights, steps=ns.steps, time_budget=ns.time_budget,
+                     batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed, eval_every=ns.eval_every,
+                     eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir,
+                     use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
+                     threads=ns.threads, progress=not ns.no_progress)
+
+
+def cmd_train(ns) -> int:
+    _needs_torch("train")
+    from export.train import train
+
+    cfg = train(train_args_from(ns, ns.data, ns.category, ns.out))
+    print(f"wrote {Path(ns.out) / 'model.pt'} and config.json ({cfg['summary']['steps']} steps, "
+          f"{cfg['summary']['train_minutes']:.1f} min)")
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from .data import AnomalyDataset
+    from .evaluate import evaluate, format_table, predict_dataset, save_overlays, write_json
+
+    model_path = Path(ns.model)
+    if not model_path.exists():
+        sys.exit(f"model file {model_path} does not exist")
+    if model_path.suffix != ".pt":
+        sys.exit(f"{model_path}: cfrg eval takes a checkpoint (.pt) for now")
+    _needs_torch("eval of a .pt checkpoint")
+    from export.train import load_model, torch_predictor
+
+    model = load_model(model_path)
+    test = AnomalyDataset(ns.data, ns.category, "test")
+    t0 = time.perf_counter()
+    preds = predict_dataset(torch_predictor(model), test, model.config.image_size, batch_size=ns.batch_size,
+                            progress=not ns.no_progress)
+    seconds = time.perf_counter() - t0
+    result = evaluate(preds, test, fpr_limit=ns.fpr_limit)
+    result.update(model=str(model_path), category=ns.category, seconds_per_image=seconds / max(len(test), 1))
+    print(format_table(result))
+    if ns.json:
+        write_json(result, ns.json)
+        print(f"wrote {ns.json}")
+    if ns.save_maps:
+        n = save_overlays(preds, test, ns.save_maps)
+        print(f"wrote {n} overlays to {ns.save_maps}")
+    return 0
+
+
+def cmd_demo(ns) -> int:
+    _needs_torch("demo")
+    from export.train import train
+
+    out = Path(ns.out)
+    print(f"demo: training CFRG on the built-in ball_screw subset ({DEMO_DATA}) for {ns.time_budget} min")
+    cfg = train(train_args_from(ns, str(DEMO_DATA), "ball_screw", str(out)))
+    m = cfg.get("metrics", {})
+    print("demo metrics: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+                                        if k in m))
+    print(f"model: {out / 'model.pt'}; metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfrg", description="CFRG visual anomaly detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train CFRG on good images of one category")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a model on a category's test split")
+    p.add_argument("--model", required=True, help="checkpoint model.pt")
+    p.add_argument("--data", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--save-maps", help="folder for anomaly-map overlays beside the ground truth")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("demo", help="train and evaluate on the built-in ball_screw subset")
+    p.add_argument("--out", default="runs/demo")
+    add_train_args(p, demo=True)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Evaluate any predictor on a test split with the field's metrics (NumPy + OpenCV only).
+
+A predictor maps a batch of uint8 RGB NHWC frames at the model size to (maps (N,H,W) float32,
+scores (N,)). The PyTorch checkpoint and every exported model are judged by this one code path.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from . import metrics
+from .data import AnomalyDataset
+
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+
+
+def resize_for_model(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize an HxWx3 uint8 image to (height, width): area for >= 2x down-scales, bilinear otherwise."""
+    h, w = int(size[0]), int(size[1])
+    if image.shape[:2] == (h, w):
+        return image
+    big_down = image.shape[0] >= 2 * h and image.shape[1] >= 2 * w
+    interp = cv2.INTER_AREA if big_down else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp)
+
+
+def map_to_frame(amap: np.ndarray, frame_hw: Sequence[int]) -> np.ndarray:
+    """Bilinear resize of a model-size map back to the frame's (height, width)."""
+    if amap.shape == tuple(frame_hw):
+        return amap
+    return cv2.resize(amap, (int(frame_hw[1]), int(frame_hw[0])), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray
+    scores: np.ndarray
+    defect_types: list[str]
+    maps: list[np.ndarray]  # model-size maps
+    paths: list[str]
+    frame_shapes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Sequence[int],
+                    batch_size: int = 8, progress: bool = True, limit: int | None = None) -> Predictions:
+    """Run the predictor over a split in batches; keeps model-size maps only."""
+    from tqdm import tqdm
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    index = _spread(len(dataset), n)
+    maps, scores, shapes = [], [], []
+    bar = tqdm(total=n, desc="predict", unit="img", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
+        chunk = index[start:start + batch_size]
+        frames = []
+        for i in chunk:
+            img = dataset.load_image(i, color="rgb")
+            shapes.append(img.shape[:2])
+            frames.append(resize_for_model(img, image_size))
+        m, s = predict(np.stack(frames))
+        maps.extend(np.asarray(m, dtype=np.float32).reshape(len(chunk), *m.shape[-2:]))
+        scores.extend(np.asarray(s, dtype=np.float64).reshape(-1))
+        bar.update(len(chunk))
+    bar.close()
+    samples = [dataset[i] for i in index]
+    return Predictions(labels=np.array([s.label for s in samples]), scores=np.array(scores),
+                       defect_types=[s.defect_type for s in samples], maps=maps,
+                       paths=[s.path for s in samples], frame_shapes=shapes)
+
+
+def _spread(total: int, n: int) -> list[int]:
+    """n indices spread evenly over range(total) (all of them when n == total)."""
+    if n >= total:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, n)})
+
+
+def compute_metrics(preds: Predictions, dataset: AnomalyDataset, fpr_limit: float = 0.3,
+                    index: Iterable[int] | None = None) -> dict:
+    """Metrics at each frame's own resolution: maps are resized to the ground-truth size."""
+    path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}
+    chosen = list(range(len(preds.paths))) if index is None else list(index)
+    masks, maps = [], []
+    for k in chosen:
+        mask = dataset.load_mask(path_to_index[preds.paths[k]])
+        masks.append(mask)
+        maps.append(map_to_frame(preds.maps[k], mask.shape))
+    return metrics.evaluate_all(preds.labels[chosen], preds.scores[chosen], masks, maps, fpr_limit=fpr_limit)
+
+
+def evaluate(preds: Predictions, dataset: AnomalyDataset, fpr_limit: float = 0.3) -> dict:
+    """Overall metrics and, per defect type, metrics on good + that type."""
+    result = {k: float(v) for k, v in compute_metrics(preds, dataset, fpr_limit).items() if k in METRIC_KEYS}
+    types = sorted({t for t in preds.defect_types if t != "good"})
+    good = [k for k, t in enumerate(preds.defect_types) if t == "good"]
+    per_defect = {}
+    for t in types:
+        idx = good + [k for k, d in enumerate(preds.defect_types) if d == t]
+        m = compute_metrics(preds, dataset, fpr_limit, idx)
+        per_defect[t] = {k: float(m[k]) for k in METRIC_KEYS}
+        per_defect[t]["count"] = len(idx) - len(good)
+    result["per_defect"] = per_defect
+    result["n_images"] = len(preds.paths)
+    result["n_good"] = len(good)
+    return result
+
+
+def format_table(result: dict) -> str:
+    head = f"{'defect type':<16}{'n':>5}  {'I-AUROC':>8}{'P-AUROC':>9}{'AUPRO':>8}{'AP':>8}"
+    rows = [head, "-" * len(head)]
+
+    def row(name, n, m):
+        vals = "".join(f"{100 * m[k]:>{w}.1f}" for k, w in zip(METRIC_KEYS, (8, 9, 8, 8)))
+        return f"{name:<16}{n:>5}  {vals}"
+
+    for t, m in result.get("per_defect", {}).items():
+        rows.append(row(t, m["count"], m))
+    rows.append("-" * len(head))
+    rows.append(row("overall", result.get("n_images", 0), result))
+    return "\n".join(rows)
+
+
+def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os.PathLike,
+                  vmax: float | None = None) -> int:
+    """Write <type>_<stem>.png: image | anomaly heat map | ground truth, side by side."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}
+    vmax = vmax or float(np.percentile(preds.scores, 99)) or 1.0
+    for k, path in enumerate(preds.paths):
+        i = path_to_index[path]
+        img = dataset.load_image(i, color="bgr")
+        mask = dataset.load_mask(i)
+        amap = map_to_frame(preds.maps[k], img.shape[:2])
+        heat = cv2.applyColorMap(np.clip(amap / vmax * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        blend = cv2.addWeighted(img, 0.5, heat, 0.5, 0)
+        gt = img.copy()
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(gt, contours, -1, (0, 255, 0), 2)
+        panel = np.concatenate([img, blend, gt], axis=1)
+        cv2.putText(panel, f"{preds.defect_types[k]} score {preds.scores[k]:.3f}", (5, 20),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
+        name = f"{preds.defect_types[k]}_{Path(path).stem}.png"
+        tmp = out / f".{name}.tmp.png"
+        cv2.imwrite(str(tmp), panel)
+        os.replace(tmp, out / name)
+    return len(preds.paths)
+
+
+def write_json(result: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+    os.replace(tmp, path)
