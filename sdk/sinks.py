@@ -1,0 +1,346 @@
+"""Sinks: where stream records go (numpy + opencv only).
+
+A sink has ``write(record)`` and ``close()`` (idempotent) and is a context manager; sdk.Stream
+calls write() for every record in frame_id order and close() at shutdown.
+
+    MaskSink(dir)          binary masks as PNG (0/255), one per ok record
+    OverlaySink(dir)       heat map blended on the frame, defect contours, verdict and score
+    JsonlSink(path)        one JSON line per record (ok, error and dropped alike)
+    VideoSink(path, fps)   annotated video (cv2.VideoWriter, mp4v), finalised on close
+
+Files are written atomically: a temporary file in the same folder, then os.replace, so a reader
+never sees half a PNG or half a video. JsonlSink writes each line with one write() and flushes
+it, and fsyncs at close. File names take ``{frame_id}`` and ``{stem}`` (the source file's stem,
+or the zero-padded frame id when the frame has no path), e.g. pattern="{stem}_mask.png".
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .data import IMAGE_EXTENSIONS
+
+log = logging.getLogger("sdk.sinks")
+
+_DEFECT_BGR = (0, 0, 255)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to a temp file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _png(image: np.ndarray, path: Path) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{path}: cannot encode a {image.dtype} {image.shape} image as PNG")
+    _atomic_write(path, buf.tobytes())
+
+
+def _to_bgr(image: np.ndarray, color: str = "bgr") -> np.ndarray:
+    """uint8 HxW, HxWx1, HxWx3 or HxWx4 -> HxWx3 BGR."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if color == "rgb" else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if color == "rgb" else image
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray | None = None, *,
+            alpha: float = 0.45, map_range: Sequence[float] | None = None, label: str | None = None,
+            defect: bool | None = None, color: str = "bgr") -> np.ndarray:
+    """Heat map of ``anomaly_map`` blended on ``image`` (BGR uint8 out), mask contours, a label.
+
+    map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
+    [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed.
+    """
+    base = _to_bgr(np.asarray(image), color)
+    h, w = base.shape[:2]
+    out = base.copy()
+    if anomaly_map is not None:
+        amap = np.asarray(anomaly_map, dtype=np.float32).reshape(np.asarray(anomaly_map).shape[:2])
+        if amap.shape != (h, w):
+            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+        if map_range is None:
+            top = float(np.nanmax(amap)) if amap.size else 1.0
+            lo, hi = 0.0, (1.0 if top <= 1.0 else top)
+        else:
+            lo, hi = float(map_range[0]), float(map_range[1])
+        scaled = np.clip((amap - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255)
+        heat = cv2.applyColorMap(np.nan_to_num(scaled).astype(np.uint8), cv2.COLORMAP_JET)
+        out = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0)
+    if mask is not None:
+        m = (np.asarray(mask).reshape(np.asarray(mask).shape[:2]) > 0).astype(np.uint8)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 3)
+        cv2.drawContours(out, contours, -1, _DEFECT_BGR, 1)
+    if label:
+        scale = max(0.4, min(w, h) / 400.0)
+        thick = max(1, int(round(scale * 1.5)))
+        (tw, th), base_line = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        cv2.rectangle(out, (0, 0), (tw + 8, th + base_line + 8), (0, 0, 0), cv2.FILLED)  # legible on any frame
+        tint = (80, 80, 255) if defect else (80, 230, 80)
+        cv2.putText(out, label, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, tint, thick, cv2.LINE_AA)
+    return out
+
+
+def _displayable(image: Any) -> bool:
+    return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.size > 0
+            and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))))
+
+
+def _label(record: Any) -> str:
+    if record.status != "ok":
+        return f"#{record.frame_id} {record.status.upper()}: {record.error or ''}"[:120]
+    return f"#{record.frame_id} {record.result.verdict} {float(record.result.score):.3f}"
+
+
+def annotate(record: Any, *, alpha: float = 0.45, map_range: Sequence[float] | None = None) -> np.ndarray | None:
+    """The record's frame with its overlay (ok) or an error label; None when it has no usable image."""
+    image = getattr(record, "image", None)
+    if not _displayable(image):  # dropped frames, source errors, and bad frames (wrong dtype or shape)
+        return None
+    color = (record.frame.meta.get("color", "bgr") if record.frame is not None else "bgr")
+    if record.status != "ok" or record.result is None:
+        return overlay(image, None, None, label=_label(record), defect=True, color=color)
+    res = record.result
+    return overlay(image, res.anomaly_map, res.mask, alpha=alpha, map_range=map_range, label=_label(record),
+                   defect=res.verdict != "ok", color=color)
+
+
+def _jsonable(obj: Any, max_array: int = 64) -> Any:
+    """Results to JSON types: dataclasses and namedtuples to dicts, numpy to Python, NaN/inf to null."""
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item(), max_array)
+    if isinstance(obj, np.ndarray):
+        if obj.size <= max_array:
+            return _jsonable(obj.tolist(), max_array)
+        return {"shape": list(obj.shape), "dtype": str(obj.dtype)}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name), max_array) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "_asdict"):
+        return _jsonable(obj._asdict(), max_array)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, max_array) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v, max_array) for v in obj]
+    return str(obj)
+
+
+def record_to_dict(record: Any) -> dict:
+    """The JSON fields of a record: frame_id, status, score, verdict, regions, timings, error, ..."""
+    res = record.result
+    frame = record.frame
+    return {
+        "frame_id": record.frame_id,
+        "status": record.status,
+        "score": _jsonable(None if res is None else float(res.score)),
+        "verdict": None if res is None else res.verdict,
+        "regions": [] if res is None else _jsonable(getattr(res, "regions", []) or []),
+        "timings": {} if res is None else _jsonable(getattr(res, "timings", {}) or {}),
+        "error": record.error,
+        "source": None if frame is None else frame.source,
+        "source_frame_id": None if frame is None else frame.frame_id,
+        "path": None if frame is None else frame.meta.get("path"),
+        "timestamps": _jsonable(record.timestamps),
+        "events": [_jsonable(e) for e in getattr(record, "events", ())],
+    }
+
+
+class Sink:
+    """Base: write(record), close(); counts written and skipped records."""
+
+    def __init__(self):
+        self.written = 0
+        self.skipped = 0
+        self.closed = False
+
+    def write(self, record: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"{type(self).__name__} is closed; create a new sink")
+
+
+class _ImageDirSink(Sink):
+    def __init__(self, directory: str | os.PathLike, pattern: str):
+        super().__init__()
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pattern = pattern
+        try:
+            pattern.format(frame_id=0, stem="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"pattern {pattern!r} may only use {{frame_id}} and {{stem}}: {exc}") from None
+
+    def path_for(self, record: Any) -> Path:
+        meta = record.frame.meta if record.frame is not None else {}
+        src = meta.get("path")
+        if not src:
+            stem = f"{record.frame_id:06d}"
+        elif Path(src).suffix.lower() in IMAGE_EXTENSIONS:  # one file per frame
+            stem = Path(src).stem + (f"_pass{meta['pass']}" if meta.get("pass") else "")
+        else:  # frames of a video share its path
+            stem = f"{Path(src).stem}_{record.frame_id:06d}"
+        return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem)
+
+
+class MaskSink(_ImageDirSink):
+    """One PNG per ok record: the binary mask as 0/255 uint8 at frame resolution."""
+
+    def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_mask.png"):
+        super().__init__(directory, pattern)
+
+    def write(self, record: Any) -> None:
+        self._check_open()
+        if record.status != "ok" or record.result is None or record.result.mask is None:
+            self.skipped += 1
+            return
+        mask = np.asarray(record.result.mask)
+        _png(np.where(mask.reshape(mask.shape[:2]) > 0, 255, 0).astype(np.uint8), self.path_for(record))
+        self.written += 1
+
+
+class OverlaySink(_ImageDirSink):
+    """One PNG per record with an image: heat map + contours + verdict (or the error) on the frame.
+
+    only_defects=True keeps the PNGs of "defect" verdicts (and errors) only.
+    """
+
+    def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_overlay.png", *,
+                 alpha: float = 0.45, map_range: Sequence[float] | None = None, only_defects: bool = False):
+        super().__init__(directory, pattern)
+        self.alpha, self.map_range, self.only_defects = alpha, map_range, only_defects
+
+    def write(self, record: Any) -> None:
+        self._check_open()
+        if self.only_defects and record.status == "ok" and record.result.verdict == "ok":
+            self.skipped += 1
+            return
+        picture = annotate(record, alpha=self.alpha, map_range=self.map_range)
+        if picture is None:  # dropped frames and source errors have no image
+            self.skipped += 1
+            return
+        _png(picture, self.path_for(record))
+        self.written += 1
+
+
+class JsonlSink(Sink):
+    """One JSON object per line and per record (record_to_dict), flushed per line, fsynced at close."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False):
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        self._check_open()
+        line = json.dumps(record_to_dict(record), allow_nan=False, separators=(",", ":")) + "\n"
+        self._file.write(line)
+        self._file.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+
+class VideoSink(Sink):
+    """Annotated frames into a video (cv2.VideoWriter, default codec mp4v).
+
+    The video is written to a hidden temp file beside ``path`` and renamed into place by close().
+    Its size is the first frame's (later frames of another size are resized). Records without an
+    image (dropped frames, source errors) add no video frame; ``skipped`` counts them.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25.0, *, fourcc: str = "mp4v",
+                 alpha: float = 0.45, map_range: Sequence[float] | None = None):
+        super().__init__()
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if len(fourcc) != 4:
+            raise ValueError(f"fourcc must be 4 characters such as 'mp4v', got {fourcc!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.fourcc, self.alpha, self.map_range = float(fps), fourcc, alpha, map_range
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
+                                   dir=self.path.parent)
+        os.close(fd)  # the container is chosen from the suffix, so the temp name keeps it
+        self._tmp = Path(tmp)
+        self._writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None  # (width, height)
+
+    def _open(self, width: int, height: int) -> cv2.VideoWriter:
+        writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"{self.path}: cv2.VideoWriter cannot write fourcc {self.fourcc!r} into "
+                               f"{self.path.suffix or 'this container'}; use .mp4 with 'mp4v' or .avi with 'MJPG'")
+        return writer
+
+    def write(self, record: Any) -> None:
+        self._check_open()
+        picture = annotate(record, alpha=self.alpha, map_range=self.map_range)
+        if picture is None:
+            self.skipped += 1
+            return
+        if self._writer is None:
+            self.size = (picture.shape[1], picture.shape[0])
+            self._writer = self._open(*self.size)
+        if (picture.shape[1], picture.shape[0]) != self.size:
+            picture = cv2.resize(picture, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(np.ascontiguousarray(picture))
+        self.written += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        if self._writer is not None:
+            self._writer.release()
+        if self.written:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+            log.warning("%s: no frame had an image; no video written", self.path)
