@@ -101,9 +101,9 @@ class Recovery(nn.Module):
     def forward(self, feats):
         f4, f8, f16 = feats
         code = self.fuse(torch.cat([self.in4(f4), self.in8(f8), self.in16(f16)], 1))
-        d16 = self.up16(F.interpolate(code, size=f16.shape[-2:], mode="bilinear", align_corners=False))
-        d8 = self.up8(F.interpolate(d16, size=f8.shape[-2:], mode="bilinear", align_corners=False))
-        d4 = self.up4(F.interpolate(d8, size=f4.shape[-2:], mode="bilinear", align_corners=False))
+        d16 = self.up16(upsample(code, 2))
+        d8 = self.up8(upsample(d16, 2))
+        d4 = self.up4(upsample(d8, 2))
         return [o(d) for o, d in zip(self.out, (d4, d8, d16))]
 
 
@@ -120,15 +120,18 @@ class SegHead(nn.Module):
 
     def forward(self, t_feats, discrepancies):
         """discrepancies: per scale, a list of (N,1,h,w) maps in [0, 2]."""
-        size = t_feats[0].shape[-2:]
         parts = []
-        for proj, t, ds in zip(self.proj, t_feats, discrepancies):
-            x = torch.cat([t * d for d in ds] + list(ds), 1)
-            x = proj(x)
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            parts.append(x)
+        for k, (proj, t, ds) in enumerate(zip(self.proj, t_feats, discrepancies)):
+            x = proj(torch.cat([t * d for d in ds] + list(ds), 1))
+            parts.append(upsample(x, 2 ** k))
         return self.logit(self.fuse(torch.cat(parts, 1)))
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bilinear upsampling by a static integer factor (a constant-scale Resize in ONNX)."""
+    if factor == 1:
+        return x
+    return F.interpolate(x, scale_factor=float(factor), mode="bilinear", align_corners=False)
 
 
 def cos_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -168,6 +171,7 @@ class CFRG(nn.Module):
         self.config = config = config or CFRGConfig()
         self.teacher = build_teacher(config.teacher, config.image_size, teacher_weights, pretrained_teacher)
         channels = [fi.channels for fi in self.teacher.feature_info]
+        self.strides = [fi.stride for fi in self.teacher.feature_info]
         self.register_buffer("mean", torch.tensor(self.teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.teacher.std).view(1, 3, 1, 1), persistent=False)
         self.student = Student(channels, config.student_width)
@@ -209,12 +213,10 @@ class CFRG(nn.Module):
 
     def anomaly_map(self, x: torch.Tensor, heads: dict) -> torch.Tensor:
         """(N,1,H,W) smoothed map at input resolution."""
-        size = x.shape[-2:]
-        up = lambda m: F.interpolate(m, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
-        amap = sum(up(d) for d in coarse)
+        amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
         if self.seg is not None:
-            amap = amap + torch.sigmoid(up(heads["seg_logit"]))
+            amap = amap + torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
         return self.blur(amap)
 
     def forward(self, x: torch.Tensor):

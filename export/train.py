@@ -40,6 +40,7 @@ class TrainArgs:
     eval_every: float = 0.0  # minutes between evaluations on the test split (0: only at the end)
     eval_limit: int | None = None  # images in a periodic evaluation (None: all)
     resume: bool = False
+    holdout: float = 0.1  # fraction of train/good kept out of training, for threshold calibration at export
     texture_dir: str | None = None
     use_recovery: bool = True
     use_segmentation: bool = True
@@ -136,10 +137,23 @@ class BatchMaker:
         self.thread.join(timeout=5)
 
 
-def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool) -> np.ndarray:
+def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    """Deterministic split: every k-th good image is held back (k = round(1 / fraction))."""
+    if fraction <= 0:
+        return list(range(n)), []
+    k = max(2, int(round(1 / fraction)))
+    held = [i for i in range(n) if i % k == k - 1]
+    if n - len(held) < 2:
+        raise ValueError(f"only {n} good training images: too few to hold back {fraction:.0%}; use --holdout 0")
+    return [i for i in range(n) if i % k != k - 1], held
+
+
+def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool,
+                      index: Sequence[int] | None = None) -> np.ndarray:
     from tqdm import tqdm
+    index = range(len(dataset)) if index is None else index
     imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
-            for i in tqdm(range(len(dataset)), desc="load train", unit="img", disable=not progress, leave=False)]
+            for i in tqdm(index, desc="load train", unit="img", disable=not progress, leave=False)]
     return np.stack(imgs)
 
 
@@ -194,7 +208,8 @@ def train(args: TrainArgs) -> dict:
     config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
-    images = load_train_images(train_set, config.image_size, args.progress)
+    train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
+    images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
     synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     params = model.trainable_parameters()
@@ -269,7 +284,8 @@ def train(args: TrainArgs) -> dict:
     save_checkpoint(model, out / "model.pt", extra={"train": summary})
     cfg = {"model": config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in asdict(args).items()},
-           "data_fingerprint": train_set.fingerprint(), "n_train_images": len(train_set),
+           "data_fingerprint": train_set.fingerprint(), "n_train_images": len(train_idx),
+           "holdout": [os.path.relpath(train_set[i].path, args.data) for i in holdout_idx],
            "versions": versions(), "summary": summary}
     if args.final_eval and test_set is not None:
         model.eval()

@@ -47,6 +47,8 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--eval-every", type=float, default=0.0, help="minutes between evaluations (0: end only)")
     p.add_argument("--eval-limit", type=int, help="images per periodic evaluation (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of good training images held back for threshold calibration (default 0.1)")
     p.add_argument("--texture-dir", help="folder of texture images for defect synthesis")
     p.add_argument("--no-recovery", action="store_true", help="ablation: drop the recovery branch")
     p.add_argument("--no-segmentation", action="store_true", help="ablation: drop the segmentation head")
@@ -60,7 +62,7 @@ def train_args_from(ns, data, category, out):
     return TrainArgs(data=data, category=category, out=out, image_size=ns.image_size, teacher=ns.teacher,
                      teacher_weights=ns.teacher_weights, steps=ns.steps, time_budget=ns.time_budget,
                      batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed, eval_every=ns.eval_every,
-                     eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir,
+                     eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      threads=ns.threads, progress=not ns.no_progress)
 

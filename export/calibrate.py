@@ -1,0 +1,56 @@
+"""Thresholds and score normalisation for an exported model, computed with the exported graph itself."""
+from __future__ import annotations
+
+import numpy as np
+
+from sdk import metrics
+
+
+def good_only_threshold(good_scores: np.ndarray, target_frr: float) -> dict:
+    """Image threshold that rejects about target_frr of good parts (quantile of held-back good scores)."""
+    good_scores = np.asarray(good_scores, dtype=np.float64)
+    if good_scores.size == 0:
+        raise ValueError("no good images to calibrate on: keep --holdout > 0 at training or pass --calib-dir")
+    value = float(np.quantile(good_scores, 1.0 - target_frr, method="higher"))
+    return {"value": value, "target_frr": target_frr, "n_images": int(good_scores.size),
+            "observed_frr": float(np.mean(good_scores >= value))}
+
+
+def f1_thresholds(labels, scores, masks, maps) -> dict:
+    """F1-optimal image threshold and pixel threshold from images with defects."""
+    img_thr, img_f1 = metrics.f1_optimal_threshold(labels, scores)
+    pix_thr, pix_f1 = pixel_f1_threshold(masks, maps)
+    return {"image": {"value": float(img_thr), "f1": float(img_f1), "n_images": int(len(labels))},
+            "pixel": {"value": float(pix_thr), "f1": float(pix_f1)}}
+
+
+def pixel_f1_threshold(masks, maps, n_bins: int = 4096) -> tuple[float, float]:
+    """F1-optimal pixel threshold from score histograms (no sort of all pixels)."""
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    edges = np.linspace(lo, hi, n_bins + 1)
+    pos = np.zeros(n_bins, np.int64)
+    neg = np.zeros(n_bins, np.int64)
+    for mask, amap in zip(masks, maps):
+        b = np.clip(np.searchsorted(edges, amap.ravel(), side="right") - 1, 0, n_bins - 1)
+        m = mask.ravel() > 0
+        pos += np.bincount(b[m], minlength=n_bins)
+        neg += np.bincount(b[~m], minlength=n_bins)
+    tp = np.cumsum(pos[::-1])[::-1]  # pixels >= edges[i]
+    fp = np.cumsum(neg[::-1])[::-1]
+    total_pos = pos.sum()
+    if total_pos == 0:
+        return float("nan"), float("nan")
+    f1 = 2 * tp / np.maximum(tp + fp + total_pos, 1)
+    i = int(np.argmax(f1))
+    return float(edges[i]), float(f1[i])
+
+
+def score_normalisation(good_scores: np.ndarray, threshold: float) -> dict:
+    """normalised = (score - good_median) / (threshold - good_median): 0 typical good, 1 at the threshold."""
+    median = float(np.median(good_scores))
+    scale = threshold - median
+    if not scale > 0:
+        scale = max(abs(threshold), 1e-6)
+    return {"method": "affine", "offset": median, "scale": float(scale),
+            "formula": "(score - offset) / scale; 1.0 = image threshold"}
