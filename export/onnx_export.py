@@ -8,7 +8,12 @@ teacher, student, recovery, segmentation -> fused map -> fixed Gaussian -> outpu
 from __future__ import annotations
 
 import io
+import json
+import os
 import warnings
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -75,3 +80,113 @@ def graph_report(proto) -> dict:
              list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
     int64 = [name for name, t in types.items() if t == onnx.TensorProto.INT64]
     return {"ops": ops, "unsupported_ops": [o for o in ops if o not in TENSORRT_OPS], "int64_tensors": int64}
+
+
+def _versions() -> dict:
+    import numpy
+    import onnx
+
+    import sdk
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "numpy": numpy.__version__,
+            "sdk": sdk.__version__, "opset": OPSET}
+
+
+def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | None) -> list[str]:
+    """Held-back good images recorded at training, or every image of --calib-dir."""
+    if calib_dir:
+        from sdk.data import IMAGE_EXTENSIONS
+
+        files = sorted(str(p) for p in Path(calib_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return files
+    cfg_path = ckpt_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: it lists the held-back good images for calibration; "
+                                f"pass --calib-dir DIR with good images instead")
+    cfg = json.loads(cfg_path.read_text())
+    root = Path(data or cfg["train"]["data"])
+    held = [str(root / rel) for rel in cfg.get("holdout", [])]
+    if not held:
+        raise ValueError(f"{cfg_path}: the model was trained with --holdout 0; pass --calib-dir DIR with good images")
+    absent = [p for p in held if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"held-back good image {absent[0]} is missing ({len(absent)} in all): "
+                                f"pass --data ROOT where the training data lives, or --calib-dir DIR")
+    return held
+
+
+def export_checkpoint(checkpoint, out, data: str | None = None, category: str | None = None,
+                      calib_dir: str | None = None, target_frr: float = 0.01, defect_split: str | None = None,
+                      progress: bool = True) -> dict:
+    """Checkpoint -> out (.onnx) + model.json with calibrated thresholds; returns the model description."""
+    import onnx
+
+    from sdk.backends import OnnxRuntimeBackend
+    from sdk.data import AnomalyDataset, read_image
+    from sdk.detector import METADATA_FORMAT
+    from sdk.evaluate import backend_predictor, predict_dataset, resize_for_model
+
+    from .calibrate import f1_thresholds, good_only_threshold, score_normalisation
+    from .model import load_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    model, extra = load_checkpoint(checkpoint)
+    cfg_path = checkpoint.parent / "config.json"
+    train_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proto = export_onnx(model)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(proto, str(tmp))
+    h, w = model.config.image_size
+    predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME)
+
+    good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)
+    good_scores = []
+    for s in range(0, len(good_files), 8):
+        frames = np.stack([resize_for_model(read_image(p, "rgb"), (h, w)) for p in good_files[s:s + 8]])
+        good_scores.extend(predict(frames)[1].tolist())
+    good = good_only_threshold(np.array(good_scores), target_frr)
+    thresholds = {"default": "good_only",
+                  "good_only": {"image": good["value"], "pixel": good["value"], "target_frr": target_frr,
+                                "n_images": good["n_images"], "observed_frr": good["observed_frr"]}}
+    if defect_split:
+        root = data or train_cfg.get("train", {}).get("data")
+        cat = category or train_cfg.get("train", {}).get("category")
+        ds = AnomalyDataset(root, cat, defect_split)
+        preds = predict_dataset(predict, ds, (h, w), progress=progress)
+        masks = [ds.load_mask(i) for i in range(len(ds))]
+        from sdk.evaluate import map_to_frame
+
+        maps = [map_to_frame(m, mk.shape) for m, mk in zip(preds.maps, masks)]
+        f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
+        thresholds["f1"] = {"image": f1["image"]["value"], "pixel": f1["pixel"]["value"],
+                            "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"],
+                            "n_images": f1["image"]["n_images"], "split": f"{cat}/{defect_split}"}
+    info = {
+        "format": METADATA_FORMAT,
+        "input": {"name": INPUT_NAME, "height": h, "width": w, "channels": 3, "dtype": "uint8", "layout": "NHWC",
+                  "colour_order": model.config.colour_order},
+        "outputs": {"anomaly_map": "float32 (N, H, W) at the input size", "score": "float32 (N,) = max of the map"},
+        "normalisation": {"inside_graph": True, "scale": 1 / 255.0, "mean": list(model.teacher.mean),
+                          "std": list(model.teacher.std)},
+        "thresholds": thresholds,
+        "score_normalisation": score_normalisation(np.array(good_scores), good["value"]),
+        "data_fingerprint": train_cfg.get("data_fingerprint"),
+        "training": {"category": train_cfg.get("train", {}).get("category"), **extra.get("train", {})},
+        "model": model.config.to_dict(),
+        "precision": "fp32",
+        "versions": _versions(),
+    }
+    info["training"].pop("history", None)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cfrg", json.dumps(info, sort_keys=True)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out)
+    side = out.with_suffix(".json")
+    side_tmp = side.with_name(f".{side.name}.tmp")
+    side_tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(side_tmp, side)
+    return info

@@ -84,16 +84,21 @@ def cmd_eval(ns) -> int:
     model_path = Path(ns.model)
     if not model_path.exists():
         sys.exit(f"model file {model_path} does not exist")
-    if model_path.suffix != ".pt":
-        sys.exit(f"{model_path}: cfrg eval takes a checkpoint (.pt) for now")
-    _needs_torch("eval of a .pt checkpoint")
-    from export.train import load_model, torch_predictor
+    if model_path.suffix == ".pt":
+        _needs_torch("eval of a .pt checkpoint")
+        from export.train import load_model, torch_predictor
 
-    model = load_model(model_path)
+        model = load_model(model_path)
+        predict, size = torch_predictor(model), model.config.image_size
+    else:
+        from .detector import Detector
+        from .evaluate import backend_predictor
+
+        det = Detector(model_path, backend=ns.backend)
+        predict, size = backend_predictor(det.backend, det.input_name), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
     t0 = time.perf_counter()
-    preds = predict_dataset(torch_predictor(model), test, model.config.image_size, batch_size=ns.batch_size,
-                            progress=not ns.no_progress)
+    preds = predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=not ns.no_progress)
     seconds = time.perf_counter() - t0
     result = evaluate(preds, test, fpr_limit=ns.fpr_limit)
     result.update(model=str(model_path), category=ns.category, seconds_per_image=seconds / max(len(test), 1))
@@ -104,6 +109,23 @@ def cmd_eval(ns) -> int:
     if ns.save_maps:
         n = save_overlays(preds, test, ns.save_maps)
         print(f"wrote {n} overlays to {ns.save_maps}")
+    return 0
+
+
+def cmd_export(ns) -> int:
+    _needs_torch("export")
+    from export.onnx_export import export_checkpoint
+
+    info = export_checkpoint(ns.checkpoint, ns.output, data=ns.data, category=ns.category, calib_dir=ns.calib_dir,
+                             target_frr=ns.target_frr, defect_split=ns.defect_split, progress=not ns.no_progress)
+    t = info["thresholds"]
+    line = f"good-only threshold {t['good_only']['image']:.4f} (target FRR {ns.target_frr:.2%}, " \
+           f"{t['good_only']['n_images']} held-back good images)"
+    if "f1" in t:
+        line += f"; F1-optimal image {t['f1']['image']:.4f} (F1 {t['f1']['image_f1']:.3f}), " \
+                f"pixel {t['f1']['pixel']:.4f} (F1 {t['f1']['pixel_f1']:.3f})"
+    print(line)
+    print(f"wrote {ns.output} and {Path(ns.output).with_suffix('.json')}")
     return 0
 
 
@@ -128,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a model on a category's test split")
-    p.add_argument("--model", required=True, help="checkpoint model.pt")
+    p.add_argument("--model", required=True, help="checkpoint model.pt or exported model.onnx")
+    p.add_argument("--backend", default="auto", help="for exported models: auto, onnxruntime, tensorrt")
     p.add_argument("--data", required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--json", help="write the metrics here")
@@ -137,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json")
+    p.add_argument("checkpoint", help="model.pt from cfrg train")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (model.json is written beside it)")
+    p.add_argument("--data", help="dataset root (default: the one recorded at training)")
+    p.add_argument("--category", help="category (default: the one recorded at training)")
+    p.add_argument("--calib-dir", help="folder of good images for the threshold (default: held-back training images)")
+    p.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate on good parts (default 0.01)")
+    p.add_argument("--defect-split", help="split with defect images for F1-optimal thresholds, e.g. test")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="train and evaluate on the built-in ball_screw subset")
     p.add_argument("--out", default="runs/demo")
     add_train_args(p, demo=True)
@@ -151,6 +184,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, ImportError, NotImplementedError) as exc:
+        print(f"cfrg {ns.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,16 @@ def map_to_frame(amap: np.ndarray, frame_hw: Sequence[int]) -> np.ndarray:
     return cv2.resize(amap, (int(frame_hw[1]), int(frame_hw[0])), interpolation=cv2.INTER_LINEAR)
 
 
+def backend_predictor(backend, input_name: str = "frames") -> Predictor:
+    """Predictor around any sdk backend of an exported model (uint8 NHWC in, map and score out)."""
+
+    def predict(frames_u8: np.ndarray):
+        out = backend.run({input_name: np.ascontiguousarray(frames_u8)})
+        return out["anomaly_map"], out["score"]
+
+    return predict
+
+
 @dataclass
 class Predictions:
     labels: np.ndarray

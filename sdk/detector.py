@@ -1,0 +1,184 @@
+"""sdk.Detector: frames of any size in, verdicts and pixel masks at the frame's resolution out."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .backends import Backend, ModelFileError, load_backend
+
+METADATA_FORMAT = "cfrg-model-1"
+
+
+@dataclass(frozen=True)
+class Region:
+    box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
+    area: int
+    max_score: float
+    mean_score: float
+
+
+@dataclass
+class Result:
+    score: float
+    verdict: str  # "ok" | "defect"
+    anomaly_map: np.ndarray  # float32, frame resolution
+    mask: np.ndarray  # uint8 0/1, frame resolution, after the minimum-area filter
+    regions: list[Region]
+    normalized_score: float = float("nan")  # 1.0 at the image threshold
+    timings: dict = field(default_factory=dict)  # ms per stage
+
+    @property
+    def is_defect(self) -> bool:
+        return self.verdict == "defect"
+
+
+def read_model_info(path: Path, backend: Backend) -> dict:
+    """model.json beside the model, else the same keys from the ONNX metadata."""
+    side = path.with_suffix(".json")
+    info = None
+    if side.is_file():
+        try:
+            info = json.loads(side.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{side} is not valid JSON ({exc}); re-export the model") from exc
+    else:
+        meta = backend.metadata()
+        if "cfrg" in meta:
+            info = json.loads(meta["cfrg"])
+    if not info or info.get("format") != METADATA_FORMAT:
+        raise ModelFileError(f"{path}: no CFRG model description ({side.name} beside it or 'cfrg' ONNX metadata); "
+                             f"export the model with `cfrg export`")
+    shape = backend.input_shape(info["input"]["name"]) if info["input"]["name"] in backend.input_names else None
+    if shape is None:
+        raise ModelFileError(f"{path}: the graph has no input {info['input']['name']!r} "
+                             f"(it has {backend.input_names}); {side.name} belongs to another model")
+    want = [info["input"]["height"], info["input"]["width"], 3]
+    if list(shape[1:]) != want:
+        raise ModelFileError(f"{path}: graph input is {list(shape[1:])} but {side.name} says {want}; "
+                             f"the model and its description do not match, re-export both")
+    return info
+
+
+class Detector:
+    """Anomaly detector around an exported CFRG model.
+
+    frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `color` order ("bgr" as OpenCV delivers, or "rgb").
+    threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
+                 min_area: int = 0, color: str = "bgr", **backend_options):
+        self.path = Path(path)
+        self.backend = load_backend(self.path, backend, **backend_options)
+        self.info = read_model_info(self.path, self.backend)
+        if color not in ("bgr", "rgb"):
+            raise ValueError(f"color must be 'bgr' or 'rgb', not {color!r}")
+        self.color = color
+        self.input_name = self.info["input"]["name"]
+        self.size = (int(self.info["input"]["height"]), int(self.info["input"]["width"]))
+        self.model_colour = self.info["input"]["colour_order"].lower()
+        self.min_area = int(min_area)
+        self.image_threshold, self.pixel_threshold = self._thresholds(threshold)
+        norm = self.info.get("score_normalisation") or {}
+        self._norm = (float(norm.get("offset", 0.0)), float(norm.get("scale", 1.0)))
+
+    def _thresholds(self, choice) -> tuple[float, float]:
+        if isinstance(choice, (int, float)):
+            return float(choice), float(choice)
+        table = self.info.get("thresholds", {})
+        name = table.get("default", "good_only") if choice == "default" else choice
+        entry = table.get(name)
+        if not entry:
+            raise ValueError(f"threshold {choice!r}: this model has {sorted(k for k in table if k != 'default')}")
+        return float(entry["image"]), float(entry["pixel"])
+
+    # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
+
+    def check_frame(self, frame) -> np.ndarray:
+        if not isinstance(frame, np.ndarray):
+            raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frame dtype is {frame.dtype}; expected uint8 (convert 16-bit frames with "
+                             f"(frame >> 8).astype(np.uint8) or cv2.convertScaleAbs)")
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
+            raise ValueError(f"frame shape is {frame.shape}; expected HxW, HxWx1 or HxWx3")
+        if frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise ValueError(f"frame is empty (shape {frame.shape})")
+        return frame
+
+    def _to_model_colour(self, frame: np.ndarray) -> np.ndarray:
+        if frame.ndim == 2:
+            return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        if self.color != self.model_colour:
+            return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)  # swaps either way
+        return frame
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        from .evaluate import resize_for_model
+
+        frames = [self.check_frame(f) for f in frames]
+        batch = np.empty((len(frames), *self.size, 3), np.uint8)
+        for i, f in enumerate(frames):
+            batch[i] = resize_for_model(self._to_model_colour(f), self.size)
+        return batch
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.backend.run({self.input_name: batch})
+        return out["anomaly_map"], out["score"]
+
+    def postprocess(self, frames: Sequence[np.ndarray], raw) -> list[Result]:
+        maps, scores = raw
+        return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
+
+    def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:
+        from .evaluate import map_to_frame
+
+        full = map_to_frame(np.ascontiguousarray(amap, dtype=np.float32), frame_hw)
+        binary = (full >= self.pixel_threshold).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        regions, mask = [], np.zeros_like(binary)
+        for k in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[k])
+            if area < self.min_area:
+                continue
+            inside = labels[y:y + h, x:x + w] == k
+            values = full[y:y + h, x:x + w][inside]
+            mask[y:y + h, x:x + w][inside] = 1
+            regions.append(Region((x, y, w, h), area, float(values.max()), float(values.mean())))
+        defect = score >= self.image_threshold and (self.min_area == 0 or bool(regions))
+        offset, scale = self._norm
+        return Result(score=score, verdict="defect" if defect else "ok", anomaly_map=full, mask=mask,
+                      regions=regions, normalized_score=(score - offset) / scale)
+
+    # -- convenience ------------------------------------------------------------------------
+
+    def batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
+        if len(frames) == 0:
+            return []
+        t0 = time.perf_counter()
+        batch = self.preprocess(frames)
+        t1 = time.perf_counter()
+        raw = self.infer(batch)
+        t2 = time.perf_counter()
+        results = self.postprocess(frames, raw)
+        t3 = time.perf_counter()
+        n = len(frames)
+        for r in results:
+            r.timings = {"preprocess_ms": 1e3 * (t1 - t0) / n, "infer_ms": 1e3 * (t2 - t1) / n,
+                         "postprocess_ms": 1e3 * (t3 - t2) / n}
+        return results
+
+    def __call__(self, frame: np.ndarray) -> Result:
+        return self.batch([frame])[0]
+
+    def __repr__(self) -> str:
+        return (f"Detector({str(self.path)!r}, backend={self.backend.name}, size={self.size}, "
+                f"threshold={self.image_threshold:.4g})")

@@ -1,0 +1,104 @@
+"""One ONNX graph: TensorRT-parsable ops, no int64 data, parity with PyTorch on real images, model.json."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.model import load_checkpoint
+from export.onnx_export import TENSORRT_OPS, export_checkpoint, graph_report
+from export.train import TrainArgs, torch_predictor, train
+from sdk.data import AnomalyDataset
+from sdk.evaluate import backend_predictor, evaluate, predict_dataset
+from tests.conftest import DEMO_ROOT
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+SIZE = (64, 128)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A CFRG trained for a few steps on the demo subset, exported with calibration."""
+    out = tmp_path_factory.mktemp("export")
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(out / "run"), image_size=SIZE, steps=4,
+                    time_budget=0, batch_size=4, progress=False, final_eval=False))
+    onnx_path = out / "model.onnx"
+    info = export_checkpoint(out / "run" / "model.pt", onnx_path, defect_split="test", progress=False)
+    model, _ = load_checkpoint(out / "run" / "model.pt")
+    return model, onnx_path, info
+
+
+def test_graph_ops_are_tensorrt_parsable_and_int64_free(exported):
+    _, path, _ = exported
+    proto = onnx.load(str(path))
+    report = graph_report(proto)
+    assert report["unsupported_ops"] == [], report
+    assert set(report["ops"]) <= TENSORRT_OPS
+    assert report["int64_tensors"] == []
+    assert not [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT64
+                and i.name in {n.input[0] for n in proto.graph.node if n.input}]
+    inp = proto.graph.input[0]
+    assert inp.name == "frames" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", SIZE[0], SIZE[1], 3]
+    assert [o.name for o in proto.graph.output] == ["anomaly_map", "score"]
+    assert proto.opset_import[0].version == 17
+
+
+def test_polygraphy_lint_passes(exported):
+    pytest.importorskip("polygraphy")
+    _, path, _ = exported
+    cli = Path(sys.executable).with_name("polygraphy")
+    run = subprocess.run([str(cli), "check", "lint", str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "PASSED" in run.stdout + run.stderr
+
+
+def test_model_json_and_metadata_agree(exported):
+    _, path, info = exported
+    side = json.loads(path.with_suffix(".json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["cfrg"]) == side == json.loads(json.dumps(info))
+    assert side["input"]["colour_order"] == "RGB" and [side["input"]["height"], side["input"]["width"]] == list(SIZE)
+    t = side["thresholds"]
+    assert t["default"] == "good_only" and t["good_only"]["n_images"] == 4
+    assert np.isfinite(t["f1"]["image"]) and 0 <= t["f1"]["image_f1"] <= 1
+    assert len(side["data_fingerprint"]) == 64 and side["versions"]["opset"] == 17
+
+
+@pytest.mark.parametrize("category", ["magnetic_tile", "ball_screw"])
+def test_parity_pytorch_vs_onnxruntime_on_real_images(exported, data_root, category):
+    model, path, _ = exported
+    ds = AnomalyDataset(data_root, category, "test")
+    sess_pred = backend_predictor(__import__("sdk.backends").backends.OnnxRuntimeBackend(path))
+    torch_pred = torch_predictor(model)
+    a = predict_dataset(sess_pred, ds, SIZE, progress=False, limit=24)
+    b = predict_dataset(torch_pred, ds, SIZE, progress=False, limit=24)
+    for ma, mb in zip(a.maps, b.maps):
+        assert np.abs(ma - mb).max() <= 1e-4 * np.abs(mb).max()
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+    ra, rb = evaluate(a, ds), evaluate(b, ds)
+    for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"):
+        assert round(ra[k], 3) == round(rb[k], 3), (k, ra[k], rb[k])
+
+
+def test_dynamic_batch(exported):
+    _, path, _ = exported
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 255, (5, *SIZE, 3), dtype=np.uint8)
+    maps, scores = sess.run(None, {"frames": x})
+    single = sess.run(None, {"frames": x[2:3]})
+    assert maps.shape == (5, *SIZE) and scores.shape == (5,)
+    np.testing.assert_allclose(single[0][0], maps[2], rtol=1e-5, atol=1e-6)
+
+
+def test_export_without_calibration_images_is_a_clear_error(tmp_path):
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=(64, 64),
+                    steps=1, time_budget=0, batch_size=2, progress=False, final_eval=False, holdout=0))
+    with pytest.raises(ValueError, match="--calib-dir"):
+        export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "m.onnx", progress=False)
+    assert not (tmp_path / "m.onnx").exists()
