@@ -1,2 +1,14 @@
 """CFRG inspection SDK, field side. Imports with numpy and opencv alone."""
 __version__ = "0.1.0"
+
+from .backends import ModelFileError
+from .detector import Detector, Region, Result
+from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
+from .sources import Frame, LineScanAccumulator, Source, SourceError, SourceEvent, SourceLost, open_source
+from .stream import Record, Stream
+
+__all__ = [
+    "Detector", "Result", "Region", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
+    "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MaskSink", "OverlaySink", "JsonlSink",
+    "VideoSink",
+]

@@ -13,3 +13,26 @@ def data_root() -> Path:
     if not (DATA_ROOT / "magnetic_tile").is_dir():
         pytest.skip(f"real data not found at {DATA_ROOT} (set CFRG_DATA)")
     return DATA_ROOT
+
+
+EXPORT_SIZE = (64, 128)
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory):
+    """A CFRG trained for a few steps on the built-in demo subset and exported with calibration.
+
+    Returns (torch model, path of model.onnx, model description). Good for numerics and plumbing,
+    not for detection quality.
+    """
+    from export.model import load_checkpoint
+    from export.onnx_export import export_checkpoint
+    from export.train import TrainArgs, train
+
+    out = tmp_path_factory.mktemp("export")
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(out / "run"), image_size=EXPORT_SIZE,
+                    steps=4, time_budget=0, batch_size=4, progress=False, final_eval=False))
+    onnx_path = out / "model.onnx"
+    info = export_checkpoint(out / "run" / "model.pt", onnx_path, defect_split="test", progress=False)
+    model, _ = load_checkpoint(out / "run" / "model.pt")
+    return model, onnx_path, info

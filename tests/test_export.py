@@ -8,28 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from export.model import load_checkpoint
 from export.onnx_export import TENSORRT_OPS, export_checkpoint, graph_report
 from export.train import TrainArgs, torch_predictor, train
 from sdk.data import AnomalyDataset
 from sdk.evaluate import backend_predictor, evaluate, predict_dataset
-from tests.conftest import DEMO_ROOT
+from tests.conftest import DEMO_ROOT, EXPORT_SIZE
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-SIZE = (64, 128)
+SIZE = EXPORT_SIZE
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A CFRG trained for a few steps on the demo subset, exported with calibration."""
-    out = tmp_path_factory.mktemp("export")
-    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(out / "run"), image_size=SIZE, steps=4,
-                    time_budget=0, batch_size=4, progress=False, final_eval=False))
-    onnx_path = out / "model.onnx"
-    info = export_checkpoint(out / "run" / "model.pt", onnx_path, defect_split="test", progress=False)
-    model, _ = load_checkpoint(out / "run" / "model.pt")
-    return model, onnx_path, info
+def exported(exported_model):
+    return exported_model
 
 
 def test_graph_ops_are_tensorrt_parsable_and_int64_free(exported):
