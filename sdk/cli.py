@@ -129,17 +129,99 @@ def cmd_export(ns) -> int:
     return 0
 
 
+def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
+               queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None) -> dict:
+    """Stream a source through a Detector into sinks; returns stream stats plus verdict counts."""
+    from tqdm import tqdm
+
+    from .detector import Detector
+    from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
+    from .stream import Stream
+
+    det = Detector(model, threshold=threshold, min_area=min_area)
+    sinks = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        sinks.append(JsonlSink(out / "verdicts.jsonl"))
+        if masks:
+            sinks.append(MaskSink(out / "masks"))
+        if overlays:
+            sinks.append(OverlaySink(out / "overlays"))
+        if video:
+            sinks.append(VideoSink(out / video, fps=10))
+    counts = {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
+    bar = tqdm(desc="run", unit="frame", disable=not progress, total=limit)
+    with Stream(det, source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks) as stream:
+        for n, rec in enumerate(stream, 1):
+            key = rec.verdict if rec.status == "ok" else rec.status
+            counts[key] = counts.get(key, 0) + 1
+            bar.update(1)
+            if n % 10 == 0:
+                bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"], errors=counts["error"])
+            if limit and n >= limit:
+                break
+    bar.close()
+    stats = stream.stats()
+    stats["verdicts"] = counts
+    return stats
+
+
+def cmd_run(ns) -> int:
+    out = Path(ns.out) if ns.out else None
+    stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
+                       video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
+                       threshold=_threshold_arg(ns.threshold), min_area=ns.min_area, progress=not ns.no_progress,
+                       limit=ns.max_frames)
+    v = stats["verdicts"]
+    print(f"{stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors, "
+          f"{v['dropped']} dropped; {stats['fps']:.1f} frames/s end to end")
+    if out is not None:
+        print(f"wrote {out / 'verdicts.jsonl'}" + ("" if ns.no_masks else f", {out / 'masks'}")
+              + ("" if ns.no_overlays else f", {out / 'overlays'}"))
+    return 0 if v["error"] == 0 else 1
+
+
+def _threshold_arg(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def cmd_demo(ns) -> int:
+    """Train on the built-in data, export, stream its test images as a camera, print metrics and speed."""
     _needs_torch("demo")
+    from export.onnx_export import export_checkpoint
     from export.train import train
 
+    from .data import AnomalyDataset
+    from .detector import Detector
+    from .evaluate import backend_predictor, evaluate, format_table, predict_dataset
+
     out = Path(ns.out)
-    print(f"demo: training CFRG on the built-in ball_screw subset ({DEMO_DATA}) for {ns.time_budget} min")
-    cfg = train(train_args_from(ns, str(DEMO_DATA), "ball_screw", str(out)))
-    m = cfg.get("metrics", {})
-    print("demo metrics: " + ", ".join(f"{k} {m[k]:.3f}" for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
-                                        if k in m))
-    print(f"model: {out / 'model.pt'}; metrics: {out / 'metrics.json'}")
+    data, category = str(DEMO_DATA), "ball_screw"
+    print(f"[1/4] training CFRG on the built-in ball_screw subset ({DEMO_DATA}) for {ns.time_budget} min")
+    args = train_args_from(ns, data, category, str(out / "train"))
+    args.final_eval = False  # step 4 evaluates the exported model
+    train(args)
+    print("[2/4] exporting to ONNX with thresholds calibrated on held-back good images")
+    onnx_path = out / "model.onnx"
+    export_checkpoint(out / "train" / "model.pt", onnx_path, defect_split="test", progress=not ns.no_progress)
+    print(f"[3/4] streaming the test images as a camera through {onnx_path}")
+    source = str(DEMO_DATA / category / "test" / "*" / "*.jpg")
+    stats = run_stream(onnx_path, source, out / "stream", video="annotated.mp4", progress=not ns.no_progress)
+    v = stats["verdicts"]
+    print(f"    {stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors; "
+          f"{stats['fps']:.1f} frames/s end to end; masks, overlays, verdicts.jsonl in {out / 'stream'}")
+    print("[4/4] metrics of the exported model on the test split")
+    det = Detector(onnx_path)
+    test = AnomalyDataset(data, category, "test")
+    preds = predict_dataset(backend_predictor(det.backend, det.input_name), test, det.size,
+                            progress=not ns.no_progress)
+    result = evaluate(preds, test)
+    print(format_table(result))
+    print("demo metrics (ONNX Runtime): " + ", ".join(f"{k} {result[k]:.3f}" for k in
+                                                       ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")))
     return 0
 
 
@@ -170,6 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-split", help="split with defect images for F1-optimal thresholds, e.g. test")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
+    p.add_argument("--model", required=True, help="exported model.onnx")
+    p.add_argument("--source", required=True,
+                   help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob")
+    p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing)")
+    p.add_argument("--threshold", default="default", help="default, good_only, f1 or a raw score")
+    p.add_argument("--min-area", type=int, default=0, help="smallest region in frame pixels (default 0)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--queue-size", type=int, default=4)
+    p.add_argument("--drop", choices=["none", "oldest"], default="none",
+                   help="none: back-pressure (default); oldest: drop frames the model cannot keep up with")
+    p.add_argument("--video", help="also write an annotated video with this file name into --out")
+    p.add_argument("--no-masks", action="store_true")
+    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="train and evaluate on the built-in ball_screw subset")
     p.add_argument("--out", default="runs/demo")
     add_train_args(p, demo=True)
