@@ -75,8 +75,8 @@ class MBConv(nn.Module):
     def forward(self, x):
         y = x
         if self.has_expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return y + x if self.residual else y
 
@@ -168,7 +168,7 @@ class EfficientNetLite(nn.Module):
     mean, std = LITE_MEAN, LITE_STD
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         feats = []
         stop = self.feature_blocks[-1]
         for i, block in enumerate(self._blocks):
@@ -182,7 +182,7 @@ class EfficientNetLite(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.features_only:
             return self.forward_features(x)
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))

@@ -25,6 +25,7 @@ class CFRGConfig:
     teacher: str = "efficientnet_lite0"
     student_width: int = 32
     recovery_width: int = 128
+    recovery_code_stride: int = 32  # 16 or 32: where the recovery bottleneck sits
     seg_width: int = 32
     use_recovery: bool = True
     use_segmentation: bool = True
@@ -85,14 +86,17 @@ class Student(nn.Module):
 class Recovery(nn.Module):
     """Reverse-distillation style: fuse teacher scales into a compact code at stride 32, decode back."""
 
-    def __init__(self, teacher_channels: Sequence[int], width: int = 128):
+    def __init__(self, teacher_channels: Sequence[int], width: int = 128, code_stride: int = 32):
         super().__init__()
+        if code_stride not in (16, 32):
+            raise ValueError(f"recovery code stride must be 16 or 32, got {code_stride}")
         c4, c8, c16 = teacher_channels
         w = width
+        self.code_up = code_stride // 16
         self.in4 = conv_bn_relu(c4, w // 4, 3, 4)
         self.in8 = conv_bn_relu(c8, w // 4, 3, 2)
         self.in16 = conv_bn_relu(c16, w // 2, 1, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(w, w), conv_bn_relu(w, 2 * w, 3, 2))  # stride 32 code
+        self.fuse = nn.Sequential(conv_bn_relu(w, w), conv_bn_relu(w, 2 * w, 3, self.code_up))
         self.up16 = nn.Sequential(conv_bn_relu(2 * w, w), _ResBlock(w))
         self.up8 = nn.Sequential(conv_bn_relu(w, w // 2), _ResBlock(w // 2))
         self.up4 = nn.Sequential(conv_bn_relu(w // 2, w // 4), _ResBlock(w // 4))
@@ -101,7 +105,7 @@ class Recovery(nn.Module):
     def forward(self, feats):
         f4, f8, f16 = feats
         code = self.fuse(torch.cat([self.in4(f4), self.in8(f8), self.in16(f16)], 1))
-        d16 = self.up16(upsample(code, 2))
+        d16 = self.up16(upsample(code, self.code_up))
         d8 = self.up8(upsample(d16, 2))
         d4 = self.up4(upsample(d8, 2))
         return [o(d) for o, d in zip(self.out, (d4, d8, d16))]
@@ -175,7 +179,8 @@ class CFRG(nn.Module):
         self.register_buffer("mean", torch.tensor(self.teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.teacher.std).view(1, 3, 1, 1), persistent=False)
         self.student = Student(channels, config.student_width)
-        self.recovery = Recovery(channels, config.recovery_width) if config.use_recovery else None
+        self.recovery = (Recovery(channels, config.recovery_width, config.recovery_code_stride)
+                         if config.use_recovery else None)
         n_weights = 1 + int(config.use_recovery)
         self.seg = SegHead(channels, config.seg_width, n_weights) if config.use_segmentation else None
         self.blur = GaussianBlur(config.gaussian_sigma)
