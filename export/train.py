@@ -44,6 +44,8 @@ class TrainArgs:
     texture_dir: str | None = None
     use_recovery: bool = True
     use_segmentation: bool = True
+    recovery_code_stride: int = 32
+    recovery_width: int = 128
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -206,7 +208,8 @@ def train(args: TrainArgs) -> dict:
         except Exception as exc:  # noqa: BLE001 - a missing test split only disables evaluation
             print(f"no evaluation: {exc}")
     config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
-                        use_recovery=args.use_recovery, use_segmentation=args.use_segmentation)
+                        use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
+                        recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)

@@ -52,6 +52,9 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--texture-dir", help="folder of texture images for defect synthesis")
     p.add_argument("--no-recovery", action="store_true", help="ablation: drop the recovery branch")
     p.add_argument("--no-segmentation", action="store_true", help="ablation: drop the segmentation head")
+    p.add_argument("--recovery-stride", type=int, default=32, choices=[16, 32],
+                   help="stride of the recovery bottleneck (default 32)")
+    p.add_argument("--recovery-width", type=int, default=128, help="recovery branch width (default 128)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -64,6 +67,7 @@ def train_args_from(ns, data, category, out):
                      batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed, eval_every=ns.eval_every,
                      eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
+                     recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
                      threads=ns.threads, progress=not ns.no_progress)
 
 
