@@ -15,13 +15,20 @@ def native_extensions():
     sources = sorted(glob.glob("cpp_ext/*.cpp"))
     if Pybind11Extension is None or not sources:
         return []
+    # Compile the sources in parallel (NPY_NUM_BUILD_JOBS=1 to serialise on a busy machine).
+    from pybind11.setup_helpers import ParallelCompile
+
+    ParallelCompile("NPY_NUM_BUILD_JOBS").install()
     return [
         Pybind11Extension(
             "sdk._native",
             sources,
             include_dirs=["cpp_ext"],
             cxx_std=17,
-            extra_compile_args=["-O3"],
+            # -ffp-contract=off: no fused multiply-add, so float results match OpenCV and the
+            # NumPy twin bit for bit (GCC fuses by default on aarch64, e.g. Jetson).
+            extra_compile_args=["-O3", "-pthread", "-ffp-contract=off"],
+            extra_link_args=["-pthread"],
         )
     ]
 

@@ -1,0 +1,141 @@
+"""Tiling for large frames (line cameras: 4096-16384 px wide): overlapping tiles at model size,
+and the tile maps stitched back into one frame-size map.
+
+Along each axis, tiles start every ``tile - overlap`` pixels and the last one is aligned with the
+frame's end, so every pixel is covered, every overlap is at least ``overlap`` wide and no tile is
+resized. A frame shorter than a tile gets one tile, padded with ``pad_value``.
+
+``stitch(..., mode="max")`` takes the maximum where tiles overlap; ``mode="mean"`` the mean
+weighted by each pixel's distance to its tile's edge (min(i + 1, n - i) per axis), so tile
+borders, where the model sees least context, count least. Run post-processing on the stitched
+map: a defect on a tile border then is one region, found once.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from sdk.native import check_choice, check_frame, check_output, check_threads, describe, native_module
+
+Pair = Union[int, Sequence[int]]
+
+
+def _pair(value: Pair, name: str) -> tuple[int, int]:
+    """(h, w) from an int or a pair."""
+    try:
+        h, w = (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"{name} must be an int or (h, w); got {value!r}") from None
+    return h, w
+
+
+def tile_positions(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts along one axis: every tile - overlap pixels, the last aligned with the end."""
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile; got tile={tile}, overlap={overlap}")
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = -(-(length - tile) // stride) + 1  # ceil
+    return [min(i * stride, length - tile) for i in range(count)]
+
+
+def tile_grid(frame_shape: Sequence[int], tile: Pair, overlap: Pair = 0) -> tuple[list[int], list[int]]:
+    """(xs, ys): tile starts along x and y for a frame of shape (H, W[, C])."""
+    th, tw = _pair(tile, "tile")
+    oy, ox = _pair(overlap, "overlap")
+    return tile_positions(int(frame_shape[1]), tw, ox), tile_positions(int(frame_shape[0]), th, oy)
+
+
+def make_tiles(
+    frame: np.ndarray,
+    tile: Pair = 256,
+    overlap: Pair = 32,
+    pad_value: int = 0,
+    out: Optional[np.ndarray] = None,
+    threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles, origins): tiles uint8 (N, th, tw[, C]) in row-major order (frame dims kept: a
+    2-D frame gives 3-D tiles), origins int64 (N, 2) of (x, y). ``out`` may be given (e.g. the
+    engine's input buffer when no colour conversion is needed). tile, overlap: int or (h, w)."""
+    frame = check_frame(frame)
+    th, tw = _pair(tile, "tile")
+    xs, ys = tile_grid(frame.shape, (th, tw), overlap)
+    if not isinstance(pad_value, (int, np.integer)) or not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value must be an int in [0, 255]; got {pad_value!r}")
+    threads = check_threads(threads)
+    shape = (len(xs) * len(ys), th, tw) + frame.shape[2:]
+    out = np.empty(shape, np.uint8) if out is None else check_output(out, "out", np.uint8, shape)
+    origins = np.array([(x, y) for y in ys for x in xs], dtype=np.int64)
+
+    native = native_module()
+    if native is not None:
+        native.make_tiles(frame, th, tw, xs, ys, int(pad_value), out, threads)
+        return out, origins
+    for i, (x, y) in enumerate(origins):
+        part = frame[y : y + th, x : x + tw]
+        out[i] = pad_value
+        out[i, : part.shape[0], : part.shape[1]] = part
+    return out, origins
+
+
+def tile_weights(tile_h: int, tile_w: int) -> np.ndarray:
+    """float32 (tile_h, tile_w) weights of mode='mean': min(i + 1, n - i) per axis, multiplied."""
+    wy = np.minimum(np.arange(tile_h) + 1, tile_h - np.arange(tile_h)).astype(np.float32)
+    wx = np.minimum(np.arange(tile_w) + 1, tile_w - np.arange(tile_w)).astype(np.float32)
+    return wy[:, None] * wx[None, :]
+
+
+def stitch(
+    tile_maps: np.ndarray,
+    origins: np.ndarray,
+    frame_shape: Sequence[int],
+    mode: str = "max",
+    out: Optional[np.ndarray] = None,
+    threads: int = 0,
+) -> np.ndarray:
+    """float32 (H, W) map from per-tile maps (N, th, tw) placed at origins (N, 2) of (x, y);
+    'max' or 'mean' (weighted) in the overlaps, 0 where no tile lies."""
+    ok = isinstance(tile_maps, np.ndarray) and tile_maps.dtype == np.float32 and tile_maps.ndim == 3
+    if not ok or len(tile_maps) < 1:
+        raise ValueError(f"tile_maps must be a float32 array of shape (N, tile_h, tile_w); got {describe(tile_maps)}")
+    n, th, tw = tile_maps.shape
+    origins = np.asarray(origins)
+    if origins.shape != (n, 2) or origins.dtype.kind not in "iu":
+        raise ValueError(f"origins must be an int array of shape ({n}, 2) holding (x, y); got {describe(origins)}")
+    origins = origins.astype(np.int64, copy=False)
+    h, w = int(frame_shape[0]), int(frame_shape[1])
+    bad = (origins[:, 0] < 0) | (origins[:, 1] < 0) | (origins[:, 0] >= w) | (origins[:, 1] >= h)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"origin {i} (x={origins[i, 0]}, y={origins[i, 1]}) lies outside the frame of width {w} and height {h}"
+        )
+    check_choice(mode, "mode", ("max", "mean"))
+    threads = check_threads(threads)
+    out = np.empty((h, w), np.float32) if out is None else check_output(out, "out", np.float32, (h, w))
+
+    native = native_module()
+    if native is not None:
+        native.stitch(tile_maps, origins, h, w, mode, out, threads)
+        return out
+    weights = tile_weights(th, tw)
+    acc = np.full((h, w), -np.inf if mode == "max" else 0.0, np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    for tile_map, (x, y) in zip(tile_maps, origins):
+        ch, cw = min(th, h - y), min(tw, w - x)
+        a, s = acc[y : y + ch, x : x + cw], wsum[y : y + ch, x : x + cw]
+        if mode == "max":
+            np.maximum(a, tile_map[:ch, :cw], out=a)
+            s[...] = 1.0
+        else:
+            a += weights[:ch, :cw] * tile_map[:ch, :cw]
+            s += weights[:ch, :cw]
+    covered = wsum > 0
+    if mode == "max":
+        out[...] = np.where(covered, acc, np.float32(0.0))
+    else:
+        out[...] = 0.0
+        np.divide(acc, wsum, out=out, where=covered)
+    return out
