@@ -55,6 +55,7 @@ setup(
             "scikit-image>=0.21",
             "efficientnet-lite-pytorch==0.1.0",
             "pybind11>=2.12",
+            "polygraphy>=0.49",
         ],
         "gpu": ["tensorrt>=10.3", "cuda-python>=12.0"],
     },

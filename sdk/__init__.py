@@ -2,7 +2,8 @@
 __version__ = "0.1.0"
 
 from .backends import ModelFileError
-from .detector import Detector, Region, Result
+from .detector import Detector, Result
+from .postprocess import Region
 from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
 from .sources import Frame, LineScanAccumulator, Source, SourceError, SourceEvent, SourceLost, open_source
 from .stream import Record, Stream

@@ -7,20 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .backends import Backend, ModelFileError, load_backend
+from .postprocess import Region, postprocess
+from .preprocess import preprocess
 
 METADATA_FORMAT = "cfrg-model-1"
-
-
-@dataclass(frozen=True)
-class Region:
-    box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
-    area: int
-    max_score: float
-    mean_score: float
 
 
 @dataclass
@@ -114,20 +107,12 @@ class Detector:
             raise ValueError(f"frame is empty (shape {frame.shape})")
         return frame
 
-    def _to_model_colour(self, frame: np.ndarray) -> np.ndarray:
-        if frame.ndim == 2:
-            return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-        if self.color != self.model_colour:
-            return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)  # swaps either way
-        return frame
-
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        from .evaluate import resize_for_model
-
+        """Validated frames -> uint8 NHWC batch at the model size, in the model's colour order."""
         frames = [self.check_frame(f) for f in frames]
         batch = np.empty((len(frames), *self.size, 3), np.uint8)
         for i, f in enumerate(frames):
-            batch[i] = resize_for_model(self._to_model_colour(f), self.size)
+            preprocess(f, batch, index=i, color_in=self.color, color_out=self.model_colour)
         return batch
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,20 +124,7 @@ class Detector:
         return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
 
     def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:
-        from .evaluate import map_to_frame
-
-        full = map_to_frame(np.ascontiguousarray(amap, dtype=np.float32), frame_hw)
-        binary = (full >= self.pixel_threshold).astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-        regions, mask = [], np.zeros_like(binary)
-        for k in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[k])
-            if area < self.min_area:
-                continue
-            inside = labels[y:y + h, x:x + w] == k
-            values = full[y:y + h, x:x + w][inside]
-            mask[y:y + h, x:x + w][inside] = 1
-            regions.append(Region((x, y, w, h), area, float(values.max()), float(values.mean())))
+        full, mask, regions = postprocess(amap, frame_hw, self.pixel_threshold, self.min_area, mask_value=1)
         defect = score >= self.image_threshold and (self.min_area == 0 or bool(regions))
         offset, scale = self._norm
         return Result(score=score, verdict="defect" if defect else "ok", anomaly_map=full, mask=mask,

@@ -22,13 +22,16 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
 def resize_for_model(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Resize an HxWx3 uint8 image to (height, width): area for >= 2x down-scales, bilinear otherwise."""
+    """RGB HxWx3 uint8 -> (height, width) model input, through the same pre-processing the SDK
+    runs in the field (sdk.preprocess: area for >= 2x down-scales, bilinear otherwise)."""
+    from .preprocess import preprocess
+
     h, w = int(size[0]), int(size[1])
-    if image.shape[:2] == (h, w):
+    if image.shape[:2] == (h, w) and image.ndim == 3:
         return image
-    big_down = image.shape[0] >= 2 * h and image.shape[1] >= 2 * w
-    interp = cv2.INTER_AREA if big_down else cv2.INTER_LINEAR
-    return cv2.resize(image, (w, h), interpolation=interp)
+    out = np.empty((1, h, w, 3), np.uint8)
+    preprocess(image, out, color_in="rgb", color_out="rgb")
+    return out[0]
 
 
 def map_to_frame(amap: np.ndarray, frame_hw: Sequence[int]) -> np.ndarray:
