@@ -142,7 +142,9 @@ def format_table(result: dict) -> str:
 
 def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os.PathLike,
                   vmax: float | None = None) -> int:
-    """Write <type>_<stem>.png: image | anomaly heat map | ground truth, side by side."""
+    """Write <type>_<stem>.png: image | anomaly heat map | ground-truth contours, side by side."""
+    from .postprocess import overlay
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}
@@ -152,11 +154,8 @@ def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os
         img = dataset.load_image(i, color="bgr")
         mask = dataset.load_mask(i)
         amap = map_to_frame(preds.maps[k], img.shape[:2])
-        heat = cv2.applyColorMap(np.clip(amap / vmax * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-        blend = cv2.addWeighted(img, 0.5, heat, 0.5, 0)
-        gt = img.copy()
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(gt, contours, -1, (0, 255, 0), 2)
+        blend = overlay(img, amap, np.zeros_like(mask), value_range=(0.0, vmax))
+        gt = overlay(img, amap, mask, alpha=0.0, contour_color=(0, 255, 0))
         panel = np.concatenate([img, blend, gt], axis=1)
         cv2.putText(panel, f"{preds.defect_types[k]} score {preds.scores[k]:.3f}", (5, 20),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
