@@ -329,13 +329,16 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux) for VmRSS")
-def test_soak_2000_frames_every_frame_accounted_memory_flat(tmp_path, data_root):
+def test_soak_2000_frames_every_frame_accounted_memory_flat(tmp_path, data_root, exported_model):
+    """2,000 frames of a real video through sdk.Stream with the real (small) exported CFRG model."""
+    from sdk.detector import Detector
+
     base = real_images(data_root, 50, (128, 128))
     path = write_video(tmp_path / "soak.mp4", base * 40)  # 2,000 frames
     sink = JsonlSink(tmp_path / "soak.jsonl")
     rss = []
     next_id = 0
-    with Stream(TinyOnnxDetector(), open_source(path), sinks=[sink], batch_size=2) as stream:
+    with Stream(Detector(exported_model[1]), open_source(path), sinks=[sink], batch_size=2) as stream:
         for rec in stream:
             assert rec.frame_id == next_id and rec.status == "ok"
             next_id += 1
