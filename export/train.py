@@ -191,10 +191,32 @@ def versions() -> dict:
     return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 
 
+def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
+    """What a resumed run must share with the first: the model and the images it trains on."""
+    return {**{f"model.{k}": v for k, v in config.to_dict().items()}, "category": args.category,
+            "holdout": args.holdout}
+
+
+def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) -> None:
+    if "run" not in state:  # last.pt from before this record existed: the state-dict check still applies
+        return
+    saved, now = json.loads(state["run"]), _resume_key(config, args)
+    diff = [f"{k}: {saved.get(k)} then, {now[k]} now" for k in now if saved.get(k) != now[k]]
+    if diff:
+        raise ValueError(f"--resume: {last} comes from a different run ({'; '.join(diff)}); "
+                         f"resume with the first run's options or use a new --out")
+
+
 def train(args: TrainArgs) -> dict:
     """Train and write OUT/model.pt, OUT/config.json (and OUT/last.pt for resuming)."""
     from tqdm import tqdm
 
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0: only the time budget), got {args.steps}")
+    if args.steps == 0 and args.time_budget <= 0:
+        raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,10 +233,6 @@ def train(args: TrainArgs) -> dict:
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
                         recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
-    train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
-    images = load_train_images(train_set, config.image_size, args.progress, train_idx)
-    cache = teacher_cache(model, images)
-    synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     step, elapsed, history = 0, 0.0, []
@@ -222,11 +240,24 @@ def train(args: TrainArgs) -> dict:
     if args.resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"], strict=False)
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+            raise ValueError(f"--resume: {last} is not readable ({type(exc).__name__}: {exc}); "
+                             f"delete it and train without --resume") from exc
+        _check_resume(state, last, config, args)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
         opt.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed"], json.loads(state["history"])
         print(f"resumed from {last} at step {step}, {elapsed / 60:.1f} min trained")
+    train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
+    images = load_train_images(train_set, config.image_size, args.progress, train_idx)
+    cache = teacher_cache(model, images)
+    synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     budget = args.time_budget * 60.0
     total_steps = args.steps or None
 
@@ -239,7 +270,8 @@ def train(args: TrainArgs) -> dict:
     def save_last():
         torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
                     "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "history": json.dumps(history)}, f"{last}.tmp")
+                    "history": json.dumps(history), "run": json.dumps(_resume_key(config, args))},
+                   f"{last}.tmp")
         os.replace(f"{last}.tmp", last)
 
     maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step)
@@ -261,8 +293,8 @@ def train(args: TrainArgs) -> dict:
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
+            before = progress_fraction()  # before the step and time are counted, so the bar sees both
             step += 1
-            before = progress_fraction()
             elapsed += time.perf_counter() - t0
             bar.update(100 * (progress_fraction() - before))
             if step % 10 == 0:
