@@ -97,6 +97,8 @@ def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | 
     if calib_dir:
         from sdk.data import IMAGE_EXTENSIONS
 
+        if not Path(calib_dir).is_dir():
+            raise FileNotFoundError(f"--calib-dir {calib_dir} is not a folder; pass a folder of good images")
         files = sorted(str(p) for p in Path(calib_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -132,9 +134,21 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from .model import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"output {out} must end in .onnx (model.json is written beside it)")
     model, extra = load_checkpoint(checkpoint)
     cfg_path = checkpoint.parent / "config.json"
     train_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
+    good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)
+    root = data or train_cfg.get("train", {}).get("data")
+    cat = category or train_cfg.get("train", {}).get("category")
+    if defect_split and not (root and cat):
+        raise ValueError(f"--defect-split {defect_split}: no dataset recorded in {cfg_path}; "
+                         f"pass --data ROOT and --category NAME")
+    defect_set = AnomalyDataset(root, cat, defect_split) if defect_split else None  # scanned now: fail early
+    if not 0.0 <= target_frr < 1.0:
+        raise ValueError(f"--target-frr must be in [0, 1), e.g. 0.01 for 1% of good parts rejected; got {target_frr}")
     out.parent.mkdir(parents=True, exist_ok=True)
     proto = export_onnx(model)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -142,7 +156,6 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     h, w = model.config.image_size
     predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME)
 
-    good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)
     good_scores = []
     for s in range(0, len(good_files), 8):
         frames = np.stack([resize_for_model(read_image(p, "rgb"), (h, w)) for p in good_files[s:s + 8]])
@@ -151,12 +164,9 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     thresholds = {"default": "good_only",
                   "good_only": {"image": good["value"], "pixel": good["value"], "target_frr": target_frr,
                                 "n_images": good["n_images"], "observed_frr": good["observed_frr"]}}
-    if defect_split:
-        root = data or train_cfg.get("train", {}).get("data")
-        cat = category or train_cfg.get("train", {}).get("category")
-        ds = AnomalyDataset(root, cat, defect_split)
-        preds = predict_dataset(predict, ds, (h, w), progress=progress)
-        masks = [ds.load_mask(i) for i in range(len(ds))]
+    if defect_set is not None:
+        preds = predict_dataset(predict, defect_set, (h, w), progress=progress)
+        masks = [defect_set.load_mask(i) for i in range(len(defect_set))]
         from sdk.evaluate import map_to_frame
 
         maps = [map_to_frame(m, mk.shape) for m, mk in zip(preds.maps, masks)]
