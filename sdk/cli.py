@@ -87,7 +87,8 @@ def cmd_eval(ns) -> int:
 
     model_path = Path(ns.model)
     if not model_path.exists():
-        sys.exit(f"model file {model_path} does not exist")
+        raise FileNotFoundError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
+                                f"or a model.onnx from `cfrg export`")
     if model_path.suffix == ".pt":
         _needs_torch("eval of a .pt checkpoint")
         from export.train import load_model, torch_predictor
@@ -172,6 +173,8 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
 
 def cmd_run(ns) -> int:
     out = Path(ns.out) if ns.out else None
+    if ns.video and out is None:
+        raise ValueError(f"--video {ns.video} is written into the --out folder: give --out DIR as well")
     stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=_threshold_arg(ns.threshold), min_area=ns.min_area, progress=not ns.no_progress,
@@ -281,13 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .sources import SourceError
+
     ns = build_parser().parse_args(argv)
     try:
         return ns.func(ns)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError, NotImplementedError) as exc:
+    # Expected failures (bad paths, data, models, sources, permissions): one line, no traceback.
+    except (ValueError, OSError, SourceError, ImportError, NotImplementedError) as exc:
         print(f"cfrg {ns.command}: error: {exc}", file=sys.stderr)
         return 2
 
