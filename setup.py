@@ -39,7 +39,7 @@ setup(
     description="CFRG anomaly detection: training, ONNX export, TensorRT engines and a streaming SDK",
     packages=find_packages(include=["sdk", "sdk.*", "export", "export.*"]),
     package_data={"sdk": ["py.typed"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # zip(strict=...), X | Y in isinstance; torch 2.13 needs 3.10 too
     install_requires=["numpy>=1.23", "opencv-python-headless>=4.7", "tqdm>=4.60"],
     extras_require={
         "train": [
