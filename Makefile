@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip setuptools  # setup.py build_ext needs setuptools (venvs of Python 3.12+ lack it)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[train,dev]'
 	touch $(STAMP)
