@@ -151,7 +151,7 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 class GaussianBlur(nn.Module):
-    """Fixed separable Gaussian as two convolutions with reflect padding (ONNX/TensorRT friendly)."""
+    """Fixed separable Gaussian as two convolutions with replicate (edge) padding (ONNX/TensorRT friendly)."""
 
     def __init__(self, sigma: float):
         super().__init__()
