@@ -122,17 +122,25 @@ class BatchMaker:
     def _run(self):
         step = self.step
         while not self.stop.is_set():
-            item = self.make(step)
+            try:
+                item = self.make(step)
+            except Exception as exc:  # noqa: BLE001 - handed to next(), else the training loop waits forever
+                item = exc
             while not self.stop.is_set():
                 try:
                     self.q.put(item, timeout=0.2)
                     break
                 except queue.Full:
                     continue
+            if isinstance(item, Exception):
+                return
             step += 1
 
     def next(self):
-        return self.q.get()
+        item = self.q.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     def close(self):
         self.stop.set()
@@ -217,6 +225,9 @@ def train(args: TrainArgs) -> dict:
         raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.holdout < 1.0:
+        raise ValueError(f"--holdout must be in [0, 1), e.g. 0.1 to keep 10% of good images for calibration; "
+                         f"got {args.holdout}")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
