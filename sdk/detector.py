@@ -43,15 +43,25 @@ def read_model_info(path: Path, backend: Backend) -> dict:
     else:
         meta = backend.metadata()
         if "cfrg" in meta:
-            info = json.loads(meta["cfrg"])
-    if not info or info.get("format") != METADATA_FORMAT:
+            try:
+                info = json.loads(meta["cfrg"])
+            except json.JSONDecodeError as exc:
+                raise ModelFileError(f"{path}: its 'cfrg' metadata is not valid JSON ({exc}); "
+                                     f"re-export the model") from exc
+    if not isinstance(info, dict) or info.get("format") != METADATA_FORMAT:
         raise ModelFileError(f"{path}: no CFRG model description ({side.name} beside it or 'cfrg' ONNX metadata); "
                              f"export the model with `cfrg export`")
-    shape = backend.input_shape(info["input"]["name"]) if info["input"]["name"] in backend.input_names else None
+    try:
+        name = info["input"]["name"]
+        want = [int(info["input"]["height"]), int(info["input"]["width"]), 3]
+        info["input"]["colour_order"].lower()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: the model description lacks a valid input entry ({type(exc).__name__}: "
+                             f"{exc}); re-export the model with `cfrg export`") from exc
+    shape = backend.input_shape(name) if name in backend.input_names else None
     if shape is None:
-        raise ModelFileError(f"{path}: the graph has no input {info['input']['name']!r} "
+        raise ModelFileError(f"{path}: the graph has no input {name!r} "
                              f"(it has {backend.input_names}); {side.name} belongs to another model")
-    want = [info["input"]["height"], info["input"]["width"], 3]
     if list(shape[1:]) != want:
         raise ModelFileError(f"{path}: graph input is {list(shape[1:])} but {side.name} says {want}; "
                              f"the model and its description do not match, re-export both")
