@@ -24,4 +24,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf runs build *.egg-info sdk/_native*.so
+	rm -rf build *.egg-info sdk/_native*.so

@@ -44,7 +44,7 @@ class DeployGraph(nn.Module):
         self.eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
 
     def forward(self, frames: torch.Tensor):
-        x = frames.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # as export.train._to_tensor
         amap, score = self.model(x)
         return amap[:, 0], score
 
@@ -147,6 +147,9 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         raise ValueError(f"--defect-split {defect_split}: no dataset recorded in {cfg_path}; "
                          f"pass --data ROOT and --category NAME")
     defect_set = AnomalyDataset(root, cat, defect_split) if defect_split else None  # scanned now: fail early
+    if defect_set is not None and not any(smp.label for smp in defect_set.samples):
+        raise ValueError(f"--defect-split {defect_split}: {root}/{cat}/{defect_split} holds no defect images, so no "
+                         f"F1 threshold; name a split with defects or leave --defect-split out")
     if not 0.0 <= target_frr < 1.0:
         raise ValueError(f"--target-frr must be in [0, 1), e.g. 0.01 for 1% of good parts rejected; got {target_frr}")
     out.parent.mkdir(parents=True, exist_ok=True)

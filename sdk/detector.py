@@ -18,6 +18,10 @@ METADATA_FORMAT = "cfrg-model-1"
 
 @dataclass
 class Result:
+    """One frame's outcome. verdict is "defect" when score >= the image threshold (and, with
+    min_area > 0, a region survives the filter). score is the max of the model-size map, so with
+    min_area 0 a "defect" frame can still have an empty mask after upscaling the map."""
+
     score: float
     verdict: str  # "ok" | "defect"
     anomaly_map: np.ndarray  # float32, frame resolution
