@@ -97,10 +97,8 @@ def cmd_eval(ns) -> int:
         predict, size = torch_predictor(model), model.config.image_size
     else:
         from .detector import Detector
-        from .evaluate import backend_predictor
-
         det = Detector(model_path, backend=ns.backend)
-        predict, size = backend_predictor(det.backend, det.input_name), det.size
+        predict, size = det.predictor(), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
     t0 = time.perf_counter()
     preds = predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=not ns.no_progress)
@@ -203,7 +201,7 @@ def cmd_demo(ns) -> int:
 
     from .data import AnomalyDataset
     from .detector import Detector
-    from .evaluate import backend_predictor, evaluate, format_table, predict_dataset
+    from .evaluate import evaluate, format_table, predict_dataset
 
     out = Path(ns.out)
     data, category = str(DEMO_DATA), "ball_screw"
@@ -223,7 +221,7 @@ def cmd_demo(ns) -> int:
     print("[4/4] metrics of the exported model on the test split")
     det = Detector(onnx_path)
     test = AnomalyDataset(data, category, "test")
-    preds = predict_dataset(backend_predictor(det.backend, det.input_name), test, det.size,
+    preds = predict_dataset(det.predictor(), test, det.size,
                             progress=not ns.no_progress)
     result = evaluate(preds, test)
     print(format_table(result))

@@ -146,6 +146,15 @@ class Detector:
 
     # -- convenience ------------------------------------------------------------------------
 
+    def predictor(self):
+        """An sdk.evaluate Predictor: RGB uint8 NHWC batches at the model size -> (maps, scores)."""
+
+        def predict(frames_rgb: np.ndarray):
+            batch = frames_rgb if self.model_colour == "rgb" else frames_rgb[..., ::-1]
+            return self.infer(np.ascontiguousarray(batch))
+
+        return predict
+
     def batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         if len(frames) == 0:
             return []
