@@ -56,6 +56,7 @@ setup(
             "efficientnet-lite-pytorch==0.1.0",
             "pybind11>=2.12",
             "polygraphy>=0.49",
+            "onnx-graphsurgeon>=0.5",
         ],
         "gpu": ["tensorrt>=10.3", "cuda-python>=12.0"],
     },
