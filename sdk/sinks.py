@@ -73,9 +73,16 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
     map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
     [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed.
     """
+    from .postprocess import overlay as blend_overlay
+
     base = _to_bgr(np.asarray(image), color)
     h, w = base.shape[:2]
     out = base.copy()
+    m = np.zeros((h, w), np.uint8)
+    if mask is not None:
+        m = (np.asarray(mask).reshape(np.asarray(mask).shape[:2]) > 0).astype(np.uint8)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
     if anomaly_map is not None:
         amap = np.asarray(anomaly_map, dtype=np.float32).reshape(np.asarray(anomaly_map).shape[:2])
         if amap.shape != (h, w):
@@ -85,16 +92,9 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
             lo, hi = 0.0, (1.0 if top <= 1.0 else top)
         else:
             lo, hi = float(map_range[0]), float(map_range[1])
-        scaled = np.clip((amap - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255)
-        heat = cv2.applyColorMap(np.nan_to_num(scaled).astype(np.uint8), cv2.COLORMAP_JET)
-        out = cv2.addWeighted(base, 1.0 - alpha, heat, alpha, 0)
-    if mask is not None:
-        m = (np.asarray(mask).reshape(np.asarray(mask).shape[:2]) > 0).astype(np.uint8)
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (255, 255, 255), 3)
-        cv2.drawContours(out, contours, -1, _DEFECT_BGR, 1)
+        out = blend_overlay(base, np.nan_to_num(amap), m, alpha=alpha, value_range=(lo, hi))
+    elif mask is not None:
+        out = blend_overlay(base, np.zeros((h, w), np.float32), m, alpha=0.0)
     if label:
         scale = max(0.4, min(w, h) / 400.0)
         thick = max(1, int(round(scale * 1.5)))
