@@ -4,6 +4,7 @@ Each backend is imported lazily; a missing runtime gives a message that says wha
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +19,13 @@ class Backend(Protocol):
     name: str
     input_names: list[str]
     output_names: list[str]
+
+    def _loads_on_cpu(self, ort, path, options) -> bool:
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - the model itself is bad: report the original error
+            return False
+        return True
 
     def input_shape(self, name: str) -> tuple: ...
     def metadata(self) -> dict[str, str]: ...
@@ -39,6 +47,7 @@ class OnnxRuntimeBackend:
         if not path.is_file():
             raise ModelFileError(f"model file {path} does not exist: export one with `cfrg export model.pt -o {path}`")
         available = ort.get_available_providers()
+        auto = providers is None
         if providers is None:
             preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
             providers = [p for p in preferred if p in available]
@@ -51,11 +60,22 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ModelFileError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); "
-                                 f"re-export it with `cfrg export`") from exc
+            if auto and providers != ["CPUExecutionProvider"] and self._loads_on_cpu(ort, path, options):
+                warnings.warn(f"{path}: the {providers[0]} could not start ({exc}); running on the CPU. "
+                              f"Check the CUDA/TensorRT libraries or pass providers=['CPUExecutionProvider'].")
+            else:
+                raise ModelFileError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {exc}); "
+                                     f"re-export it with `cfrg export`") from exc
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _loads_on_cpu(self, ort, path, options) -> bool:
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - the model itself is bad: report the original error
+            return False
+        return True
 
     def input_shape(self, name: str) -> tuple:
         return tuple(next(i.shape for i in self.session.get_inputs() if i.name == name))

@@ -31,7 +31,6 @@ from .data import IMAGE_EXTENSIONS
 
 log = logging.getLogger("sdk.sinks")
 
-_DEFECT_BGR = (0, 0, 255)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
