@@ -20,13 +20,6 @@ class Backend(Protocol):
     input_names: list[str]
     output_names: list[str]
 
-    def _loads_on_cpu(self, ort, path, options) -> bool:
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001 - the model itself is bad: report the original error
-            return False
-        return True
-
     def input_shape(self, name: str) -> tuple: ...
     def metadata(self) -> dict[str, str]: ...
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
