@@ -128,7 +128,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from sdk.backends import OnnxRuntimeBackend
     from sdk.data import AnomalyDataset, read_image
     from sdk.detector import METADATA_FORMAT
-    from sdk.evaluate import backend_predictor, predict_dataset, resize_for_model
+    from sdk.evaluate import backend_predictor, frame_pairs, predict_dataset, resize_for_model
 
     from .calibrate import f1_thresholds, good_only_threshold, score_normalisation
     from .model import load_checkpoint
@@ -169,10 +169,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                                 "n_images": good["n_images"], "observed_frr": good["observed_frr"]}}
     if defect_set is not None:
         preds = predict_dataset(predict, defect_set, (h, w), progress=progress)
-        masks = [defect_set.load_mask(i) for i in range(len(defect_set))]
-        from sdk.evaluate import map_to_frame
-
-        maps = [map_to_frame(m, mk.shape) for m, mk in zip(preds.maps, masks)]
+        masks, maps = frame_pairs(preds, defect_set)
         f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
         thresholds["f1"] = {"image": f1["image"]["value"], "pixel": f1["pixel"]["value"],
                             "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"],

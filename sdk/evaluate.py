@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -95,29 +95,32 @@ def _spread(total: int, n: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, total - 1, n)})
 
 
-def compute_metrics(preds: Predictions, dataset: AnomalyDataset, fpr_limit: float = 0.3,
-                    index: Iterable[int] | None = None) -> dict:
-    """Metrics at each frame's own resolution: maps are resized to the ground-truth size."""
+def frame_pairs(preds: Predictions, dataset: AnomalyDataset) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ground-truth masks and the predicted maps resized to them, in prediction order."""
     path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}
-    chosen = list(range(len(preds.paths))) if index is None else list(index)
-    masks, maps = [], []
-    for k in chosen:
-        mask = dataset.load_mask(path_to_index[preds.paths[k]])
-        masks.append(mask)
-        maps.append(map_to_frame(preds.maps[k], mask.shape))
-    return metrics.evaluate_all(preds.labels[chosen], preds.scores[chosen], masks, maps, fpr_limit=fpr_limit)
+    masks = [dataset.load_mask(path_to_index[p]) for p in preds.paths]
+    return masks, [map_to_frame(m, mask.shape) for m, mask in zip(preds.maps, masks)]
 
 
 def evaluate(preds: Predictions, dataset: AnomalyDataset, fpr_limit: float = 0.3) -> dict:
-    """Overall metrics and, per defect type, metrics on good + that type."""
-    result = {k: float(v) for k, v in compute_metrics(preds, dataset, fpr_limit).items() if k in METRIC_KEYS}
+    """Overall metrics and, per defect type, metrics on good + that type.
+
+    Metrics are taken at each frame's own resolution: maps are resized to the ground truth once.
+    """
+    masks, maps = frame_pairs(preds, dataset)
+
+    def metrics_of(index: list[int]) -> dict:
+        m = metrics.evaluate_all(preds.labels[index], preds.scores[index], [masks[k] for k in index],
+                                 [maps[k] for k in index], fpr_limit=fpr_limit)
+        return {k: float(m[k]) for k in METRIC_KEYS}
+
+    result = metrics_of(list(range(len(preds.paths))))
     types = sorted({t for t in preds.defect_types if t != "good"})
     good = [k for k, t in enumerate(preds.defect_types) if t == "good"]
     per_defect = {}
     for t in types:
         idx = good + [k for k, d in enumerate(preds.defect_types) if d == t]
-        m = compute_metrics(preds, dataset, fpr_limit, idx)
-        per_defect[t] = {k: float(m[k]) for k in METRIC_KEYS}
+        per_defect[t] = metrics_of(idx)
         per_defect[t]["count"] = len(idx) - len(good)
     result["per_defect"] = per_defect
     result["n_images"] = len(preds.paths)
