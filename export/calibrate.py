@@ -25,25 +25,19 @@ def f1_thresholds(labels, scores, masks, maps) -> dict:
 
 
 def pixel_f1_threshold(masks, maps, n_bins: int = 4096) -> tuple[float, float]:
-    """F1-optimal pixel threshold from score histograms (no sort of all pixels)."""
-    lo = min(float(m.min()) for m in maps)
-    hi = max(float(m.max()) for m in maps)
-    edges = np.linspace(lo, hi, n_bins + 1)
-    pos = np.zeros(n_bins, np.int64)
-    neg = np.zeros(n_bins, np.int64)
-    for mask, amap in zip(masks, maps):
-        b = np.clip(np.searchsorted(edges, amap.ravel(), side="right") - 1, 0, n_bins - 1)
-        m = mask.ravel() > 0
-        pos += np.bincount(b[m], minlength=n_bins)
-        neg += np.bincount(b[~m], minlength=n_bins)
-    tp = np.cumsum(pos[::-1])[::-1]  # pixels >= edges[i]
-    fp = np.cumsum(neg[::-1])[::-1]
-    total_pos = pos.sum()
+    """F1-optimal pixel threshold from the score histograms of sdk.metrics (no sort of all pixels).
+
+    Pixels with score >= the returned threshold (a bin's lower edge) are predicted defective.
+    """
+    acc = metrics.accumulate_pixels(masks, maps, n_bins=n_bins)
+    tp = np.cumsum(acc.defect_hist[::-1])[::-1]  # pixels in bin i or above
+    fp = np.cumsum(acc.normal_hist[::-1])[::-1]
+    total_pos = int(tp[0])
     if total_pos == 0:
         return float("nan"), float("nan")
     f1 = 2 * tp / np.maximum(tp + fp + total_pos, 1)
     i = int(np.argmax(f1))
-    return float(edges[i]), float(f1[i])
+    return float(acc.lo + i * (acc.hi - acc.lo) / acc.n_bins), float(f1[i])
 
 
 def score_normalisation(good_scores: np.ndarray, threshold: float) -> dict:
