@@ -4,7 +4,11 @@
 - student: a different, randomly initialised CNN family with 1x1 adapters to the teacher's channels
 - recovery: bottleneck + decoder that rebuilds the teacher features of the normal image
 - segmentation head: teacher features weighted by student and recovery discrepancies -> logit map
-Test time: map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg), Gaussian sigma 4; score = max(map).
+Test time (map_normalisation "none", the paper's): map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg),
+Gaussian sigma 4; score = max(map).
+map_normalisation "position" (default): each student and recovery discrepancy is z-scored per position
+with statistics of good training images (calibrate_map), the z-scores are averaged over components and
+scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ class CFRGConfig:
     use_segmentation: bool = True
     gaussian_sigma: float = 4.0
     colour_order: str = "RGB"
+    map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
+    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -41,6 +47,7 @@ class CFRGConfig:
     def from_dict(cls, d: dict) -> "CFRGConfig":
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)
@@ -131,6 +138,9 @@ class SegHead(nn.Module):
         return self.logit(self.fuse(torch.cat(parts, 1)))
 
 
+MAP_NORMALISATIONS = ("position", "none")
+
+
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Bilinear upsampling by a static integer factor (a constant-scale Resize in ONNX)."""
     if factor == 1:
@@ -184,6 +194,15 @@ class CFRG(nn.Module):
         n_weights = 1 + int(config.use_recovery)
         self.seg = SegHead(channels, config.seg_width, n_weights) if config.use_segmentation else None
         self.blur = GaussianBlur(config.gaussian_sigma)
+        if config.map_normalisation not in MAP_NORMALISATIONS:
+            raise ValueError(f"map_normalisation must be one of {MAP_NORMALISATIONS}, got {config.map_normalisation!r}")
+        if config.map_normalisation == "position":  # per-position discrepancy statistics on good images
+            h, w = config.image_size
+            n_comp = 1 + int(config.use_recovery)
+            for k, s in enumerate(self.strides):
+                self.register_buffer(f"map_mean{k}", torch.zeros(1, n_comp, h // s, w // s))
+                self.register_buffer(f"map_std{k}", torch.ones(1, n_comp, h // s, w // s))
+            self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not calibrated yet
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -216,13 +235,66 @@ class CFRG(nn.Module):
             out["seg_logit"] = self.seg(t_feats, weights)
         return out
 
+    def discrepancies(self, heads: dict) -> list[list[torch.Tensor]]:
+        """Per scale: [student, recovery] discrepancy maps (N,1,h,w)."""
+        parts = [heads["d_student"]] + ([heads["d_recovery"]] if self.recovery is not None else [])
+        return [list(scale) for scale in zip(*parts)]
+
     def anomaly_map(self, x: torch.Tensor, heads: dict) -> torch.Tensor:
         """(N,1,H,W) smoothed map at input resolution."""
-        coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
-        amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
+        seg_weight = 1.0
+        if self.config.map_normalisation == "none":
+            coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
+            amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
+        else:
+            seg_weight = self.config.seg_weight
+            scales = self.discrepancies(heads)
+            n = sum(len(ds) for ds in scales)
+            amap = sum(upsample(sum((d - mean[:, c:c + 1]) / std[:, c:c + 1] for c, d in enumerate(ds)), s)
+                       for ds, s, mean, std in zip(scales, self.strides, self.map_stats("mean"), self.map_stats("std")))
+            amap = amap * (1.0 / n)
         if self.seg is not None:
-            amap = amap + torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
+            amap = amap + seg_weight * torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
         return self.blur(amap)
+
+    def map_stats(self, kind: str) -> list[torch.Tensor]:
+        return [getattr(self, f"map_{kind}{k}") for k in range(len(self.strides))]
+
+    @torch.no_grad()
+    def calibrate_map(self, batches, shrink: float = 0.5) -> int:
+        """Per-position mean and std of each discrepancy over good images (uint8 NHWC RGB batches).
+
+        std is sqrt(var_position + (shrink * std_global)^2): positions seen with little variation
+        in a small training set do not turn into hair triggers. Returns the number of images used.
+        """
+        if self.config.map_normalisation != "position":
+            raise ValueError("calibrate_map: this model's map_normalisation is 'none'; it has no map statistics")
+        was_training = self.training
+        self.eval()
+        s1 = s2 = None
+        n = 0
+        for batch in batches:
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+            scales = [torch.cat(ds, 1).double() for ds in self.discrepancies(self.heads(x, self.teacher_features(x)))]
+            if s1 is None:
+                s1, s2 = [torch.zeros_like(d[0:1]) for d in scales], [torch.zeros_like(d[0:1]) for d in scales]
+            for k, d in enumerate(scales):
+                s1[k] += d.sum(0, keepdim=True)
+                s2[k] += (d * d).sum(0, keepdim=True)
+            n += len(batch)
+        if n < 2:
+            raise ValueError(f"calibrate_map needs at least 2 good images, got {n}")
+        for k in range(len(self.strides)):
+            mean = s1[k] / n
+            var = (s2[k] / n - mean * mean).clamp_min(0) * (n / (n - 1))
+            global_var = (s2[k].sum((2, 3), keepdim=True) / (n * mean[0, 0].numel())
+                          - mean.mean((2, 3), keepdim=True) ** 2).clamp_min(0)
+            std = torch.sqrt(var + shrink ** 2 * global_var + 1e-8)
+            getattr(self, f"map_mean{k}").copy_(mean.float())
+            getattr(self, f"map_std{k}").copy_(std.float())
+        self.map_stats_images.fill_(float(n))
+        self.train(was_training)
+        return n
 
     def forward(self, x: torch.Tensor):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""

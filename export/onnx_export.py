@@ -137,6 +137,11 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"output {out} must end in .onnx (model.json is written beside it)")
     model, extra = load_checkpoint(checkpoint)
+    map_stats_images = int(model.map_stats_images) if model.config.map_normalisation == "position" else 0
+    if model.config.map_normalisation == "position" and map_stats_images == 0:
+        raise ValueError(f"{checkpoint}: the anomaly map's per-position statistics were never computed "
+                         f"(training ends by computing them); finish training, or resume it with `cfrg train "
+                         f"... --resume` so that it writes a complete model.pt")
     cfg_path = checkpoint.parent / "config.json"
     train_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
@@ -186,6 +191,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         "data_fingerprint": train_cfg.get("data_fingerprint"),
         "training": {"category": train_cfg.get("train", {}).get("category"), **extra.get("train", {})},
         "model": model.config.to_dict(),
+        "map_statistics": {"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images},
         "precision": "fp32",
         "versions": _versions(),
     }

@@ -46,6 +46,7 @@ class TrainArgs:
     use_segmentation: bool = True
     recovery_code_stride: int = 32
     recovery_width: int = 128
+    map_normalisation: str = "position"
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -177,6 +178,28 @@ def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torc
     return [torch.cat(f) for f in feats]
 
 
+def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
+                  batch: int = 16) -> int:
+    """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
+    from tqdm import tqdm
+
+    if model.config.map_normalisation == "none":
+        return 0
+    index = np.linspace(0, len(images) - 1, min(limit or len(images), len(images))).round().astype(int)
+    index = np.unique(index)
+    bar = tqdm(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
+
+    def batches():
+        for s in range(0, len(index), batch):
+            yield images[index[s:s + batch]]
+            bar.update(len(index[s:s + batch]))
+
+    try:
+        return model.calibrate_map(batches())
+    finally:
+        bar.close()
+
+
 def torch_predictor(model: CFRG):
     """A NumPy predictor (sdk.evaluate.Predictor) around the PyTorch model."""
 
@@ -242,7 +265,8 @@ def train(args: TrainArgs) -> dict:
             print(f"no evaluation: {exc}")
     config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
-                        recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width)
+                        recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
+                        map_normalisation=args.map_normalisation)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -314,6 +338,7 @@ def train(args: TrainArgs) -> dict:
                 save_last()
                 next_save = elapsed + 60
             if elapsed >= next_eval and test_set is not None:
+                calibrate_map(model, images, limit=128)
                 res = run_eval(model, test_set, args.eval_limit, progress=False)
                 history.append({"step": step, "minutes": elapsed / 60,
                                 **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
@@ -324,9 +349,10 @@ def train(args: TrainArgs) -> dict:
     finally:
         maker.close()
         bar.close()
+    n_stats = calibrate_map(model, images, progress=args.progress)
     save_last()
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
-               "history": history}
+               "map_stats_images": n_stats, "history": history}
     save_checkpoint(model, out / "model.pt", extra={"train": summary})
     cfg = {"model": config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in asdict(args).items()},

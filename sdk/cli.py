@@ -55,6 +55,9 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--recovery-stride", type=int, default=32, choices=[16, 32],
                    help="stride of the recovery bottleneck (default 32)")
     p.add_argument("--recovery-width", type=int, default=128, help="recovery branch width (default 128)")
+    p.add_argument("--map-normalisation", default="position", choices=["position", "none"],
+                   help="anomaly map fusion: 'position' z-scores each discrepancy per position with good-image "
+                        "statistics (default); 'none' is the paper's plain sum")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -68,7 +71,7 @@ def train_args_from(ns, data, category, out):
                      eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
-                     threads=ns.threads, progress=not ns.no_progress)
+                     map_normalisation=ns.map_normalisation, threads=ns.threads, progress=not ns.no_progress)
 
 
 def cmd_train(ns) -> int:

@@ -94,3 +94,12 @@ def test_export_without_calibration_images_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--calib-dir"):
         export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "m.onnx", progress=False)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path):
+    from export.model import CFRG, CFRGConfig, save_checkpoint
+
+    save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="per-position statistics"):
+        export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
+    assert not (tmp_path / "m.onnx").exists()

@@ -58,6 +58,8 @@ def test_train_writes_checkpoint_config_and_metrics(tmp_path):
     out = tmp_path / "run"
     model, extra = load_checkpoint(out / "model.pt")
     assert extra["train"]["steps"] == 6
+    n_train = cfg["n_train_images"]
+    assert extra["train"]["map_stats_images"] == n_train == int(model.map_stats_images) > 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["image_size"] == [64, 128]
     assert len(saved["data_fingerprint"]) == 64
