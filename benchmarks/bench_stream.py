@@ -1,7 +1,7 @@
 """Frames per second: a sequential loop (decode, then detector(frame)) vs sdk.Stream, same video, same run.
 
     python benchmarks/bench_stream.py [--model model.onnx] [--video in.mp4] [--frames 300]
-        [--size 565x230] [--batch-size 1] [--queue-size 4] [--repeats 2] [--json out.json]
+        [--size 565x230] [--batch-size 1] [--queue-size 4] [--infer-workers auto] [--repeats 2] [--json out.json]
 
 --model: an exported model, run through sdk.detector.Detector. Without it, the tiny ONNX graph of
 tests/stream_helpers.py (TinyOnnxDetector: real ONNX Runtime, a stand-in with no anomaly skill;
@@ -64,7 +64,9 @@ def sequential(det, video: Path) -> tuple[int, float]:
 def streamed(det, video: Path, args) -> tuple[int, float, dict]:
     t0 = time.perf_counter()
     n = 0
-    with Stream(det, open_source(video), queue_size=args.queue_size, batch_size=args.batch_size) as stream:
+    workers = args.infer_workers if args.infer_workers == "auto" else int(args.infer_workers)
+    with Stream(det, open_source(video), queue_size=args.queue_size, batch_size=args.batch_size,
+                infer_workers=workers) as stream:
         for rec in stream:
             if rec.status != "ok":
                 raise RuntimeError(f"frame {rec.frame_id}: {rec.status}: {rec.error}")
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--size", default="565x230", help="WxH of the generated video (ball_screw at 1/2)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--queue-size", type=int, default=4)
+    parser.add_argument("--infer-workers", default="auto", help="Stream inference workers: auto or N")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny-conv-layers", type=int, default=3)
     parser.add_argument("--ort-threads", type=int, default=1, help="intra-op threads of the tiny graph's session")
@@ -107,12 +110,14 @@ def main() -> None:
         "detector": det_name, "video": str(args.video or f"generated {size}"), "frames": n_seq,
         "sequential_fps": round(fps_seq, 2), "stream_fps": round(fps_stream, 2),
         "ratio": round(fps_stream / fps_seq, 3), "batch_size": args.batch_size, "queue_size": args.queue_size,
+        "infer_workers": last_stats.get("infer_workers"),
         "stage_ms": last_stats.get("stage_ms"), "latency_ms": last_stats.get("latency_ms"),
         "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
     }
     print(f"{det_name} on {figures['video']}, {n_seq} frames of {size}, best of {args.repeats}")
     print(f"  sequential (decode + detector(frame)): {fps_seq:7.1f} fps")
-    print(f"  sdk.Stream (batch {args.batch_size}, queue {args.queue_size}):     {fps_stream:7.1f} fps"
+    print(f"  sdk.Stream (batch {args.batch_size}, queue {args.queue_size}, {last_stats.get('infer_workers')} "
+          f"inference workers): {fps_stream:7.1f} fps"
           f"  -> {fps_stream / fps_seq:.2f}x")
     print(f"  stream stage ms/frame: {last_stats.get('stage_ms')}")
     print(f"  stream latency ms: {last_stats.get('latency_ms')}")

@@ -136,7 +136,8 @@ def cmd_export(ns) -> int:
 
 
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
-               queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None) -> dict:
+               queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
+               infer_workers="auto") -> dict:
     """Stream a source through a Detector into sinks; returns stream stats plus verdict counts."""
     from tqdm import tqdm
 
@@ -157,7 +158,8 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
             sinks.append(VideoSink(out / video, fps=10))
     counts = {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
     bar = tqdm(desc="run", unit="frame", disable=not progress, total=limit)
-    with Stream(det, source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks) as stream:
+    with Stream(det, source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks,
+                infer_workers=infer_workers) as stream:
         for n, rec in enumerate(stream, 1):
             key = rec.verdict if rec.status == "ok" else rec.status
             counts[key] = counts.get(key, 0) + 1
@@ -179,7 +181,7 @@ def cmd_run(ns) -> int:
     stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=_threshold_arg(ns.threshold), min_area=ns.min_area, progress=not ns.no_progress,
-                       limit=ns.max_frames)
+                       limit=ns.max_frames, infer_workers=ns.infer_workers)
     v = stats["verdicts"]
     print(f"{stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors, "
           f"{v['dropped']} dropped; {stats['fps']:.1f} frames/s end to end")
@@ -187,6 +189,14 @@ def cmd_run(ns) -> int:
         print(f"wrote {out / 'verdicts.jsonl'}" + ("" if ns.no_masks else f", {out / 'masks'}")
               + ("" if ns.no_overlays else f", {out / 'overlays'}"))
     return 0 if v["error"] == 0 else 1
+
+
+def _workers_arg(text: str):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--infer-workers {text!r}: give 'auto' or a whole number >= 1")
+    return int(text)
 
 
 def _threshold_arg(text: str):
@@ -269,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="smallest region in frame pixels (default 0)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--queue-size", type=int, default=4)
+    p.add_argument("--infer-workers", type=_workers_arg, default="auto",
+                   help="parallel inference sessions: auto (2 on a multi-core CPU) or N")
     p.add_argument("--drop", choices=["none", "oldest"], default="none",
                    help="none: back-pressure (default); oldest: drop frames the model cannot keep up with")
     p.add_argument("--video", help="also write an annotated video with this file name into --out")

@@ -1,6 +1,7 @@
 """sdk.Detector: frames of any size in, verdicts and pixel masks at the frame's resolution out."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class Detector:
     def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
                  min_area: int = 0, color: str = "bgr", **backend_options):
         self.path = Path(path)
+        self._backend_choice, self._backend_options = backend, dict(backend_options)
         self.backend = load_backend(self.path, backend, **backend_options)
         self.info = read_model_info(self.path, self.backend)
         if color not in ("bgr", "rgb"):
@@ -145,6 +147,12 @@ class Detector:
                       regions=regions, normalized_score=(score - offset) / scale)
 
     # -- convenience ------------------------------------------------------------------------
+
+    def replica(self, **backend_options) -> "Detector":
+        """The same detector with its own backend session (e.g. threads=1), for parallel inference."""
+        twin = copy.copy(self)
+        twin.backend = load_backend(self.path, self._backend_choice, **{**self._backend_options, **backend_options})
+        return twin
 
     def predictor(self):
         """An sdk.evaluate Predictor: RGB uint8 NHWC batches at the model size -> (maps, scores)."""

@@ -1,4 +1,5 @@
-"""Pipelined streaming: capture -> pre-process -> inference -> post-process, one thread per stage.
+"""Pipelined streaming: capture -> pre-process -> inference -> post-process, one thread per stage
+(inference: ``infer_workers`` threads).
 
     with Stream(detector, open_source("line.mp4"), sinks=[JsonlSink("out.jsonl")]) as stream:
         for record in stream:          # one Record per frame, in frame_id order
@@ -8,6 +9,8 @@
 - Stages run in their own threads joined by bounded queues (``queue_size`` items each: frames
   before pre-processing, batches after). OpenCV and ONNX Runtime release the GIL, so the stages
   overlap on 2+ cores.
+- Inference workers: "auto" runs two single-frame ONNX Runtime sessions side by side when the
+  detector runs on a multi-core CPU (Detector.replica); batches still leave the stage in order.
 - Back-pressure by default: when the pipeline is full, capture waits. ``drop="oldest"`` instead
   discards the oldest frame waiting for pre-processing; it still yields a "dropped" record.
   It is meant for live sources: on a file, capture reads as fast as it decodes and drops what
@@ -232,6 +235,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _inference_workers(detector: Any, workers: int | str) -> list:
+    """The infer callables of the inference workers.
+
+    "auto": two workers, each with its own single-session replica and half the cores, when the
+    detector runs ONNX Runtime on the CPU of a machine with 2+ cores (two single-frame sessions
+    keep the cores busier than one session spread over both); otherwise one. A detector without
+    replica() is shared by its workers, so its infer() must be thread-safe.
+    """
+    replica = getattr(detector, "replica", None)
+    if workers == "auto":
+        providers = getattr(getattr(detector, "backend", None), "providers", None)
+        cpus = os.cpu_count() or 1
+        workers = 2 if callable(replica) and providers == ["CPUExecutionProvider"] and cpus >= 2 else 1
+    if workers == 1:
+        return [detector.infer]
+    if not callable(replica):
+        return [detector.infer] * workers
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [replica(threads=threads).infer for _ in range(workers)]
+
+
 class Stream:
     """Run ``detector`` over every frame of ``source`` in a pipeline of threads (see module doc).
 
@@ -243,7 +267,7 @@ class Stream:
     def __init__(self, detector: Any, source: Source | Iterable | str | int | os.PathLike, *,
                  queue_size: int = 4, drop: str = "none", batch_size: int = 1, sinks: Sequence = (),
                  on_error: str = "continue", batch_timeout: float = 0.05, drain_timeout: float = 30.0,
-                 max_source_errors: int = 10):
+                 max_source_errors: int = 10, infer_workers: int | str = "auto"):
         for stage in ("preprocess", "infer", "postprocess"):
             if not callable(getattr(detector, stage, None)):
                 raise TypeError(f"detector has no {stage}() method; pass an sdk.Detector or an object "
@@ -256,6 +280,8 @@ class Stream:
             raise ValueError(f"queue_size and batch_size must be >= 1, got {queue_size} and {batch_size}")
         if max_source_errors < 1:
             raise ValueError("max_source_errors must be >= 1")
+        if infer_workers != "auto" and (not isinstance(infer_workers, int) or infer_workers < 1):
+            raise ValueError(f"infer_workers must be 'auto' or an int >= 1, got {infer_workers!r}")
         for sink in sinks:
             if not callable(getattr(sink, "write", None)):
                 raise TypeError(f"sink {sink!r} has no write(record) method")
@@ -267,6 +293,12 @@ class Stream:
         self.queue_size, self.drop, self.batch_size = int(queue_size), drop, int(batch_size)
         self.on_error, self.batch_timeout, self.drain_timeout = on_error, float(batch_timeout), float(drain_timeout)
         self.max_source_errors = int(max_source_errors)
+        self._infers = _inference_workers(detector, infer_workers)
+        self.infer_workers = len(self._infers)
+        self._infer_take = threading.Lock()  # tickets are handed out in queue order
+        self._infer_turn = threading.Condition()  # results go on in ticket order
+        self._tickets = self._next_turn = 0
+        self._infer_running = self.infer_workers
         self.source_name = getattr(source, "uri", type(source).__name__)
 
         self._stop = threading.Event()  # capture stops taking frames; the rest drains
@@ -302,8 +334,11 @@ class Stream:
             self._started = True
             self._t_start = time.monotonic()
             tag = f"cfrg-stream-{id(self):x}"
-            for stage, target in (("capture", self._capture_loop), ("preprocess", self._preprocess_loop),
-                                  ("infer", self._infer_loop), ("postprocess", self._postprocess_loop)):
+            stages = [("capture", self._capture_loop), ("preprocess", self._preprocess_loop)]
+            stages += [(f"infer-{k}" if len(self._infers) > 1 else "infer",
+                        lambda infer=infer: self._infer_loop(infer)) for k, infer in enumerate(self._infers)]
+            stages.append(("postprocess", self._postprocess_loop))
+            for stage, target in stages:
                 thread = threading.Thread(target=self._guarded, args=(stage, target), name=f"{tag}-{stage}",
                                           daemon=True)
                 self._threads.append(thread)
@@ -556,27 +591,43 @@ class Stream:
             self._fail(good, f"preprocess failed: {_describe(exc)}")
             return [], None
 
-    def _infer_loop(self) -> None:
-        while True:
-            batch = self._q_inf.get_batch(1, 0.0)
-            if batch is _END:
+    def _infer_loop(self, infer) -> None:
+        """One inference worker. With several, batches are taken and passed on in queue order."""
+        try:
+            while True:
+                with self._infer_take:
+                    batch = self._q_inf.get_batch(1, 0.0)
+                    if batch is _END:
+                        return
+                    ticket, self._tickets = self._tickets, self._tickets + 1
+                batch = batch[0]
+                raw, error = None, "not processed: stream aborted"
+                if not self._abort.is_set():
+                    t0 = time.monotonic()
+                    try:
+                        raw, error = infer(batch.data), None
+                    except Exception as exc:
+                        error = f"inference failed: {_describe(exc)}"
+                    t1 = time.monotonic()
+                    if error is None:
+                        self._timers.add("infer", t1 - t0, len(batch.items))
+                        for it in batch.items:
+                            it.t["inferred"] = t1
+                with self._infer_turn:
+                    while self._next_turn != ticket and not self._abort.is_set():
+                        self._infer_turn.wait(0.1)
+                    if error is None:
+                        self._q_post.put(_Batch(batch.items, raw))
+                    else:
+                        self._fail(batch.items, error)
+                    self._next_turn = max(self._next_turn, ticket + 1)
+                    self._infer_turn.notify_all()
+        finally:
+            with self._infer_turn:
+                self._infer_running -= 1
+                last = self._infer_running == 0
+            if last:
                 self._q_post.put_end()
-                return
-            batch = batch[0]
-            if self._abort.is_set():
-                self._fail(batch.items, "not processed: stream aborted")
-                continue
-            t0 = time.monotonic()
-            try:
-                raw = self.detector.infer(batch.data)
-            except Exception as exc:
-                self._fail(batch.items, f"inference failed: {_describe(exc)}")
-                continue
-            t1 = time.monotonic()
-            self._timers.add("infer", t1 - t0, len(batch.items))
-            for it in batch.items:
-                it.t["inferred"] = t1
-            self._q_post.put(_Batch(batch.items, raw))
 
     def _postprocess_loop(self) -> None:
         try:
@@ -635,5 +686,6 @@ class Stream:
             "stop_reason": self.stop_reason,
             "queue_size": self.queue_size,
             "batch_size": self.batch_size,
+            "infer_workers": self.infer_workers,
             "drop": self.drop,
         }
