@@ -369,6 +369,31 @@ def train(args: TrainArgs) -> dict:
     return cfg
 
 
+def with_map_normalisation(model: CFRG, mode: str, run_dir, data: str | None = None,
+                           progress: bool = True) -> CFRG:
+    """The same weights with another anomaly-map fusion; "position" statistics come from the run's
+    own good training images (the run's config.json says which; --data where they live now)."""
+    if mode == model.config.map_normalisation:
+        return model
+    config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode})
+    new = CFRG(config, pretrained_teacher=False)
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("map_")}, strict=False)
+    if mode == "position":
+        cfg_path = Path(run_dir) / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: the per-position map statistics need the run's "
+                                    f"config.json (it names the training images)")
+        cfg = json.loads(cfg_path.read_text())
+        train_set = AnomalyDataset(data or cfg["train"]["data"], cfg["train"]["category"], "train")
+        if cfg.get("data_fingerprint") and train_set.fingerprint() != cfg["data_fingerprint"]:
+            raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
+                             f"on (data fingerprint); pass --data with the run's data set")
+        train_idx, _ = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
+        images = load_train_images(train_set, config.image_size, progress, train_idx)
+        calibrate_map(new, images, progress=progress)
+    return new.to(memory_format=torch.channels_last).eval()
+
+
 def load_model(path) -> CFRG:
     model, _ = load_checkpoint(path)
     return model.to(memory_format=torch.channels_last)

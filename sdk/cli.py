@@ -97,8 +97,16 @@ def cmd_eval(ns) -> int:
         from export.train import load_model, torch_predictor
 
         model = load_model(model_path)
+        if ns.map_normalisation:
+            from export.train import with_map_normalisation
+
+            model = with_map_normalisation(model, ns.map_normalisation, model_path.parent, ns.data,
+                                           progress=not ns.no_progress)
         predict, size = torch_predictor(model), model.config.image_size
     else:
+        if ns.map_normalisation:
+            raise ValueError(f"--map-normalisation applies to .pt checkpoints: the map of {model_path.name} is "
+                             f"built into the graph; export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
@@ -258,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-maps", help="folder for anomaly-map overlays beside the ground truth")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
+    p.add_argument("--map-normalisation", choices=["position", "none"],
+                   help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json")

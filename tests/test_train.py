@@ -102,6 +102,27 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert len(list(maps.glob("*.png"))) == 32
 
 
+def test_eval_with_another_map_normalisation_recomputes_the_statistics(tmp_path):
+    """The same weights under the paper's map and back: statistics rebuilt from the run's own training
+    images equal those written at the end of training."""
+    from export.train import load_model, with_map_normalisation
+    from sdk.cli import main
+
+    train(tiny_args(tmp_path, steps=2, final_eval=False))
+    run = tmp_path / "run"
+    trained = load_model(run / "model.pt")
+    paper = with_map_normalisation(trained, "none", run, progress=False)
+    assert paper.config.map_normalisation == "none" and not hasattr(paper, "map_mean0")
+    again = with_map_normalisation(paper, "position", run, progress=False)
+    for k in range(3):
+        assert torch.allclose(getattr(again, f"map_mean{k}"), getattr(trained, f"map_mean{k}"), atol=1e-5)
+        assert torch.allclose(getattr(again, f"map_std{k}"), getattr(trained, f"map_std{k}"), atol=1e-5)
+    js = tmp_path / "paper.json"
+    assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                 "--map-normalisation", "none", "--json", str(js), "--no-progress"]) == 0
+    assert 0.0 <= json.loads(js.read_text())["pixel_auroc"] <= 1.0
+
+
 def test_cli_rejects_bad_image_size():
     from sdk.cli import main
 
