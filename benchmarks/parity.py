@@ -3,7 +3,8 @@
     python benchmarks/parity.py --checkpoint runs/NAME/model.pt --onnx runs/NAME/model.onnx \\
         --data ../shared/data --category NAME [--limit 100]
 
-Prints the largest map difference relative to the map's peak, the largest score difference,
+Prints the largest map difference relative to the map's peak, the largest score difference
+(absolute and relative to the score),
 and, when the metrics JSONs of both are given (--torch-json, --onnx-json), each metric to 3 decimals.
 """
 import argparse
@@ -34,7 +35,8 @@ def main():
     b = predict_dataset(det.predictor(), ds, det.size, progress=False, limit=ns.limit)
     rel = max(float(np.abs(x - y).max() / np.abs(x).max()) for x, y in zip(a.maps, b.maps))
     print(f"{ns.category}: {len(a.maps)} test images, max |map diff| / map peak {rel:.2e}, "
-          f"max |score diff| {np.abs(a.scores - b.scores).max():.2e}")
+          f"max |score diff| {np.abs(a.scores - b.scores).max():.2e} "
+          f"(relative to the score: {(np.abs(a.scores - b.scores) / np.abs(a.scores).clip(1e-12)).max():.2e})")
     if ns.torch_json and ns.onnx_json:
         ta, tb = json.load(open(ns.torch_json)), json.load(open(ns.onnx_json))
         for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"):
