@@ -262,7 +262,7 @@ class CFRG(nn.Module):
 
     @torch.no_grad()
     def calibrate_map(self, batches, shrink: float = 0.5) -> int:
-        """Per-position mean and std of each discrepancy over good images (uint8 NHWC RGB batches).
+        """Per-position mean and std of each discrepancy over good images (batches of model inputs).
 
         std is sqrt(var_position + (shrink * std_global)^2): positions seen with little variation
         in a small training set do not turn into hair triggers. Returns the number of images used.
@@ -273,15 +273,14 @@ class CFRG(nn.Module):
         self.eval()
         s1 = s2 = None
         n = 0
-        for batch in batches:
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        for x in batches:
             scales = [torch.cat(ds, 1).double() for ds in self.discrepancies(self.heads(x, self.teacher_features(x)))]
             if s1 is None:
                 s1, s2 = [torch.zeros_like(d[0:1]) for d in scales], [torch.zeros_like(d[0:1]) for d in scales]
             for k, d in enumerate(scales):
                 s1[k] += d.sum(0, keepdim=True)
                 s2[k] += (d * d).sum(0, keepdim=True)
-            n += len(batch)
+            n += len(x)
         if n < 2:
             raise ValueError(f"calibrate_map needs at least 2 good images, got {n}")
         for k in range(len(self.strides)):

@@ -191,7 +191,7 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
 
     def batches():
         for s in range(0, len(index), batch):
-            yield images[index[s:s + batch]]
+            yield _to_tensor(images[index[s:s + batch]])
             bar.update(len(index[s:s + batch]))
 
     try:
@@ -377,7 +377,9 @@ def with_map_normalisation(model: CFRG, mode: str, run_dir, data: str | None = N
         return model
     config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode})
     new = CFRG(config, pretrained_teacher=False)
-    new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("map_")}, strict=False)
+    missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("map_")},
+                                     strict=False)
+    assert all(k.startswith("map_") for k in missing), missing  # same architecture, only the map differs
     if mode == "position":
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
