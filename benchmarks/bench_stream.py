@@ -27,6 +27,7 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from sdk.cli import workers_arg  # noqa: E402
 from sdk.sources import open_source  # noqa: E402
 from sdk.stream import Stream  # noqa: E402
 
@@ -64,9 +65,8 @@ def sequential(det, video: Path) -> tuple[int, float]:
 def streamed(det, video: Path, args) -> tuple[int, float, dict]:
     t0 = time.perf_counter()
     n = 0
-    workers = args.infer_workers if args.infer_workers == "auto" else int(args.infer_workers)
     with Stream(det, open_source(video), queue_size=args.queue_size, batch_size=args.batch_size,
-                infer_workers=workers) as stream:
+                infer_workers=args.infer_workers) as stream:
         for rec in stream:
             if rec.status != "ok":
                 raise RuntimeError(f"frame {rec.frame_id}: {rec.status}: {rec.error}")
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--size", default="565x230", help="WxH of the generated video (ball_screw at 1/2)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--queue-size", type=int, default=4)
-    parser.add_argument("--infer-workers", default="auto", help="Stream inference workers: auto or N")
+    parser.add_argument("--infer-workers", type=workers_arg, default="auto", help="Stream inference workers: auto or N")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny-conv-layers", type=int, default=3)
     parser.add_argument("--ort-threads", type=int, default=1, help="intra-op threads of the tiny graph's session")

@@ -199,7 +199,7 @@ def cmd_run(ns) -> int:
     return 0 if v["error"] == 0 else 1
 
 
-def _workers_arg(text: str):
+def workers_arg(text: str):
     if text == "auto":
         return text
     if not text.isdigit() or int(text) < 1:
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=0, help="smallest region in frame pixels (default 0)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--queue-size", type=int, default=4)
-    p.add_argument("--infer-workers", type=_workers_arg, default="auto",
+    p.add_argument("--infer-workers", type=workers_arg, default="auto",
                    help="parallel inference sessions: auto (2 on a multi-core CPU) or N")
     p.add_argument("--drop", choices=["none", "oldest"], default="none",
                    help="none: back-pressure (default); oldest: drop frames the model cannot keep up with")
