@@ -9,6 +9,10 @@ Gaussian sigma 4; score = max(map).
 map_normalisation "position" (default): each student and recovery discrepancy is z-scored per position
 with statistics of good training images (calibrate_map), the z-scores are averaged over components and
 scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
+memory_size > 0 (default) adds a patch memory (PatchMemory): the distance of each locally pooled stride-8/16
+teacher feature to its nearest neighbour in a coreset of good training patches. Both maps are z-scored on
+held-out good images and fused by a per-pixel max, so each one flags what the other misses (the memory
+catches large texture changes that the student and recovery branch reproduce).
 """
 from __future__ import annotations
 
@@ -37,6 +41,9 @@ class CFRGConfig:
     colour_order: str = "RGB"
     map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
     seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
+    memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
+    memory_pool: int = 7  # local average pooling of the memory's features (neighbourhood, in feature cells)
+    memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,6 +55,7 @@ class CFRGConfig:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
         d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
+        d.setdefault("memory_size", 0)  # and from before the patch memory
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)
@@ -176,6 +184,104 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), self.ky)
 
 
+def greedy_coreset(x: torch.Tensor, k: int, proj_dim: int = 64, seed: int = 0,
+                   progress: bool = False) -> torch.Tensor:
+    """Indices of k rows of x chosen by greedy k-centre selection on a random projection (PatchCore's coreset)."""
+    if k >= len(x):
+        return torch.arange(len(x))
+    g = torch.Generator().manual_seed(seed)
+    proj = x.float() @ (torch.randn(x.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim))
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = int(torch.randint(len(x), (1,), generator=g))
+    sq = (proj * proj).sum(1)
+
+    def dist_to(j: int) -> torch.Tensor:  # |p - p_j|^2 as one matrix-vector product, no (n, d) temporary
+        return sq - 2 * (proj @ proj[j]) + sq[j]
+
+    min_d = dist_to(int(chosen[0]))
+    steps = range(1, k)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, desc="memory coreset", unit="patch", leave=False, mininterval=0.5)
+    for i in steps:
+        j = int(min_d.argmax())
+        chosen[i] = j
+        torch.minimum(min_d, dist_to(j), out=min_d)
+    return chosen
+
+
+class PatchMemory(nn.Module):
+    """Distance of each pooled stride-8/16 teacher feature to its nearest good training patch, z-scored,
+    on the stride-`stride` grid.
+
+    The bank is a 1x1-convolution weight, so the nearest-neighbour search is Conv + ReduceMin in ONNX
+    (no reshapes, TensorRT-friendly): |q - b|^2 = |q|^2 - 2 q.b + |b|^2, with q and b centred on the
+    bank's mean so that the cancellation loses few digits (FP16 engines too).
+    """
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 7,
+                 stride: int = 16):
+        super().__init__()
+        if stride not in (8, 16):
+            raise ValueError(f"memory_stride must be 8 or 16, got {stride}")
+        self.layers = [k for k, s in enumerate(strides) if s in (8, 16)]
+        self.layer_strides = [strides[k] for k in self.layers]
+        self.pool = pool
+        self.stride = stride
+        dim = sum(channels[k] for k in self.layers)
+        self.register_buffer("center", torch.zeros(1, dim, 1, 1))
+        self.register_buffer("bank", torch.zeros(size, dim, 1, 1))
+        self.register_buffer("bank_sq", torch.zeros(1, size, 1, 1))
+        self.register_buffer("dist_mean", torch.zeros(()))
+        self.register_buffer("dist_std", torch.ones(()))
+        self.register_buffer("map_mean", torch.zeros(()))  # the other (CFRG) map's statistics on good images
+        self.register_buffer("map_std", torch.ones(()))
+        self.register_buffer("images", torch.zeros(()))  # good images the bank came from (0: not built)
+
+    def embed(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = []
+        for k, s in zip(self.layers, self.layer_strides):  # each layer pooled on its own grid, then on ours
+            step = max(self.stride // s, 1)
+            f = F.avg_pool2d(t_feats[k].float(), self.pool, step, self.pool // 2, count_include_pad=False)
+            out.append(upsample(f, max(s // self.stride, 1)))
+        return torch.cat(out, 1)
+
+    def distance_sq(self, emb: torch.Tensor) -> torch.Tensor:
+        """(N, size, h, w) squared distances to every bank patch."""
+        emb = emb - self.center
+        return (emb * emb).sum(1, keepdim=True) - 2 * F.conv2d(emb, self.bank) + self.bank_sq
+
+    def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        d = self.distance_sq(self.embed(t_feats)).amin(1, keepdim=True).clamp_min(0).sqrt()
+        return (d - self.dist_mean) / self.dist_std
+
+    def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module) -> torch.Tensor:
+        """Per-pixel max of the z-scored map and the smoothed, z-scored memory distance."""
+        memory_map = blur(upsample(self(t_feats), self.stride))
+        return torch.maximum((amap - self.map_mean) / self.map_std, memory_map)
+
+    @torch.no_grad()
+    def fill(self, embeddings: torch.Tensor, seed: int = 0, progress: bool = False) -> torch.Tensor:
+        """Coreset of the patches of embeddings (N, D, h, w); returns each bank row's source image."""
+        n, dim, h, w = embeddings.shape
+        size = self.bank.shape[0]
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(n * h * w, generator=g)[:4 * size]
+        patches = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)[pick].float()
+        chosen = greedy_coreset(patches, size, seed=seed, progress=progress)
+        rows = patches[chosen]
+        if len(rows) < size:  # fewer patches than bank slots: repeat (duplicates do not change the minimum)
+            rows = rows[torch.arange(size) % len(rows)]
+            chosen = chosen[torch.arange(size) % len(chosen)]
+        self.center.copy_(rows.mean(0).view(1, dim, 1, 1))
+        rows = rows - self.center.view(1, dim)
+        self.bank.copy_(rows.view(size, dim, 1, 1))
+        self.bank_sq.copy_((rows * rows).sum(1).view(1, size, 1, 1))
+        self.images.fill_(float(n))
+        return pick[chosen] // (h * w)
+
+
 class CFRG(nn.Module):
     """Input: float RGB in [0, 1], NCHW, at config.image_size. Normalisation is inside."""
 
@@ -203,6 +309,11 @@ class CFRG(nn.Module):
                 self.register_buffer(f"map_mean{k}", torch.zeros(1, n_comp, h // s, w // s))
                 self.register_buffer(f"map_std{k}", torch.ones(1, n_comp, h // s, w // s))
             self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not calibrated yet
+        if config.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0 (0: no patch memory), got {config.memory_size}")
+        self.memory = (PatchMemory(channels, self.strides, config.memory_size, config.memory_pool,
+                                   config.memory_stride)
+                       if config.memory_size else None)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -299,6 +410,8 @@ class CFRG(nn.Module):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""
         t_feats = self.teacher_features(x)
         amap = self.anomaly_map(x, self.heads(x, t_feats))
+        if self.memory is not None:
+            amap = self.memory.fuse(amap, t_feats, self.blur)
         return amap, amap.flatten(1).amax(1)
 
 

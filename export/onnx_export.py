@@ -30,7 +30,7 @@ TENSORRT_OPS = frozenset({
     "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
     "ConvTranspose", "Div", "Erf", "Exp", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity",
     "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mul", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean",
-    "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
+    "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
     "Tanh", "Transpose", "Unsqueeze", "Upsample", "Expand", "Shape", "DequantizeLinear", "QuantizeLinear",
 })
 
@@ -142,6 +142,11 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         raise ValueError(f"{checkpoint}: the anomaly map's per-position statistics were never computed "
                          f"(training ends by computing them); finish training, or resume it with `cfrg train "
                          f"... --resume` so that it writes a complete model.pt")
+    memory_images = int(model.memory.images) if model.memory is not None else 0
+    if model.memory is not None and memory_images == 0:
+        raise ValueError(f"{checkpoint}: the patch memory was never filled (training ends by filling it); finish "
+                         f"training, or resume it with `cfrg train ... --resume` so that it writes a complete "
+                         f"model.pt")
     cfg_path = checkpoint.parent / "config.json"
     train_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
@@ -191,7 +196,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         "data_fingerprint": train_cfg.get("data_fingerprint"),
         "training": {"category": train_cfg.get("train", {}).get("category"), **extra.get("train", {})},
         "model": model.config.to_dict(),
-        "map_statistics": {"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images},
+        "map_statistics": {"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
+                           "memory_size": model.config.memory_size, "memory_images": memory_images},
         "precision": "fp32",
         "versions": _versions(),
     }

@@ -56,6 +56,8 @@ def test_model_json_and_metadata_agree(exported):
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(meta["cfrg"]) == side == json.loads(json.dumps(info))
     assert side["input"]["colour_order"] == "RGB" and [side["input"]["height"], side["input"]["width"]] == list(SIZE)
+    stats = side["map_statistics"]
+    assert stats["memory_size"] == side["model"]["memory_size"] > 0 and stats["memory_images"] > 0
     t = side["thresholds"]
     assert t["default"] == "good_only" and t["good_only"]["n_images"] == 4
     assert np.isfinite(t["f1"]["image"]) and 0 <= t["f1"]["image_f1"] <= 1
@@ -101,5 +103,16 @@ def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path
 
     save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False), tmp_path / "model.pt")
     with pytest.raises(ValueError, match="per-position statistics"):
+        export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_of_a_checkpoint_with_an_empty_patch_memory_is_a_clear_error(tmp_path):
+    from export.model import CFRG, CFRGConfig, save_checkpoint
+
+    model = CFRG(CFRGConfig(image_size=(64, 64), memory_size=50), pretrained_teacher=False)
+    model.map_stats_images.fill_(4.0)  # map statistics present, memory never filled
+    save_checkpoint(model, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="patch memory was never filled"):
         export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
     assert not (tmp_path / "m.onnx").exists()

@@ -15,7 +15,7 @@ def model():
 def test_map_shape_range_and_score_is_max():
     """The paper's map: sum over 3 scales of a cosine distance (0..2) plus a sigmoid (0..1), smoothed."""
     torch.manual_seed(0)
-    paper = CFRG(CFRGConfig(image_size=(128, 160), map_normalisation="none")).eval()
+    paper = CFRG(CFRGConfig(image_size=(128, 160), map_normalisation="none", memory_size=0)).eval()
     x = torch.rand(3, 3, 128, 160)
     with torch.no_grad():
         amap, score = paper(x)
@@ -40,7 +40,7 @@ def test_calibrate_map_matches_per_position_statistics():
     from export.train import _to_tensor, calibrate_map
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False)).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False, memory_size=0)).eval()
     images = _demo_images(12, (64, 128))
     assert calibrate_map(m, images, batch=5) == 12 and int(m.map_stats_images) == 12
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
     from export.train import _to_tensor, calibrate_map
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128))).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=0)).eval()
     x = _to_tensor(_demo_images(8, (64, 128)))
     with torch.no_grad():
         before, _ = m(x)
@@ -76,14 +76,15 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
 
 
 def test_checkpoint_from_before_map_normalisation_loads_with_the_paper_map(tmp_path):
-    old = CFRG(CFRGConfig(image_size=(64, 64), map_normalisation="none")).eval()
+    old = CFRG(CFRGConfig(image_size=(64, 64), map_normalisation="none", memory_size=0)).eval()
     path = tmp_path / "old.pt"
     save_checkpoint(old, path)
     payload = torch.load(path, weights_only=True)
-    del payload["config"]["map_normalisation"], payload["config"]["seg_weight"]
+    for key in ("map_normalisation", "seg_weight", "memory_size", "memory_pool"):
+        del payload["config"][key]
     torch.save(payload, path)
     loaded, _ = load_checkpoint(path)
-    assert loaded.config.map_normalisation == "none"
+    assert loaded.config.map_normalisation == "none" and loaded.memory is None
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x)[0], old(x)[0], atol=1e-6)
@@ -155,3 +156,97 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a CFRG checkpoint"):
         load_checkpoint(other)
+
+
+def test_greedy_coreset_covers_every_cluster():
+    """k-centre selection: with k equal to the number of well-separated clusters, one point from each."""
+    from export.model import greedy_coreset
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 32, generator=g) * 50
+    points = (centres.repeat_interleave(100, 0) + torch.randn(600, 32, generator=g)).contiguous()
+    chosen = greedy_coreset(points, 6, seed=1)
+    assert sorted((chosen // 100).tolist()) == list(range(6))
+    assert torch.equal(greedy_coreset(points, 700), torch.arange(600))  # k >= n: every point
+
+
+def test_patch_memory_distance_is_the_nearest_neighbour_distance():
+    """On real images: the Conv + ReduceMin search equals a brute-force nearest-neighbour distance, and
+    the memory map is that distance z-scored."""
+    from export.train import _to_tensor
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=300)).eval()
+    images = _demo_images(6, (64, 128))
+    with torch.no_grad():
+        t_train = m.teacher_features(_to_tensor(images[:4]))
+        m.memory.fill(m.memory.embed(t_train))
+        m.memory.dist_mean.fill_(2.0)
+        m.memory.dist_std.fill_(4.0)
+        t_test = m.teacher_features(_to_tensor(images[4:]))
+        emb = m.memory.embed(t_test)
+        assert emb.shape == (2, 40 + 112, 4, 8)  # Lite0 stride 8 and 16 channels, on the stride-16 grid
+        queries = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+        bank = m.memory.bank.flatten(1) + m.memory.center.flatten(1)
+        brute = torch.cdist(queries.double(), bank.double()).amin(1).view(2, 1, 4, 8).float()
+        z = m.memory(t_test)
+    assert torch.allclose((z * 4.0 + 2.0), brute, rtol=1e-4, atol=1e-3)
+
+
+def test_fused_map_is_the_max_of_both_z_scored_maps():
+    """With a memory the map is max((CFRG map - mean) / std, smoothed memory z-score) per pixel."""
+    from export.model import upsample
+    from export.train import _to_tensor, calibrate_map, calibrate_memory
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
+    images = _demo_images(10, (64, 128))
+    calibrate_map(m, images)
+    assert calibrate_memory(m, images) == 10 and int(m.memory.images) == 10
+    x = _to_tensor(images[:3])
+    with torch.no_grad():
+        t_feats = m.teacher_features(x)
+        cfrg_map = (m.anomaly_map(x, m.heads(x, t_feats)) - m.memory.map_mean) / m.memory.map_std
+        memory_map = m.blur(upsample(m.memory(t_feats), m.memory.stride))
+        fused, score = m(x)
+    assert torch.allclose(fused, torch.maximum(cfrg_map, memory_map), atol=1e-5)
+    assert (fused >= cfrg_map - 1e-5).all() and (fused >= memory_map - 1e-5).all()
+    assert torch.allclose(score, fused.flatten(1).amax(1))
+
+
+def test_memory_statistics_leave_each_image_out():
+    """Without held-out images, a training image's own patches are left out of its search: with every
+    patch in the bank the distances would all be 0; left out, they are the distances to other images."""
+    from export.train import _to_tensor, calibrate_map, calibrate_memory
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=4 * 32)).eval()  # room for all 4 x 32 patches
+    images = _demo_images(4, (64, 128))
+    calibrate_map(m, images)
+    calibrate_memory(m, images)
+    with torch.no_grad():
+        emb = m.memory.embed(m.teacher_features(_to_tensor(images)))
+        per_image = emb.permute(0, 2, 3, 1).reshape(4, -1, emb.shape[1]).double()
+        nearest_other = [torch.cdist(per_image[i], torch.cat([per_image[j] for j in range(4) if j != i])).amin(1)
+                         for i in range(4)]
+    dist = torch.cat(nearest_other)
+    assert float(m.memory.dist_mean) > 0.5
+    assert abs(float(m.memory.dist_mean) - float(dist.mean())) < 1e-2 * float(dist.mean())
+    assert abs(float(m.memory.dist_std) - float(dist.std(unbiased=False))) < 2e-2 * float(dist.std())
+
+
+def test_bad_memory_options_are_rejected():
+    with pytest.raises(ValueError, match="memory_size"):
+        CFRG(CFRGConfig(image_size=(64, 64), memory_size=-1), pretrained_teacher=False)
+    with pytest.raises(ValueError, match="memory_stride"):
+        CFRG(CFRGConfig(image_size=(64, 64), memory_stride=4), pretrained_teacher=False)
+
+
+def test_memory_on_the_stride_8_grid():
+    """memory_stride 8: the same search on a grid 4x as fine (f16 pooled, then upsampled)."""
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=50, memory_stride=8)).eval()
+    with torch.no_grad():
+        emb = m.memory.embed(m.teacher_features(torch.rand(1, 3, 64, 128)))
+        amap, _ = m(torch.rand(2, 3, 64, 128))
+    assert emb.shape == (1, 152, 8, 16) and amap.shape == (2, 1, 64, 128)
