@@ -47,6 +47,7 @@ class TrainArgs:
     recovery_code_stride: int = 32
     recovery_width: int = 128
     map_normalisation: str = "position"
+    memory_size: int = 10000
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -178,6 +179,11 @@ def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torc
     return [torch.cat(f) for f in feats]
 
 
+def _spread(n: int, limit: int | None) -> np.ndarray:
+    """min(limit, n) indices spread evenly over range(n)."""
+    return np.unique(np.linspace(0, n - 1, min(limit or n, n)).round().astype(int))
+
+
 def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
                   batch: int = 16) -> int:
     """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
@@ -185,8 +191,7 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
 
     if model.config.map_normalisation == "none":
         return 0
-    index = np.linspace(0, len(images) - 1, min(limit or len(images), len(images))).round().astype(int)
-    index = np.unique(index)
+    index = _spread(len(images), limit)
     bar = tqdm(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
 
     def batches():
@@ -198,6 +203,56 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
         return model.calibrate_map(batches())
     finally:
         bar.close()
+
+
+@torch.no_grad()
+def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
+                     cache: list[torch.Tensor] | None = None, limit: int | None = None,
+                     progress: bool = False, batch: int = 8, seed: int = 0) -> int:
+    """Fill the patch memory from good training images (all, or `limit` spread over the set; teacher
+    features from `cache` when given) and measure the z-score statistics of both maps on good images:
+    the held-out ones when there are at least 8, else the training images with each image's own patches
+    left out of its nearest-neighbour search. Run after calibrate_map. Returns the images in the bank."""
+    from tqdm import tqdm
+
+    memory = model.memory
+    if memory is None:
+        return 0
+    was_training = model.training
+    model.eval()
+    index = _spread(len(images), limit)
+    if cache is None:  # the same float16 features training caches, so a rebuilt memory equals the trained one
+        cache = teacher_cache(model, images)
+    embeddings = []
+    for s in tqdm(range(0, len(index), batch), desc="patch memory", unit="batch", disable=not progress,
+                  leave=False):
+        idx = torch.from_numpy(index[s:s + batch])
+        embeddings.append(memory.embed([c[idx].float() for c in cache]).half())
+    source = torch.from_numpy(index)[memory.fill(torch.cat(embeddings), seed=seed, progress=progress)]
+    if holdout is not None and len(holdout) >= 8:
+        stat_images, stat_ids = holdout, np.full(len(holdout), -1)
+    else:
+        stat_images, stat_ids = images[index], index
+    sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
+    n_map = n_dist = 0
+    for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
+                  disable=not progress, leave=False):
+        x = _to_tensor(stat_images[s:s + batch])
+        t_feats = model.teacher_features(x)
+        amap = model.anomaly_map(x, model.heads(x, t_feats)).double()
+        d2 = memory.distance_sq(memory.embed(t_feats))
+        own = source.view(1, -1, 1, 1) == torch.from_numpy(stat_ids[s:s + batch]).view(-1, 1, 1, 1)
+        dist = d2.masked_fill_(own, math.inf).amin(1).clamp_min(0).sqrt().double()
+        sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum()])
+        n_map += amap.numel()
+        n_dist += dist.numel()
+    for (mean, std), (s1, s2, n) in zip(((memory.map_mean, memory.map_std), (memory.dist_mean, memory.dist_std)),
+                                        ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
+        m = s1 / n
+        mean.fill_(float(m))
+        std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
+    model.train(was_training)
+    return len(index)
 
 
 def torch_predictor(model: CFRG):
@@ -266,7 +321,7 @@ def train(args: TrainArgs) -> dict:
     config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
                         recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
-                        map_normalisation=args.map_normalisation)
+                        map_normalisation=args.map_normalisation, memory_size=args.memory_size)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -292,6 +347,8 @@ def train(args: TrainArgs) -> dict:
     train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
+    holdout_images = (load_train_images(train_set, config.image_size, False, holdout_idx)
+                      if holdout_idx and model.memory is not None else None)
     synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     budget = args.time_budget * 60.0
     total_steps = args.steps or None
@@ -328,10 +385,9 @@ def train(args: TrainArgs) -> dict:
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
-            before = progress_fraction()  # before the step and time are counted, so the bar sees both
             step += 1
             elapsed += time.perf_counter() - t0
-            bar.update(100 * (progress_fraction() - before))
+            bar.update(100 * progress_fraction() - bar.n)  # to the position, so rounding never passes 100
             if step % 10 == 0:
                 bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()} | {"step": step})
             if elapsed >= next_save:
@@ -339,6 +395,7 @@ def train(args: TrainArgs) -> dict:
                 next_save = elapsed + 60
             if elapsed >= next_eval and test_set is not None:
                 calibrate_map(model, images, limit=128)
+                calibrate_memory(model, images, holdout_images, cache, limit=128)
                 res = run_eval(model, test_set, args.eval_limit, progress=False)
                 history.append({"step": step, "minutes": elapsed / 60,
                                 **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
@@ -350,9 +407,10 @@ def train(args: TrainArgs) -> dict:
         maker.close()
         bar.close()
     n_stats = calibrate_map(model, images, progress=args.progress)
+    n_memory = calibrate_memory(model, images, holdout_images, cache, progress=args.progress, seed=args.seed)
     save_last()
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
-               "map_stats_images": n_stats, "history": history}
+               "map_stats_images": n_stats, "memory_images": n_memory, "history": history}
     save_checkpoint(model, out / "model.pt", extra={"train": summary})
     cfg = {"model": config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in asdict(args).items()},
@@ -369,30 +427,37 @@ def train(args: TrainArgs) -> dict:
     return cfg
 
 
-def with_map_normalisation(model: CFRG, mode: str, run_dir, data: str | None = None,
-                           progress: bool = True) -> CFRG:
-    """The same weights with another anomaly-map fusion; "position" statistics come from the run's
-    own good training images (the run's config.json says which; --data where they live now)."""
-    if mode == model.config.map_normalisation:
+def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
+                    data: str | None = None, progress: bool = True) -> CFRG:
+    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size).
+    Map statistics and the memory are rebuilt from the run's own good images: its config.json says which,
+    `data` says where they live now."""
+    mode = model.config.map_normalisation if map_normalisation is None else map_normalisation
+    size = model.config.memory_size if memory_size is None else memory_size
+    if (mode, size) == (model.config.map_normalisation, model.config.memory_size):
         return model
-    config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode})
+    config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode, "memory_size": size})
     new = CFRG(config, pretrained_teacher=False)
-    missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("map_")},
-                                     strict=False)
-    assert all(k.startswith("map_") for k in missing), missing  # same architecture, only the map differs
-    if mode == "position":
+    missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items()
+                                      if not k.startswith(("map_", "memory."))}, strict=False)
+    assert all(k.startswith(("map_", "memory.")) for k in missing), missing  # same weights, only the map differs
+    if mode == "position" or size:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: the per-position map statistics need the run's "
-                                    f"config.json (it names the training images)")
+            raise FileNotFoundError(f"{cfg_path} not found: the map statistics and patch memory are rebuilt from "
+                                    f"the run's good training images, which its config.json names")
         cfg = json.loads(cfg_path.read_text())
         train_set = AnomalyDataset(data or cfg["train"]["data"], cfg["train"]["category"], "train")
         if cfg.get("data_fingerprint") and train_set.fingerprint() != cfg["data_fingerprint"]:
             raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
                              f"on (data fingerprint); pass --data with the run's data set")
-        train_idx, _ = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
+        train_idx, holdout_idx = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
         images = load_train_images(train_set, config.image_size, progress, train_idx)
+        new.eval()
         calibrate_map(new, images, progress=progress)
+        if size:
+            holdout = load_train_images(train_set, config.image_size, False, holdout_idx) if holdout_idx else None
+            calibrate_memory(new, images, holdout, progress=progress, seed=int(cfg["train"].get("seed", 0)))
     return new.to(memory_format=torch.channels_last).eval()
 
 

@@ -22,6 +22,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 0")
+    return value
+
+
 def _needs_torch(what: str):
     try:
         import torch  # noqa: F401
@@ -58,6 +68,8 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--map-normalisation", default="position", choices=["position", "none"],
                    help="anomaly map fusion: 'position' z-scores each discrepancy per position with good-image "
                         "statistics (default); 'none' is the paper's plain sum")
+    p.add_argument("--memory-size", type=_non_negative_int, default=10000,
+                   help="patches in the good-patch memory fused with the map (default 10000; 0: no memory)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -71,7 +83,7 @@ def train_args_from(ns, data, category, out):
                      eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
-                     map_normalisation=ns.map_normalisation, threads=ns.threads, progress=not ns.no_progress)
+                     map_normalisation=ns.map_normalisation, memory_size=ns.memory_size, threads=ns.threads, progress=not ns.no_progress)
 
 
 def cmd_train(ns) -> int:
@@ -97,16 +109,16 @@ def cmd_eval(ns) -> int:
         from export.train import load_model, torch_predictor
 
         model = load_model(model_path)
-        if ns.map_normalisation:
-            from export.train import with_map_normalisation
+        if ns.map_normalisation or ns.memory_size is not None:
+            from export.train import with_map_fusion
 
-            model = with_map_normalisation(model, ns.map_normalisation, model_path.parent, ns.data,
-                                           progress=not ns.no_progress)
+            model = with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
+                                    progress=not ns.no_progress)
         predict, size = torch_predictor(model), model.config.image_size
     else:
-        if ns.map_normalisation:
-            raise ValueError(f"--map-normalisation applies to .pt checkpoints: the map of {model_path.name} is "
-                             f"built into the graph; export the checkpoint again instead")
+        if ns.map_normalisation or ns.memory_size is not None:
+            raise ValueError(f"--map-normalisation and --memory-size apply to .pt checkpoints: the map of "
+                             f"{model_path.name} is built into the graph; export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
@@ -268,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integration limit (default 0.3)")
     p.add_argument("--map-normalisation", choices=["position", "none"],
                    help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
+    p.add_argument("--memory-size", type=_non_negative_int,
+                   help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the "
+                        "run's good images (0: none; default: the trained one)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json")

@@ -60,6 +60,7 @@ def test_train_writes_checkpoint_config_and_metrics(tmp_path):
     assert extra["train"]["steps"] == 6
     n_train = cfg["n_train_images"]
     assert extra["train"]["map_stats_images"] == n_train == int(model.map_stats_images) > 0
+    assert extra["train"]["memory_images"] == n_train == int(model.memory.images)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["image_size"] == [64, 128]
     assert len(saved["data_fingerprint"]) == 64
@@ -102,25 +103,31 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert len(list(maps.glob("*.png"))) == 32
 
 
-def test_eval_with_another_map_normalisation_recomputes_the_statistics(tmp_path):
-    """The same weights under the paper's map and back: statistics rebuilt from the run's own training
-    images equal those written at the end of training."""
-    from export.train import load_model, with_map_normalisation
+def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_path):
+    """The same weights under the paper's map without memory, and back: the map statistics and patch
+    memory rebuilt from the run's own good images equal those written at the end of training."""
+    from export.train import load_model, with_map_fusion
     from sdk.cli import main
 
     train(tiny_args(tmp_path, steps=2, final_eval=False))
     run = tmp_path / "run"
     trained = load_model(run / "model.pt")
-    paper = with_map_normalisation(trained, "none", run, progress=False)
-    assert paper.config.map_normalisation == "none" and not hasattr(paper, "map_mean0")
-    again = with_map_normalisation(paper, "position", run, progress=False)
+    assert trained.memory is not None and int(trained.memory.images) > 0
+    paper = with_map_fusion(trained, run, "none", 0, progress=False)
+    assert paper.config.map_normalisation == "none" and not hasattr(paper, "map_mean0") and paper.memory is None
+    again = with_map_fusion(paper, run, "position", trained.config.memory_size, progress=False)
     for k in range(3):
         assert torch.allclose(getattr(again, f"map_mean{k}"), getattr(trained, f"map_mean{k}"), atol=1e-5)
         assert torch.allclose(getattr(again, f"map_std{k}"), getattr(trained, f"map_std{k}"), atol=1e-5)
+    for name, value in trained.memory.state_dict().items():
+        assert torch.allclose(getattr(again.memory, name), value, rtol=1e-4, atol=1e-4), name
     js = tmp_path / "paper.json"
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
-                 "--map-normalisation", "none", "--json", str(js), "--no-progress"]) == 0
+                 "--map-normalisation", "none", "--memory-size", "0", "--json", str(js), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js.read_text())["pixel_auroc"] <= 1.0
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+              "--memory-size", "-5"])
 
 
 def test_cli_rejects_bad_image_size():
