@@ -1,9 +1,9 @@
 """Inference cost of the PyTorch CFRG model: median ms per image (batch 1) and GFLOPs.
 
-    python benchmarks/bench_model.py [--image-size 256] [--teacher efficientnet_lite0] [--runs 50]
+    python benchmarks/bench_model.py [--image-size 256] [--teacher efficientnet_lite0] [--memory-size 10000]
 
-Prints the full model against its own teacher alone (the floor any teacher-student method pays),
-measured in the same run.
+Prints the full model against the same model without its patch memory and against its teacher alone
+(the floor any teacher-student method pays), all measured in the same run.
 """
 import argparse
 import statistics
@@ -40,13 +40,17 @@ def main():
     ap.add_argument("--teacher", default="efficientnet_lite0")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--memory-size", type=int, default=CFRGConfig.memory_size)
     ns = ap.parse_args()
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    model = CFRG(CFRGConfig(image_size=ns.image_size, teacher=ns.teacher)).eval()
+    model = CFRG(CFRGConfig(image_size=ns.image_size, teacher=ns.teacher, memory_size=ns.memory_size)).eval()
     model = model.to(memory_format=torch.channels_last)
+    no_memory = CFRG(CFRGConfig(image_size=ns.image_size, teacher=ns.teacher, memory_size=0)).eval()
+    no_memory = no_memory.to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, *ns.image_size).contiguous(memory_format=torch.channels_last)
-    rows = [("CFRG full (map + score)", model), ("teacher alone", model.teacher_features)]
+    rows = [(f"CFRG full (memory {ns.memory_size})", model), ("CFRG without memory", no_memory),
+            ("teacher alone", model.teacher_features)]
     print(f"image {ns.image_size[0]}x{ns.image_size[1]}, batch 1, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     base = None
