@@ -215,9 +215,9 @@ class PatchMemory(nn.Module):
     """Distance of each pooled stride-8/16 teacher feature to its nearest good training patch, z-scored,
     on the stride-`stride` grid.
 
-    The bank is a 1x1-convolution weight, so the nearest-neighbour search is Conv + ReduceMin in ONNX
-    (no reshapes, TensorRT-friendly): |q - b|^2 = |q|^2 - 2 q.b + |b|^2, with q and b centred on the
-    bank's mean so that the cancellation loses few digits (FP16 engines too).
+    The bank is a 1x1-convolution weight, so the nearest-neighbour search is Conv + ReduceMax in ONNX
+    (no reshapes, TensorRT-friendly): |q - b|^2 = |q|^2 - 2 (q.b - |b|^2 / 2), with q and b centred on
+    the bank's mean so that the cancellation loses few digits (FP16 engines too).
     """
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 7,
@@ -247,13 +247,18 @@ class PatchMemory(nn.Module):
             out.append(upsample(f, max(s // self.stride, 1)))
         return torch.cat(out, 1)
 
-    def distance_sq(self, emb: torch.Tensor) -> torch.Tensor:
-        """(N, size, h, w) squared distances to every bank patch."""
-        emb = emb - self.center
-        return (emb * emb).sum(1, keepdim=True) - 2 * F.conv2d(emb, self.bank) + self.bank_sq
+    def nearest_sq(self, emb: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 1, h, w) squared distance to the nearest bank patch (bank entries where `exclude`, a boolean
+        (N, size, h, w) mask, left out). min_b |q - b|^2 = |q|^2 - 2 max_b (q.b - |b|^2 / 2): one convolution
+        with a bias and one ReduceMax, no (N, size, h, w) arithmetic after it."""
+        q = (emb - self.center).contiguous(memory_format=torch.channels_last)  # 4x faster 1x1 conv on CPU
+        similarity = F.conv2d(q, self.bank, -0.5 * self.bank_sq.flatten())
+        if exclude is not None:
+            similarity = similarity.masked_fill(exclude, -math.inf)
+        return ((q * q).sum(1, keepdim=True) - 2 * similarity.amax(1, keepdim=True)).clamp_min(0)
 
     def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        d = self.distance_sq(self.embed(t_feats)).amin(1, keepdim=True).clamp_min(0).sqrt()
+        d = self.nearest_sq(self.embed(t_feats)).sqrt()
         return (d - self.dist_mean) / self.dist_std
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module) -> torch.Tensor:
