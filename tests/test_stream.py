@@ -241,12 +241,15 @@ def test_ctrl_c_in_the_consumer_and_break_flush_the_rest(video):
         assert_clean(stream)
 
 
-def test_real_sigint_while_the_consumer_waits(video):
+def test_real_sigint_while_the_consumer_waits(video, request):
     import os
     import signal
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("SIGINT is delivered to the main thread only")
+    # A shell starts background jobs with SIGINT ignored; a terminal's Ctrl-C raises KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     sink = RecordingSink()
     det = TinyOnnxDetector(infer_delay_s=0.05)  # the consumer mostly waits for the next record
     stream = Stream(det, open_source(video, loop=True), sinks=[sink])
