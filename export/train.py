@@ -394,7 +394,7 @@ def train(args: TrainArgs) -> dict:
                 next_save = elapsed + 60
             if elapsed >= next_eval and test_set is not None:
                 calibrate_map(model, images, limit=128)
-                calibrate_memory(model, images, holdout_images, cache, limit=128)
+                calibrate_memory(model, images, holdout_images, cache, limit=128, seed=args.seed)
                 res = run_eval(model, test_set, args.eval_limit, progress=False)
                 history.append({"step": step, "minutes": elapsed / 60,
                                 **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
