@@ -171,7 +171,7 @@ def test_greedy_coreset_covers_every_cluster():
 
 
 def test_patch_memory_distance_is_the_nearest_neighbour_distance():
-    """On real images: the Conv + ReduceMax search equals a brute-force nearest-neighbour distance, and
+    """On real images: the MatMul + ReduceMax search equals a brute-force nearest-neighbour distance, and
     the memory map is that distance z-scored."""
     from export.train import _to_tensor
 
