@@ -46,8 +46,8 @@ class TrainArgs:
     use_segmentation: bool = True
     recovery_code_stride: int = 32
     recovery_width: int = 128
-    map_normalisation: str = "position"
-    memory_size: int = 10000
+    map_normalisation: str = CFRGConfig.map_normalisation
+    memory_size: int = CFRGConfig.memory_size
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -435,12 +435,14 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
     size = model.config.memory_size if memory_size is None else memory_size
     if (mode, size) == (model.config.map_normalisation, model.config.memory_size):
         return model
+    new_stats = mode != model.config.map_normalisation  # same mode: the map statistics carry over
     config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode, "memory_size": size})
     new = CFRG(config, pretrained_teacher=False)
-    missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items()
-                                      if not k.startswith(("map_", "memory."))}, strict=False)
-    assert all(k.startswith(("map_", "memory.")) for k in missing), missing  # same weights, only the map differs
-    if mode == "position" or size:
+    rebuilt = ("memory.", "map_") if new_stats else ("memory.",)  # the memory's statistics depend on the map
+    missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
+                                     strict=False)
+    assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
+    if (new_stats and mode == "position") or size:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: the map statistics and patch memory are rebuilt from "
@@ -453,7 +455,8 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
         train_idx, holdout_idx = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
         images = load_train_images(train_set, config.image_size, progress, train_idx)
         new.eval()
-        calibrate_map(new, images, progress=progress)
+        if new_stats:
+            calibrate_map(new, images, progress=progress)
         if size:
             holdout = load_train_images(train_set, config.image_size, False, holdout_idx) if holdout_idx else None
             calibrate_memory(new, images, holdout, progress=progress, seed=int(cfg["train"].get("seed", 0)))

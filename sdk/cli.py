@@ -83,7 +83,8 @@ def train_args_from(ns, data, category, out):
                      eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
-                     map_normalisation=ns.map_normalisation, memory_size=ns.memory_size, threads=ns.threads, progress=not ns.no_progress)
+                     map_normalisation=ns.map_normalisation, memory_size=ns.memory_size, threads=ns.threads,
+                     progress=not ns.no_progress)
 
 
 def cmd_train(ns) -> int:

@@ -113,6 +113,8 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     run = tmp_path / "run"
     trained = load_model(run / "model.pt")
     assert trained.memory is not None and int(trained.memory.images) > 0
+    no_memory = with_map_fusion(trained, run, memory_size=0, progress=False)
+    assert no_memory.memory is None and torch.equal(no_memory.map_std1, trained.map_std1)  # carried over
     paper = with_map_fusion(trained, run, "none", 0, progress=False)
     assert paper.config.map_normalisation == "none" and not hasattr(paper, "map_mean0") and paper.memory is None
     again = with_map_fusion(paper, run, "position", trained.config.memory_size, progress=False)
