@@ -5,7 +5,7 @@
 - recovery: bottleneck + decoder that rebuilds the teacher features of the normal image
 - segmentation head: teacher features weighted by student and recovery discrepancies -> logit map
 Test time (map_normalisation "none", the paper's): map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg),
-Gaussian sigma 4; score = max(map).
+Gaussian sigma 4; score = max(map) (without a patch memory).
 map_normalisation "position" (default): each student and recovery discrepancy is z-scored per position
 with statistics of good training images (calibrate_map), the z-scores are averaged over components and
 scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
@@ -13,6 +13,10 @@ memory_size > 0 (default) adds a patch memory (PatchMemory): the distance of eac
 teacher feature to its nearest neighbour in a coreset of good training patches. Both maps are z-scored on
 held-out good images and fused by a per-pixel max, so each one flags what the other misses (the memory
 catches large texture changes that the student and recovery branch reproduce).
+image_score "combined" (default, with a memory): the image score is the sum of two branch scores, each
+z-scored over held-out good images: the max of the z-scored CFRG map (small sharp defects) and a soft max
+(log-mean-exp at temperature score_temperature) of the memory map, which also rises with the extent of a
+texture change. "max" (and any model without a memory): score = max of the fused map.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ class CFRGConfig:
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
     memory_pool: int = 7  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
+    image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
+    score_temperature: float = 2.0  # soft max of the memory map, in its good-patch standard deviations
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -56,6 +62,7 @@ class CFRGConfig:
         d = {k: v for k, v in d.items() if k in known}
         d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
         d.setdefault("memory_size", 0)  # and from before the patch memory
+        d.setdefault("image_score", "max")  # and from before the combined image score
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)
@@ -147,6 +154,7 @@ class SegHead(nn.Module):
 
 
 MAP_NORMALISATIONS = ("position", "none")
+IMAGE_SCORES = ("combined", "max")
 
 
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -221,10 +229,13 @@ class PatchMemory(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 7,
-                 stride: int = 16):
+                 stride: int = 16, score_temperature: float | None = None):
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"memory_stride must be 8 or 16, got {stride}")
+        if score_temperature is not None and not score_temperature > 0:
+            raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
+        self.score_temperature = score_temperature  # None: the image score is the fused map's max
         self.layers = [k for k, s in enumerate(strides) if s in (8, 16)]
         self.layer_strides = [strides[k] for k in self.layers]
         self.pool = pool
@@ -238,6 +249,9 @@ class PatchMemory(nn.Module):
         self.register_buffer("map_mean", torch.zeros(()))  # the other (CFRG) map's statistics on good images
         self.register_buffer("map_std", torch.ones(()))
         self.register_buffer("images", torch.zeros(()))  # good images the bank came from (0: not built)
+        if score_temperature is not None:  # good-image mean and std of the two branch scores
+            self.register_buffer("score_mean", torch.zeros(2))
+            self.register_buffer("score_std", torch.ones(2))
 
     def embed(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         out = []
@@ -261,10 +275,27 @@ class PatchMemory(nn.Module):
         d = self.nearest_sq(self.embed(t_feats)).sqrt()
         return (d - self.dist_mean) / self.dist_std
 
-    def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module) -> torch.Tensor:
-        """Per-pixel max of the z-scored map and the smoothed, z-scored memory distance."""
-        memory_map = blur(upsample(self(t_feats), self.stride))
-        return torch.maximum((amap - self.map_mean) / self.map_std, memory_map)
+    def branch_maps(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
+        """The z-scored CFRG map and the smoothed, z-scored memory distance at input resolution."""
+        return (amap - self.map_mean) / self.map_std, blur(upsample(self(t_feats), self.stride))
+
+    def branch_scores(self, map_z: torch.Tensor, memory_z: torch.Tensor) -> torch.Tensor:
+        """(N, 2): max of the map; log-mean-exp of the memory map at score_temperature (between its max
+        and its mean: a wide texture change counts, not only its peak)."""
+        t = self.score_temperature
+        m = memory_z.flatten(1)
+        peak = m.amax(1, keepdim=True)
+        soft = peak + t * torch.log(torch.exp((m - peak) * (1.0 / t)).mean(1, keepdim=True))
+        return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft], 1)
+
+    def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
+        """(map, score): the per-pixel max of the two branch maps; the sum of the z-scored branch scores
+        (or, without a score temperature, the map's max)."""
+        map_z, memory_z = self.branch_maps(amap, t_feats, blur)
+        fused = torch.maximum(map_z, memory_z)
+        if self.score_temperature is None:
+            return fused, fused.flatten(1).amax(1)
+        return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1)
 
     @torch.no_grad()
     def fill(self, embeddings: torch.Tensor, seed: int = 0, progress: bool = False) -> torch.Tensor:
@@ -316,8 +347,11 @@ class CFRG(nn.Module):
             self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not calibrated yet
         if config.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0 (0: no patch memory), got {config.memory_size}")
+        if config.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {config.image_score!r}")
         self.memory = (PatchMemory(channels, self.strides, config.memory_size, config.memory_pool,
-                                   config.memory_stride)
+                                   config.memory_stride,
+                                   config.score_temperature if config.image_score == "combined" else None)
                        if config.memory_size else None)
 
     def train(self, mode: bool = True):
@@ -416,7 +450,7 @@ class CFRG(nn.Module):
         t_feats = self.teacher_features(x)
         amap = self.anomaly_map(x, self.heads(x, t_feats))
         if self.memory is not None:
-            amap = self.memory.fuse(amap, t_feats, self.blur)
+            return self.memory.fuse(amap, t_feats, self.blur)
         return amap, amap.flatten(1).amax(1)
 
 

@@ -119,6 +119,13 @@ def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | 
     return held
 
 
+def _score_description(model) -> str:
+    if model.memory is not None and model.memory.score_temperature is not None:
+        return ("float32 (N,) = sum of two branch scores z-scored on good images: the max of the CFRG map and "
+                f"a soft max (temperature {model.memory.score_temperature:g}) of the patch-memory map")
+    return "float32 (N,) = max of the map"
+
+
 def export_checkpoint(checkpoint, out, data: str | None = None, category: str | None = None,
                       calib_dir: str | None = None, target_frr: float = 0.01, defect_split: str | None = None,
                       progress: bool = True) -> dict:
@@ -169,13 +176,16 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     h, w = model.config.image_size
     predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME)
 
-    good_scores = []
+    good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
     for s in range(0, len(good_files), 8):
         frames = np.stack([resize_for_model(read_image(p, "rgb"), (h, w)) for p in good_files[s:s + 8]])
-        good_scores.extend(predict(frames)[1].tolist())
+        maps, scores = predict(frames)
+        good_scores.extend(scores.tolist())
+        good_peaks.extend(maps.reshape(len(maps), -1).max(1).tolist())
     good = good_only_threshold(np.array(good_scores), target_frr)
+    pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
     thresholds = {"default": "good_only",
-                  "good_only": {"image": good["value"], "pixel": good["value"], "target_frr": target_frr,
+                  "good_only": {"image": good["value"], "pixel": pixel["value"], "target_frr": target_frr,
                                 "n_images": good["n_images"], "observed_frr": good["observed_frr"]}}
     if defect_set is not None:
         preds = predict_dataset(predict, defect_set, (h, w), progress=progress)
@@ -188,7 +198,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         "format": METADATA_FORMAT,
         "input": {"name": INPUT_NAME, "height": h, "width": w, "channels": 3, "dtype": "uint8", "layout": "NHWC",
                   "colour_order": model.config.colour_order},
-        "outputs": {"anomaly_map": "float32 (N, H, W) at the input size", "score": "float32 (N,) = max of the map"},
+        "outputs": {"anomaly_map": "float32 (N, H, W) at the input size", "score": _score_description(model)},
         "normalisation": {"inside_graph": True, "scale": 1 / 255.0, "mean": list(model.teacher.mean),
                           "std": list(model.teacher.std)},
         "thresholds": thresholds,

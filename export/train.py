@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
 
-from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint
+from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint, upsample
 from .synthesis import DefectSynthesizer
 
 
@@ -48,6 +48,7 @@ class TrainArgs:
     recovery_width: int = 128
     map_normalisation: str = CFRGConfig.map_normalisation
     memory_size: int = CFRGConfig.memory_size
+    image_score: str = CFRGConfig.image_score
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -210,9 +211,10 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
                      cache: list[torch.Tensor] | None = None, limit: int | None = None,
                      progress: bool = False, batch: int = 8, seed: int = 0) -> int:
     """Fill the patch memory from good training images (all, or `limit` spread over the set; teacher
-    features from `cache` when given) and measure the z-score statistics of both maps on good images:
-    the held-out ones when there are at least 8, else the training images with each image's own patches
-    left out of its nearest-neighbour search. Run after calibrate_map. Returns the images in the bank."""
+    features from `cache` when given) and measure the z-score statistics of both maps, and of the two
+    branch scores ("combined" image score), on good images: the held-out ones when there are at least 8,
+    else the training images with each image's own patches left out of its nearest-neighbour search.
+    Run after calibrate_map. Returns the images in the bank."""
     from tqdm import tqdm
 
     memory = model.memory
@@ -235,6 +237,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         stat_images, stat_ids = images[index], index
     sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
     n_map = n_dist = 0
+    map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
     for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
                   disable=not progress, leave=False):
         x = _to_tensor(stat_images[s:s + batch])
@@ -245,11 +248,20 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum()])
         n_map += amap.numel()
         n_dist += dist.numel()
+        map_peaks.append(amap.flatten(1).amax(1))
+        distances.append(dist.float())
     for (mean, std), (s1, s2, n) in zip(((memory.map_mean, memory.map_std), (memory.dist_mean, memory.dist_std)),
                                         ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
         m = s1 / n
         mean.fill_(float(m))
         std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
+    if memory.score_temperature is not None:
+        scores = torch.cat([memory.branch_scores(((peak - memory.map_mean) / memory.map_std).float().view(-1, 1, 1, 1),
+                                                 model.blur(upsample((d - memory.dist_mean) / memory.dist_std,
+                                                                     memory.stride)))
+                            for peak, d in zip(map_peaks, distances)]).double()
+        memory.score_mean.copy_(scores.mean(0).float())
+        memory.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)
     model.train(was_training)
     return len(index)
 
@@ -320,7 +332,8 @@ def train(args: TrainArgs) -> dict:
     config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
                         recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
-                        map_normalisation=args.map_normalisation, memory_size=args.memory_size)
+                        map_normalisation=args.map_normalisation, memory_size=args.memory_size,
+                        image_score=args.image_score)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -427,22 +440,23 @@ def train(args: TrainArgs) -> dict:
 
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
-                    data: str | None = None, progress: bool = True) -> CFRG:
-    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size).
-    Map statistics and the memory are rebuilt from the run's own good images: its config.json says which,
-    `data` says where they live now."""
-    mode = model.config.map_normalisation if map_normalisation is None else map_normalisation
-    size = model.config.memory_size if memory_size is None else memory_size
-    if (mode, size) == (model.config.map_normalisation, model.config.memory_size):
+                    data: str | None = None, progress: bool = True, image_score: str | None = None) -> CFRG:
+    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size, image
+    score). Map statistics and the memory are rebuilt from the run's own good images: its config.json says
+    which, `data` says where they live now."""
+    changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score}
+    old = model.config.to_dict()
+    changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
+    if not changes:
         return model
-    new_stats = mode != model.config.map_normalisation  # same mode: the map statistics carry over
-    config = CFRGConfig.from_dict({**model.config.to_dict(), "map_normalisation": mode, "memory_size": size})
+    config = CFRGConfig.from_dict({**old, **changes})
+    new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
     new = CFRG(config, pretrained_teacher=False)
     rebuilt = ("memory.", "map_") if new_stats else ("memory.",)  # the memory's statistics depend on the map
     missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
-    if (new_stats and mode == "position") or size:
+    if (new_stats and config.map_normalisation == "position") or config.memory_size:
         cfg_path = Path(run_dir) / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: the map statistics and patch memory are rebuilt from "
@@ -455,9 +469,9 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
         train_idx, holdout_idx = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
         images = load_train_images(train_set, config.image_size, progress, train_idx)
         new.eval()
-        if new_stats:
+        if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
-        if size:
+        if config.memory_size:
             holdout = load_train_images(train_set, config.image_size, False, holdout_idx) if holdout_idx else None
             calibrate_memory(new, images, holdout, progress=progress, seed=int(cfg["train"].get("seed", 0)))
     return new.to(memory_format=torch.channels_last).eval()

@@ -70,6 +70,9 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                         "statistics (default); 'none' is the paper's plain sum")
     p.add_argument("--memory-size", type=_non_negative_int, default=10000,
                    help="patches in the good-patch memory fused with the map (default 10000; 0: no memory)")
+    p.add_argument("--image-score", default="combined", choices=["combined", "max"],
+                   help="image score: 'combined' sums the CFRG map's max and the memory map's soft max, each "
+                        "z-scored on held-out good images (default); 'max' is the fused map's max")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -83,7 +86,8 @@ def train_args_from(ns, data, category, out):
                      eval_limit=ns.eval_limit, resume=ns.resume, texture_dir=ns.texture_dir, holdout=ns.holdout,
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
-                     map_normalisation=ns.map_normalisation, memory_size=ns.memory_size, threads=ns.threads,
+                     map_normalisation=ns.map_normalisation, memory_size=ns.memory_size,
+                     image_score=ns.image_score, threads=ns.threads,
                      progress=not ns.no_progress)
 
 
@@ -110,16 +114,17 @@ def cmd_eval(ns) -> int:
         from export.train import load_model, torch_predictor
 
         model = load_model(model_path)
-        if ns.map_normalisation or ns.memory_size is not None:
+        if ns.map_normalisation or ns.memory_size is not None or ns.image_score:
             from export.train import with_map_fusion
 
             model = with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
-                                    progress=not ns.no_progress)
+                                    progress=not ns.no_progress, image_score=ns.image_score)
         predict, size = torch_predictor(model), model.config.image_size
     else:
-        if ns.map_normalisation or ns.memory_size is not None:
-            raise ValueError(f"--map-normalisation and --memory-size apply to .pt checkpoints: the map of "
-                             f"{model_path.name} is built into the graph; export the checkpoint again instead")
+        if ns.map_normalisation or ns.memory_size is not None or ns.image_score:
+            raise ValueError(f"--map-normalisation, --memory-size and --image-score apply to .pt checkpoints: the "
+                             f"map and score of {model_path.name} are built into the graph; export the checkpoint "
+                             f"again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
@@ -284,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-size", type=_non_negative_int,
                    help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the "
                         "run's good images (0: none; default: the trained one)")
+    p.add_argument("--image-score", choices=["combined", "max"],
+                   help="checkpoints with a patch memory: evaluate the same weights with this image score "
+                        "(its statistics rebuilt from the run's good images; default: the trained one)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json")

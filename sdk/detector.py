@@ -20,8 +20,10 @@ METADATA_FORMAT = "cfrg-model-1"
 @dataclass
 class Result:
     """One frame's outcome. verdict is "defect" when score >= the image threshold (and, with
-    min_area > 0, a region survives the filter). score is the max of the model-size map, so with
-    min_area 0 a "defect" frame can still have an empty mask after upscaling the map."""
+    min_area > 0, a region survives the filter). score is the model's image score (see model.json
+    "outputs"): the max of its map, or with a patch memory the sum of two z-scored branch scores, which
+    also rises with the extent of a texture change. With min_area 0 a "defect" frame can therefore have
+    an empty mask: the pixel threshold is calibrated on the map's peaks, the image threshold on scores."""
 
     score: float
     verdict: str  # "ok" | "defect"

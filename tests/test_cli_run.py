@@ -67,7 +67,8 @@ def test_stream_reports_a_bad_frame_and_goes_on(exported_model):
     assert "empty" in records[1].error and "uint8" in records[2].error
 
 
-@pytest.mark.parametrize("option", [["--memory-size", "0"], ["--map-normalisation", "none"]])
+@pytest.mark.parametrize("option", [["--memory-size", "0"], ["--map-normalisation", "none"],
+                                    ["--image-score", "max"]])
 def test_eval_of_an_onnx_model_refuses_map_fusion_options(exported_model, option, capsys):
     """The map of an exported model is in its graph: asking to change it is an error that says what to do."""
     path = exported_model[1]

@@ -194,12 +194,13 @@ def test_patch_memory_distance_is_the_nearest_neighbour_distance():
 
 
 def test_fused_map_is_the_max_of_both_z_scored_maps():
-    """With a memory the map is max((CFRG map - mean) / std, smoothed memory z-score) per pixel."""
+    """With a memory the map is max((CFRG map - mean) / std, smoothed memory z-score) per pixel; with
+    image_score "max" the score is that map's max."""
     from export.model import upsample
     from export.train import _to_tensor, calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, image_score="max")).eval()
     images = _demo_images(10, (64, 128))
     calibrate_map(m, images)
     assert calibrate_memory(m, images) == 10 and int(m.memory.images) == 10
@@ -212,6 +213,38 @@ def test_fused_map_is_the_max_of_both_z_scored_maps():
     assert torch.allclose(fused, torch.maximum(cfrg_map, memory_map), atol=1e-5)
     assert (fused >= cfrg_map - 1e-5).all() and (fused >= memory_map - 1e-5).all()
     assert torch.allclose(score, fused.flatten(1).amax(1))
+
+
+def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
+    """image_score "combined": score = sum over the two branches of (branch score - good mean) / good std,
+    the branches being the CFRG map's max and the memory map's log-mean-exp at score_temperature; the
+    good-image statistics are those of the held-out images, whose scores therefore average to 0."""
+    import math
+
+    from export.train import _to_tensor, calibrate_map, calibrate_memory
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
+    assert m.config.image_score == "combined" and m.memory.score_temperature == 2.0
+    images = _demo_images(18, (64, 128))
+    calibrate_map(m, images[:10])
+    calibrate_memory(m, images[:10], holdout=images[10:])
+    x = _to_tensor(images[10:])
+    with torch.no_grad():
+        t_feats = m.teacher_features(x)
+        cfrg_map, memory_map = m.memory.branch_maps(m.anomaly_map(x, m.heads(x, t_feats)), t_feats, m.blur)
+        fused, score = m(x)
+    t = 2.0
+    flat = memory_map.flatten(1).double()
+    soft = t * (torch.logsumexp(flat / t, 1) - math.log(flat.shape[1]))
+    assert (soft <= flat.amax(1) + 1e-6).all() and (soft >= flat.mean(1) - 1e-6).all()
+    branches = torch.stack([cfrg_map.flatten(1).amax(1).double(), soft], 1)
+    assert torch.allclose(m.memory.score_mean.double(), branches.mean(0), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(m.memory.score_std.double(), branches.std(0), rtol=1e-3, atol=1e-4)
+    expected = ((branches - branches.mean(0)) / branches.std(0)).sum(1)
+    assert torch.allclose(score.double(), expected, atol=1e-3)
+    assert abs(float(score.mean())) < 1e-3 and float(score.std()) > 0.5
+    assert torch.allclose(fused, torch.maximum(cfrg_map, memory_map))
 
 
 def test_memory_statistics_leave_each_image_out():
@@ -238,6 +271,10 @@ def test_memory_statistics_leave_each_image_out():
 def test_bad_memory_options_are_rejected():
     with pytest.raises(ValueError, match="memory_size"):
         CFRG(CFRGConfig(image_size=(64, 64), memory_size=-1), pretrained_teacher=False)
+    with pytest.raises(ValueError, match="image_score must be one of"):
+        CFRG(CFRGConfig(image_size=(64, 64), image_score="mean"), pretrained_teacher=False)
+    with pytest.raises(ValueError, match="score_temperature must be > 0"):
+        CFRG(CFRGConfig(image_size=(64, 64), score_temperature=0.0), pretrained_teacher=False)
     with pytest.raises(ValueError, match="memory_stride"):
         CFRG(CFRGConfig(image_size=(64, 64), memory_stride=4), pretrained_teacher=False)
 
@@ -250,3 +287,12 @@ def test_memory_on_the_stride_8_grid():
         emb = m.memory.embed(m.teacher_features(torch.rand(1, 3, 64, 128)))
         amap, _ = m(torch.rand(2, 3, 64, 128))
     assert emb.shape == (1, 152, 8, 16) and amap.shape == (2, 1, 64, 128)
+
+
+def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with():
+    """A checkpoint's config without the later options reads as the model it was: the paper's map, no
+    patch memory, the map's max as score."""
+    old = CFRGConfig.from_dict({"image_size": [64, 64], "teacher": "efficientnet_lite0"})
+    assert (old.map_normalisation, old.memory_size, old.image_score) == ("none", 0, "max")
+    new = CFRGConfig.from_dict(CFRGConfig().to_dict())
+    assert (new.map_normalisation, new.memory_size, new.image_score) == ("position", 10000, "combined")

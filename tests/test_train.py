@@ -123,6 +123,14 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
         assert torch.allclose(getattr(again, f"map_std{k}"), getattr(trained, f"map_std{k}"), atol=1e-5)
     for name, value in trained.memory.state_dict().items():
         assert torch.allclose(getattr(again.memory, name), value, rtol=1e-4, atol=1e-4), name
+    peak = with_map_fusion(trained, run, image_score="max", progress=False)
+    assert peak.config.image_score == "max" and not hasattr(peak.memory, "score_mean")
+    assert torch.equal(peak.memory.bank, trained.memory.bank)
+    x = torch.rand(2, 3, *trained.config.image_size)
+    with torch.no_grad():
+        fused, score = peak(x)
+        assert torch.allclose(score, fused.flatten(1).amax(1))
+        assert torch.allclose(trained(x)[0], fused, atol=1e-5)  # the map is the same, only the score differs
     js = tmp_path / "paper.json"
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--map-normalisation", "none", "--memory-size", "0", "--json", str(js), "--no-progress"]) == 0
