@@ -15,8 +15,8 @@ held-out good images and fused by a per-pixel max, so each one flags what the ot
 catches large texture changes that the student and recovery branch reproduce).
 image_score "combined" (default, with a memory): the image score is the sum of two branch scores, each
 z-scored over held-out good images: the max of the z-scored CFRG map (small sharp defects) and a soft max
-(log-mean-exp at temperature score_temperature) of the memory map, which also rises with the extent of a
-texture change. "max" (and any model without a memory): score = max of the fused map.
+(log-mean-exp at temperature score_temperature) of the memory distances on their grid, which also rises
+with the extent of a texture change. "max" (and any model without a memory): score = max of the fused map.
 """
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ class PatchMemory(nn.Module):
     reshapes, TensorRT-friendly): |q - b|^2 = |q|^2 - 2 (q.b - |b|^2 / 2), with q and b centred on the
     bank's mean so that the cancellation loses few digits (FP16 engines too).
     """
+    candidates_per_slot = 16  # the coreset is chosen among up to this many random patches per bank slot
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 7,
                  stride: int = 16, score_temperature: float | None = None):
@@ -275,13 +276,10 @@ class PatchMemory(nn.Module):
         d = self.nearest_sq(self.embed(t_feats)).sqrt()
         return (d - self.dist_mean) / self.dist_std
 
-    def branch_maps(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
-        """The z-scored CFRG map and the smoothed, z-scored memory distance at input resolution."""
-        return (amap - self.map_mean) / self.map_std, blur(upsample(self(t_feats), self.stride))
-
     def branch_scores(self, map_z: torch.Tensor, memory_z: torch.Tensor) -> torch.Tensor:
-        """(N, 2): max of the map; log-mean-exp of the memory map at score_temperature (between its max
-        and its mean: a wide texture change counts, not only its peak)."""
+        """(N, 2): the max of the z-scored CFRG map; the log-mean-exp at score_temperature of the z-scored
+        memory distances on the memory's grid (between their max and their mean: a wide texture change
+        counts, not only its peak; on the coarse grid the sum of exponentials stays small enough for FP16)."""
         t = self.score_temperature
         m = memory_z.flatten(1)
         peak = m.amax(1, keepdim=True)
@@ -289,10 +287,10 @@ class PatchMemory(nn.Module):
         return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft], 1)
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
-        """(map, score): the per-pixel max of the two branch maps; the sum of the z-scored branch scores
-        (or, without a score temperature, the map's max)."""
-        map_z, memory_z = self.branch_maps(amap, t_feats, blur)
-        fused = torch.maximum(map_z, memory_z)
+        """(map, score): the per-pixel max of the z-scored CFRG map and the smoothed, z-scored memory
+        distance; the sum of the z-scored branch scores (or, without a score temperature, the map's max)."""
+        map_z, memory_z = (amap - self.map_mean) / self.map_std, self(t_feats)
+        fused = torch.maximum(map_z, blur(upsample(memory_z, self.stride)))
         if self.score_temperature is None:
             return fused, fused.flatten(1).amax(1)
         return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1)
@@ -303,7 +301,7 @@ class PatchMemory(nn.Module):
         n, dim, h, w = embeddings.shape
         size = self.bank.shape[0]
         g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(n * h * w, generator=g)[:4 * size]
+        pick = torch.randperm(n * h * w, generator=g)[:self.candidates_per_slot * size]
         patches = embeddings.permute(0, 2, 3, 1).reshape(-1, dim)[pick].float()
         chosen = greedy_coreset(patches, size, seed=seed, progress=progress)
         rows = patches[chosen]

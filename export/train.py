@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
 
-from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint, upsample
+from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint
 from .synthesis import DefectSynthesizer
 
 
@@ -256,9 +256,8 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         mean.fill_(float(m))
         std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
     if memory.score_temperature is not None:
-        scores = torch.cat([memory.branch_scores(((peak - memory.map_mean) / memory.map_std).float().view(-1, 1, 1, 1),
-                                                 model.blur(upsample((d - memory.dist_mean) / memory.dist_std,
-                                                                     memory.stride)))
+        scores = torch.cat([memory.branch_scores(((peak - memory.map_mean) / memory.map_std).float().view(-1, 1),
+                                                 (d - memory.dist_mean) / memory.dist_std)
                             for peak, d in zip(map_peaks, distances)]).double()
         memory.score_mean.copy_(scores.mean(0).float())
         memory.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)

@@ -64,6 +64,25 @@ def test_model_json_and_metadata_agree(exported):
     assert len(side["data_fingerprint"]) == 64 and side["versions"]["opset"] == 17
 
 
+def test_good_only_thresholds_come_from_the_held_back_images_scores_and_map_peaks(exported):
+    """The image threshold is a quantile of the held-back good images' scores, the pixel threshold the
+    same quantile of their map maxima (with the combined score the two differ): with 4 images and a 1 %
+    target both are the maxima."""
+    from sdk.data import read_image
+    from sdk.evaluate import resize_for_model
+
+    model, path, info = exported
+    assert model.config.image_score == "combined" and "soft max" in info["outputs"]["score"]
+    run = json.loads((path.parent / "run" / "config.json").read_text())
+    frames = np.stack([resize_for_model(read_image(str(Path(run["train"]["data"]) / rel), "rgb"), SIZE)
+                       for rel in run["holdout"]])
+    maps, scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"frames": frames})
+    good = info["thresholds"]["good_only"]
+    assert good["image"] == pytest.approx(float(scores.max()), rel=1e-6)
+    assert good["pixel"] == pytest.approx(float(maps.max()), rel=1e-6)
+    assert good["image"] != pytest.approx(good["pixel"], rel=1e-3)
+
+
 @pytest.mark.parametrize("category", ["magnetic_tile", "ball_screw"])
 def test_parity_pytorch_vs_onnxruntime_on_real_images(exported, data_root, category):
     model, path, _ = exported

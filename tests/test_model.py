@@ -217,10 +217,12 @@ def test_fused_map_is_the_max_of_both_z_scored_maps():
 
 def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     """image_score "combined": score = sum over the two branches of (branch score - good mean) / good std,
-    the branches being the CFRG map's max and the memory map's log-mean-exp at score_temperature; the
-    good-image statistics are those of the held-out images, whose scores therefore average to 0."""
+    the branches being the CFRG map's max and the log-mean-exp at score_temperature of the memory's
+    z-scored distances on its grid; the good-image statistics are those of the held-out images, whose
+    scores therefore average to 0."""
     import math
 
+    from export.model import upsample
     from export.train import _to_tensor, calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
@@ -232,10 +234,12 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     x = _to_tensor(images[10:])
     with torch.no_grad():
         t_feats = m.teacher_features(x)
-        cfrg_map, memory_map = m.memory.branch_maps(m.anomaly_map(x, m.heads(x, t_feats)), t_feats, m.blur)
+        cfrg_map = (m.anomaly_map(x, m.heads(x, t_feats)) - m.memory.map_mean) / m.memory.map_std
+        memory_z = m.memory(t_feats)
         fused, score = m(x)
     t = 2.0
-    flat = memory_map.flatten(1).double()
+    assert memory_z.shape[-2:] == (64 // 16, 128 // 16)
+    flat = memory_z.flatten(1).double()
     soft = t * (torch.logsumexp(flat / t, 1) - math.log(flat.shape[1]))
     assert (soft <= flat.amax(1) + 1e-6).all() and (soft >= flat.mean(1) - 1e-6).all()
     branches = torch.stack([cfrg_map.flatten(1).amax(1).double(), soft], 1)
@@ -244,7 +248,7 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     expected = ((branches - branches.mean(0)) / branches.std(0)).sum(1)
     assert torch.allclose(score.double(), expected, atol=1e-3)
     assert abs(float(score.mean())) < 1e-3 and float(score.std()) > 0.5
-    assert torch.allclose(fused, torch.maximum(cfrg_map, memory_map))
+    assert torch.allclose(fused, torch.maximum(cfrg_map, m.blur(upsample(memory_z, 16))))
 
 
 def test_memory_statistics_leave_each_image_out():
