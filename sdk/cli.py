@@ -71,8 +71,8 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--memory-size", type=_non_negative_int, default=10000,
                    help="patches in the good-patch memory fused with the map (default 10000; 0: no memory)")
     p.add_argument("--image-score", default="combined", choices=["combined", "max"],
-                   help="image score: 'combined' sums the CFRG map's max and the memory map's soft max, each "
-                        "z-scored on held-out good images (default); 'max' is the fused map's max")
+                   help="image score: 'combined' sums the CFRG map's max and a soft max of the memory distances, "
+                        "each z-scored on held-out good images (default); 'max' is the fused map's max")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
