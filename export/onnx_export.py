@@ -29,7 +29,7 @@ OUTPUT_NAMES = ("anomaly_map", "score")
 TENSORRT_OPS = frozenset({
     "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
     "ConvTranspose", "Div", "Erf", "Exp", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity",
-    "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mul", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean",
+    "LeakyRelu", "Log", "MatMul", "Max", "MaxPool", "Min", "Mul", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean",
     "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
     "Tanh", "Transpose", "Unsqueeze", "Upsample", "Expand", "Shape", "DequantizeLinear", "QuantizeLinear",
 })
