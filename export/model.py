@@ -49,7 +49,7 @@ class CFRGConfig:
     memory_pool: int = 7  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
     image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
-    score_temperature: float = 2.0  # soft max of the memory map, in its good-patch standard deviations
+    score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
 
     def to_dict(self) -> dict:
         d = asdict(self)
