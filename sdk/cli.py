@@ -109,19 +109,20 @@ def cmd_eval(ns) -> int:
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
                                 f"or a model.onnx from `cfrg export`")
+    other_fusion = ns.map_normalisation or ns.memory_size is not None or ns.image_score
     if model_path.suffix == ".pt":
         _needs_torch("eval of a .pt checkpoint")
         from export.train import load_model, torch_predictor
 
         model = load_model(model_path)
-        if ns.map_normalisation or ns.memory_size is not None or ns.image_score:
+        if other_fusion:
             from export.train import with_map_fusion
 
             model = with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
                                     progress=not ns.no_progress, image_score=ns.image_score)
         predict, size = torch_predictor(model), model.config.image_size
     else:
-        if ns.map_normalisation or ns.memory_size is not None or ns.image_score:
+        if other_fusion:
             raise ValueError(f"--map-normalisation, --memory-size and --image-score apply to .pt checkpoints: the "
                              f"map and score of {model_path.name} are built into the graph; export the checkpoint "
                              f"again instead")
