@@ -267,9 +267,10 @@ class PatchMemory(nn.Module):
         (N, size, h, w) mask, left out). min_b |q - b|^2 = |q|^2 - 2 max_b (q.b - |b|^2 / 2): one matrix
         product and one max over its contiguous last axis (a channel-axis max was 15x slower in ONNX Runtime)."""
         q = (emb - self.center).permute(0, 2, 3, 1)  # (N, h, w, D): the bank axis comes last and contiguous
-        similarity = torch.matmul(q, self.bank.flatten(1).t()) - 0.5 * self.bank_sq.flatten()
+        # in place: a second (N, h, w, size) temporary took twice the matrix product's time on CPU
+        similarity = torch.matmul(q, self.bank.flatten(1).t()).sub_(0.5 * self.bank_sq.flatten())
         if exclude is not None:
-            similarity = similarity.masked_fill(exclude.permute(0, 2, 3, 1), -math.inf)
+            similarity.masked_fill_(exclude.permute(0, 2, 3, 1), -math.inf)
         return ((q * q).sum(-1) - 2 * similarity.amax(-1)).clamp_min(0).unsqueeze(1)
 
     def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
