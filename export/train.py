@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
 
-from .model import CFRG, CFRGConfig, cos_distance, load_checkpoint, save_checkpoint
+from .model import CFRG, CFRGConfig, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
 from .synthesis import DefectSynthesizer
 
 
@@ -266,12 +266,13 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
 
 
 def torch_predictor(model: CFRG):
-    """A NumPy predictor (sdk.evaluate.Predictor) around the PyTorch model."""
+    """A NumPy predictor (sdk.evaluate.Predictor) around an inference copy of the PyTorch model (BatchNorm
+    folded into the convolutions; later changes to `model` are not seen)."""
+    inference = fold_batchnorm(model)
 
     @torch.inference_mode()
     def predict(frames_u8: np.ndarray):
-        model.eval()
-        amap, score = model(_to_tensor(frames_u8))
+        amap, score = inference(_to_tensor(frames_u8))
         return amap[:, 0].numpy(), score.numpy()
 
     return predict

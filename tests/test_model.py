@@ -300,3 +300,53 @@ def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with
     assert (old.map_normalisation, old.memory_size, old.image_score) == ("none", 0, "max")
     new = CFRGConfig.from_dict(CFRGConfig().to_dict())
     assert (new.map_normalisation, new.memory_size, new.image_score) == ("position", 10000, "combined")
+
+
+def test_folded_batchnorm_gives_the_trained_models_map_and_score_on_real_images(exported_model):
+    """The inference copy cfrg eval runs: every BatchNorm folded away, same outputs, original untouched."""
+    from export.model import fold_batchnorm
+    from export.train import _to_tensor, load_train_images
+    from sdk.data import AnomalyDataset
+    from tests.conftest import DEMO_ROOT
+
+    model = exported_model[0]
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(model)
+    assert n_bn > 50 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn
+    test = AnomalyDataset(DEMO_ROOT, "ball_screw", "test")
+    x = _to_tensor(load_train_images(test, model.config.image_size, False, np.arange(6)))
+    with torch.inference_mode():
+        (map_a, score_a), (map_b, score_b) = model(x), folded(x)
+    assert float(score_a.std()) > 0
+    assert (map_a - map_b).abs().max() <= 1e-4 * map_a.abs().max()
+    torch.testing.assert_close(score_b, score_a, rtol=1e-5, atol=1e-4)
+
+
+def test_fold_batchnorm_only_folds_a_convolution_read_by_nothing_else():
+    from export.model import fold_batchnorm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a, self.bn_a = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.conv_b, self.bn_b = torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8)  # conv_b also feeds a sum
+            self.bn_c = torch.nn.BatchNorm2d(8)  # reads a ReLU
+
+        def forward(self, x):
+            a = self.bn_a(self.conv_a(x))
+            b = self.conv_b(a)
+            return self.bn_c(torch.relu(self.bn_b(b) + b))
+
+    torch.manual_seed(0)
+    net = Net()
+    net.train()
+    for _ in range(3):  # non-trivial running statistics
+        net(torch.randn(4, 3, 16, 16) * 3 + 1)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert isinstance(folded.bn_a, torch.nn.Identity)
+    assert isinstance(folded.bn_b, torch.nn.BatchNorm2d) and isinstance(folded.bn_c, torch.nn.BatchNorm2d)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
