@@ -46,7 +46,7 @@ class CFRGConfig:
     map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
     seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
-    memory_pool: int = 7  # local average pooling of the memory's features (neighbourhood, in feature cells)
+    memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
     image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
@@ -234,6 +234,8 @@ class PatchMemory(nn.Module):
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"memory_stride must be 8 or 16, got {stride}")
+        if pool < 1 or pool % 2 == 0:  # an even window would shift the grid by one cell
+            raise ValueError(f"memory_pool must be an odd number >= 1, got {pool}")
         if score_temperature is not None and not score_temperature > 0:
             raise ValueError(f"score_temperature must be > 0, got {score_temperature}")
         self.score_temperature = score_temperature  # None: the image score is the fused map's max

@@ -48,6 +48,7 @@ class TrainArgs:
     recovery_width: int = 128
     map_normalisation: str = CFRGConfig.map_normalisation
     memory_size: int = CFRGConfig.memory_size
+    memory_pool: int = CFRGConfig.memory_pool
     image_score: str = CFRGConfig.image_score
     threads: int = 0
     progress: bool = True
@@ -333,7 +334,7 @@ def train(args: TrainArgs) -> dict:
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
                         recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
                         map_normalisation=args.map_normalisation, memory_size=args.memory_size,
-                        image_score=args.image_score)
+                        memory_pool=args.memory_pool, image_score=args.image_score)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -440,11 +441,13 @@ def train(args: TrainArgs) -> dict:
 
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
-                    data: str | None = None, progress: bool = True, image_score: str | None = None) -> CFRG:
-    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size, image
-    score). Map statistics and the memory are rebuilt from the run's own good images: its config.json says
+                    data: str | None = None, progress: bool = True, image_score: str | None = None,
+                    memory_pool: int | None = None) -> CFRG:
+    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size and
+    pooling, image score). Map statistics and the memory are rebuilt from the run's own good images: its config.json says
     which, `data` says where they live now."""
-    changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score}
+    changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
+               "memory_pool": memory_pool}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:

@@ -22,6 +22,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _odd_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an odd whole number >= 1 (the window is centred)")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -70,6 +80,8 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
                         "statistics (default); 'none' is the paper's plain sum")
     p.add_argument("--memory-size", type=_non_negative_int, default=10000,
                    help="patches in the good-patch memory fused with the map (default 10000; 0: no memory)")
+    p.add_argument("--memory-pool", type=_odd_positive_int, default=9,
+                   help="neighbourhood, in feature cells, that each memory patch averages (odd; default 9)")
     p.add_argument("--image-score", default="combined", choices=["combined", "max"],
                    help="image score: 'combined' sums the CFRG map's max and a soft max of the memory distances, "
                         "each z-scored on held-out good images (default); 'max' is the fused map's max")
@@ -87,7 +99,7 @@ def train_args_from(ns, data, category, out):
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
                      map_normalisation=ns.map_normalisation, memory_size=ns.memory_size,
-                     image_score=ns.image_score, threads=ns.threads,
+                     memory_pool=ns.memory_pool, image_score=ns.image_score, threads=ns.threads,
                      progress=not ns.no_progress)
 
 
@@ -109,7 +121,8 @@ def cmd_eval(ns) -> int:
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
                                 f"or a model.onnx from `cfrg export`")
-    other_fusion = ns.map_normalisation or ns.memory_size is not None or ns.image_score
+    other_fusion = (ns.map_normalisation or ns.memory_size is not None or ns.memory_pool is not None
+                    or ns.image_score)
     if model_path.suffix == ".pt":
         _needs_torch("eval of a .pt checkpoint")
         from export.train import load_model, torch_predictor
@@ -119,11 +132,13 @@ def cmd_eval(ns) -> int:
             from export.train import with_map_fusion
 
             model = with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
-                                    progress=not ns.no_progress, image_score=ns.image_score)
+                                    progress=not ns.no_progress, image_score=ns.image_score,
+                                    memory_pool=ns.memory_pool)
         predict, size = torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
-            raise ValueError(f"--map-normalisation, --memory-size and --image-score apply to .pt checkpoints: the "
+            raise ValueError(f"--map-normalisation, --memory-size, --memory-pool and --image-score apply to .pt "
+                             f"checkpoints: the "
                              f"map and score of {model_path.name} are built into the graph; export the checkpoint "
                              f"again instead")
         from .detector import Detector
@@ -290,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-size", type=_non_negative_int,
                    help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the "
                         "run's good images (0: none; default: the trained one)")
+    p.add_argument("--memory-pool", type=_odd_positive_int,
+                   help="checkpoints with a patch memory: evaluate the same weights with this memory pooling, the "
+                        "memory rebuilt from the run's good images (default: the trained one)")
     p.add_argument("--image-score", choices=["combined", "max"],
                    help="checkpoints with a patch memory: evaluate the same weights with this image score "
                         "(its statistics rebuilt from the run's good images; default: the trained one)")

@@ -68,7 +68,7 @@ def test_stream_reports_a_bad_frame_and_goes_on(exported_model):
 
 
 @pytest.mark.parametrize("option", [["--memory-size", "0"], ["--map-normalisation", "none"],
-                                    ["--image-score", "max"]])
+                                    ["--image-score", "max"], ["--memory-pool", "5"]])
 def test_eval_of_an_onnx_model_refuses_map_fusion_options(exported_model, option, capsys):
     """The map of an exported model is in its graph: asking to change it is an error that says what to do."""
     path = exported_model[1]

@@ -281,6 +281,9 @@ def test_bad_memory_options_are_rejected():
         CFRG(CFRGConfig(image_size=(64, 64), score_temperature=0.0), pretrained_teacher=False)
     with pytest.raises(ValueError, match="memory_stride"):
         CFRG(CFRGConfig(image_size=(64, 64), memory_stride=4), pretrained_teacher=False)
+    for pool in (0, 4):
+        with pytest.raises(ValueError, match="memory_pool must be an odd number"):
+            CFRG(CFRGConfig(image_size=(64, 64), memory_pool=pool), pretrained_teacher=False)
 
 
 def test_memory_on_the_stride_8_grid():

@@ -131,13 +131,18 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
         fused, score = peak(x)
         assert torch.allclose(score, fused.flatten(1).amax(1))
         assert torch.allclose(trained(x)[0], fused, atol=1e-5)  # the map is the same, only the score differs
+    wide = with_map_fusion(trained, run, memory_pool=trained.config.memory_pool + 2, progress=False)
+    assert wide.memory.pool == wide.config.memory_pool == trained.config.memory_pool + 2
+    assert not torch.equal(wide.memory.bank, trained.memory.bank)  # rebuilt from the wider neighbourhoods
+    assert torch.equal(wide.map_std1, trained.map_std1)  # the CFRG map is untouched
     js = tmp_path / "paper.json"
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--map-normalisation", "none", "--memory-size", "0", "--json", str(js), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js.read_text())["pixel_auroc"] <= 1.0
-    with pytest.raises(SystemExit):
-        main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
-              "--memory-size", "-5"])
+    for bad in (["--memory-size", "-5"], ["--memory-pool", "4"], ["--memory-pool", "0"]):
+        with pytest.raises(SystemExit):
+            main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                  *bad])
 
 
 def test_cli_rejects_bad_image_size():
