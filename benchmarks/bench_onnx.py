@@ -1,4 +1,5 @@
-"""Model-only latency of the exported graph in ONNX Runtime (FP32, CPU) vs the same model in eager PyTorch.
+"""Model-only latency of the exported graph in ONNX Runtime (FP32, CPU) vs the same model in eager PyTorch
+(BatchNorm folded, as `cfrg eval` runs it; the exporter folds it into the graph too).
 
     python benchmarks/bench_onnx.py --checkpoint runs/NAME/model.pt [--onnx model.onnx] [--runs 50] [--threads 0]
 
@@ -36,6 +37,7 @@ def main():
     import onnxruntime as ort
     import torch
 
+    from export.model import fold_batchnorm
     from export.onnx_export import export_onnx
     from export.train import load_model
 
@@ -46,6 +48,7 @@ def main():
     if not path:
         path = str(Path(tempfile.mkdtemp()) / "model.onnx")
         export_onnx(model, path)
+    model = fold_batchnorm(model)
     options = ort.SessionOptions()
     if ns.threads:
         options.intra_op_num_threads = ns.threads
