@@ -453,6 +453,10 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
     if not changes:
         return model
     config = CFRGConfig.from_dict({**old, **changes})
+    memory_options = [k for k in ("memory_pool", "image_score") if k in changes]
+    if memory_options and not config.memory_size:
+        raise ValueError(f"{' and '.join(memory_options)} apply to a patch memory and this model has none: "
+                         f"add one with a memory size (cfrg eval --memory-size 10000)")
     new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
     new = CFRG(config, pretrained_teacher=False)
     rebuilt = ("memory.", "map_") if new_stats else ("memory.",)  # the memory's statistics depend on the map

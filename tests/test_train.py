@@ -115,6 +115,8 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     assert trained.memory is not None and int(trained.memory.images) > 0
     no_memory = with_map_fusion(trained, run, memory_size=0, progress=False)
     assert no_memory.memory is None and torch.equal(no_memory.map_std1, trained.map_std1)  # carried over
+    with pytest.raises(ValueError, match="memory_pool apply to a patch memory and this model has none"):
+        with_map_fusion(no_memory, run, memory_pool=5, progress=False)  # not silently ignored
     paper = with_map_fusion(trained, run, "none", 0, progress=False)
     assert paper.config.map_normalisation == "none" and not hasattr(paper, "map_mean0") and paper.memory is None
     again = with_map_fusion(paper, run, "position", trained.config.memory_size, progress=False)
@@ -139,6 +141,12 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--map-normalisation", "none", "--memory-size", "0", "--json", str(js), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js.read_text())["pixel_auroc"] <= 1.0
+    js_pool = tmp_path / "pool5.json"
+    assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                 "--memory-pool", "5", "--json", str(js_pool), "--no-progress"]) == 0
+    assert 0.0 <= json.loads(js_pool.read_text())["pixel_auroc"] <= 1.0
+    assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                 "--memory-size", "0", "--memory-pool", "5", "--no-progress"]) == 2  # no memory to pool
     for bad in (["--memory-size", "-5"], ["--memory-pool", "4"], ["--memory-pool", "0"]):
         with pytest.raises(SystemExit):
             main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
@@ -150,3 +158,19 @@ def test_cli_rejects_bad_image_size():
 
     with pytest.raises(SystemExit):
         main(["train", "--data", "x", "--category", "y", "--out", "z", "--image-size", "250"])
+
+
+def test_train_cli_memory_options_reach_the_model_config():
+    """cfrg train's defaults are the recipe's (CFRGConfig); --memory-pool gets to TrainArgs."""
+    from export.model import CFRGConfig
+    from sdk.cli import build_parser, train_args_from
+
+    parser = build_parser()
+    base = ["train", "--data", "d", "--category", "c", "--out", "o"]
+    ns = parser.parse_args(base)
+    args = train_args_from(ns, ns.data, ns.category, ns.out)
+    defaults = CFRGConfig()
+    assert (args.memory_size, args.memory_pool, args.image_score) == (
+        defaults.memory_size, defaults.memory_pool, defaults.image_score)
+    ns = parser.parse_args(base + ["--memory-pool", "5"])
+    assert train_args_from(ns, ns.data, ns.category, ns.out).memory_pool == 5
