@@ -50,9 +50,10 @@ def main():
     no_memory = CFRG(CFRGConfig(image_size=ns.image_size, teacher=ns.teacher, memory_size=0)).eval()
     no_memory = no_memory.to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, *ns.image_size).contiguous(memory_format=torch.channels_last)
-    rows = [(f"CFRG full (memory {ns.memory_size})", fold_batchnorm(model)),
+    folded = fold_batchnorm(model)
+    rows = [(f"CFRG full (memory {ns.memory_size})", folded),
             ("CFRG full, BatchNorm unfolded", model), ("CFRG without memory", fold_batchnorm(no_memory)),
-            ("teacher alone", fold_batchnorm(model.teacher))]
+            ("teacher alone", folded.teacher_features)]
     print(f"image {ns.image_size[0]}x{ns.image_size[1]}, batch 1, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     base = None

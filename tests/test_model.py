@@ -353,3 +353,27 @@ def test_fold_batchnorm_only_folds_a_convolution_read_by_nothing_else():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("teacher,options", [
+    ("efficientnet_lite2", {}), ("wide_resnet50_2", {}),
+    ("efficientnet_lite0", {"use_recovery": False, "use_segmentation": False, "memory_size": 0}),
+    ("efficientnet_lite0", {"map_normalisation": "none", "memory_stride": 8, "recovery_code_stride": 16})])
+def test_fold_batchnorm_traces_every_teacher_and_variant(teacher, options):
+    """Random weights and BatchNorm statistics: proves the fx trace and the folding arithmetic for each
+    architecture, not detection quality."""
+    from export.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = CFRG(CFRGConfig(image_size=(64, 96), teacher=teacher, **options), pretrained_teacher=False).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        (map_a, score_a), (map_b, score_b) = model(x), folded(x)
+    assert (map_a - map_b).abs().max() <= 1e-4 * map_a.abs().max()
+    torch.testing.assert_close(score_b, score_a, rtol=1e-4, atol=1e-4)
