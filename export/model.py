@@ -464,14 +464,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     import torch.fx
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    model = copy.deepcopy(model).eval()
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    pairs = []
     class ConvLeafTracer(torch.fx.Tracer):  # convolutions with their own padding (SameConv2d) stay whole
         def is_leaf_module(self, m, qualname):
             return isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(m, qualname)
 
+    model = copy.deepcopy(model).eval()
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}  # how often each module is called: a shared one is not folded
+    pairs = []
     for node in ConvLeafTracer().trace(model).nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
