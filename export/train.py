@@ -444,8 +444,8 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
                     memory_pool: int | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size and
-    pooling, image score). Map statistics and the memory are rebuilt from the run's own good images: its config.json says
-    which, `data` says where they live now."""
+    pooling, image score). Map statistics and the memory are rebuilt from the run's own good images: its
+    config.json says which, `data` says where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool}
     old = model.config.to_dict()

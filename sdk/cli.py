@@ -138,9 +138,8 @@ def cmd_eval(ns) -> int:
     else:
         if other_fusion:
             raise ValueError(f"--map-normalisation, --memory-size, --memory-pool and --image-score apply to .pt "
-                             f"checkpoints: the "
-                             f"map and score of {model_path.name} are built into the graph; export the checkpoint "
-                             f"again instead")
+                             f"checkpoints: the map and score of {model_path.name} are built into the graph; "
+                             f"export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
