@@ -50,6 +50,7 @@ class CFRGConfig:
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
     image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
+    global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,6 +64,7 @@ class CFRGConfig:
         d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
         d.setdefault("memory_size", 0)  # and from before the patch memory
         d.setdefault("image_score", "max")  # and from before the combined image score
+        d.setdefault("global_score", False)  # and from before its global branch
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)
@@ -319,6 +321,93 @@ class PatchMemory(nn.Module):
         return pick[chosen] // (h * w)
 
 
+def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Ledoit-Wolf shrunk covariance of the rows of x (centred here) and its shrinkage: (1 - a) S + a mu I,
+    mu = trace(S) / dim, with a estimated from the data (Ledoit & Wolf 2004, as scikit-learn computes it)."""
+    x = x.double() - x.double().mean(0)
+    n, p = x.shape
+    s = x.t() @ x / n
+    mu = float(torch.trace(s)) / p
+    x2 = x * x
+    beta = (float((x2.t() @ x2).sum()) / n - float((s * s).sum())) / (p * n)
+    delta = (float((s * s).sum()) - 2 * mu * float(torch.trace(s)) + p * mu * mu) / p
+    shrink = 0.0 if delta <= 0 else min(beta, delta) / delta
+    return (1 - shrink) * s + shrink * mu * torch.eye(p, dtype=s.dtype), shrink
+
+
+class GlobalGaussian(nn.Module):
+    """Image-level branch of the combined score: the Mahalanobis distance of an image's global teacher
+    statistics (per channel, at each scale, the spatial mean and log standard deviation) to a Gaussian
+    fitted on good training images (standardised, Ledoit-Wolf covariance), z-scored on held-out good
+    images. It sees a whole-part change in texture or tone that no single place shows strongly enough."""
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        dim = 2 * sum(channels)
+        self.register_buffer("shift", torch.zeros(1, dim))
+        # y = (descriptor - shift) @ whiten.T / sqrt(dim): |y| * sqrt(dim) is the distance; the scale keeps
+        # the sum of squares far from FP16's range limit
+        self.register_buffer("whiten", torch.eye(dim) / math.sqrt(dim))
+        self.register_buffer("dist_mean", torch.zeros(()))
+        self.register_buffer("dist_std", torch.ones(()))
+        self.register_buffer("images", torch.zeros(()))  # good images the Gaussian came from (0: not fitted)
+
+    @staticmethod
+    def describe(t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, 2 * channels): per scale, the spatial mean and log standard deviation of each channel."""
+        out = []
+        for f in t_feats:  # reductions over (2, 3), no reshape: the graph stays free of shape arithmetic
+            f = f.float()
+            mean = f.mean((2, 3), keepdim=True)
+            var = ((f - mean) * (f - mean)).mean((2, 3))
+            out += [mean[:, :, 0, 0], 0.5 * torch.log(var + 1e-6)]
+        return torch.cat(out, 1)
+
+    def distance(self, descriptors: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(descriptors - self.shift, self.whiten.t())
+        return (y * y).sum(1).sqrt() * math.sqrt(self.whiten.shape[0])
+
+    def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        return (self.distance(self.describe(t_feats)) - self.dist_mean) / self.dist_std
+
+    @torch.no_grad()
+    def fit(self, descriptors: torch.Tensor) -> float:
+        """Gaussian of good images' descriptors (N, dim); returns the Ledoit-Wolf shrinkage."""
+        d = descriptors.double()
+        if len(d) < 2:
+            raise ValueError(f"the global image statistics need at least 2 good images, got {len(d)}")
+        mean, scale = d.mean(0), d.std(0) + 1e-6
+        cov, shrink = ledoit_wolf((d - mean) / scale)
+        inv_chol = torch.linalg.inv(torch.linalg.cholesky(cov))  # |inv_chol z|^2 = z^T cov^-1 z
+        self.shift.copy_(mean.view(1, -1).float())
+        self.whiten.copy_((inv_chol / scale.view(1, -1) / math.sqrt(len(mean))).float())
+        self.images.fill_(float(len(d)))
+        return shrink
+
+    @torch.no_grad()
+    def calibrate(self, distances: torch.Tensor) -> None:
+        """z-score statistics from the distances of good images the Gaussian was not fitted on."""
+        d = distances.double()
+        self.dist_mean.fill_(float(d.mean()))
+        self.dist_std.fill_(float(d.std()) + 1e-6 if len(d) > 1 else 1.0)
+
+    @torch.no_grad()
+    def fit_and_calibrate(self, train: torch.Tensor, held_out: torch.Tensor | None = None, folds: int = 5) -> float:
+        """Fit on `train` descriptors; z-score statistics on `held_out` or, without it, on each of `folds`
+        parts of `train` scored by a Gaussian fitted on the other parts."""
+        if held_out is None:
+            parts = torch.arange(len(train)) % folds
+            distances = []
+            for k in range(folds):
+                if (parts == k).any() and (parts != k).sum() >= 2:
+                    self.fit(train[parts != k])
+                    distances.append(self.distance(train[parts == k].float()))
+            held = torch.cat(distances)
+        shrink = self.fit(train)
+        self.calibrate(self.distance(held_out.float()) if held_out is not None else held)
+        return shrink
+
+
 class CFRG(nn.Module):
     """Input: float RGB in [0, 1], NCHW, at config.image_size. Normalisation is inside."""
 
@@ -354,6 +443,8 @@ class CFRG(nn.Module):
                                    config.memory_stride,
                                    config.score_temperature if config.image_score == "combined" else None)
                        if config.memory_size else None)
+        self.global_gaussian = (GlobalGaussian(channels) if self.memory is not None and config.global_score
+                                and config.image_score == "combined" else None)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -450,9 +541,12 @@ class CFRG(nn.Module):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""
         t_feats = self.teacher_features(x)
         amap = self.anomaly_map(x, self.heads(x, t_feats))
-        if self.memory is not None:
-            return self.memory.fuse(amap, t_feats, self.blur)
-        return amap, amap.flatten(1).amax(1)
+        if self.memory is None:
+            return amap, amap.flatten(1).amax(1)
+        amap, score = self.memory.fuse(amap, t_feats, self.blur)
+        if self.global_gaussian is not None:
+            score = score + self.global_gaussian(t_feats)
+        return amap, score
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

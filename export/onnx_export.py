@@ -121,8 +121,12 @@ def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | 
 
 def _score_description(model) -> str:
     if model.memory is not None and model.memory.score_temperature is not None:
-        return ("float32 (N,) = sum of two branch scores z-scored on good images: the max of the CFRG map and "
-                f"a soft max (temperature {model.memory.score_temperature:g}) of the patch-memory distances")
+        cfrg = "the max of the CFRG map"
+        memory = f"a soft max (temperature {model.memory.score_temperature:g}) of the patch-memory distances"
+        if model.global_gaussian is not None:
+            return (f"float32 (N,) = sum of three branch scores z-scored on good images: {cfrg}, {memory} and the "
+                    "Mahalanobis distance of the image's global feature statistics")
+        return f"float32 (N,) = sum of two branch scores z-scored on good images: {cfrg} and {memory}"
     return "float32 (N,) = max of the map"
 
 

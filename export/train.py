@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
 
-from .model import CFRG, CFRGConfig, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
+from .model import CFRG, CFRGConfig, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
 from .synthesis import DefectSynthesizer
 
 
@@ -50,6 +50,7 @@ class TrainArgs:
     memory_size: int = CFRGConfig.memory_size
     memory_pool: int = CFRGConfig.memory_pool
     image_score: str = CFRGConfig.image_score
+    global_score: bool = CFRGConfig.global_score
     threads: int = 0
     progress: bool = True
     final_eval: bool = True
@@ -215,7 +216,8 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     features from `cache` when given) and measure the z-score statistics of both maps, and of the two
     branch scores ("combined" image score), on good images: the held-out ones when there are at least 8,
     else the training images with each image's own patches left out of its nearest-neighbour search.
-    Run after calibrate_map. Returns the images in the bank."""
+    The global branch (if any) is fitted on the same training images and z-scored on the same held-out
+    ones (else cross-fitted on the training images). Run after calibrate_map. Returns the images in the bank."""
     from tqdm import tqdm
 
     memory = model.memory
@@ -232,13 +234,15 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         idx = torch.from_numpy(index[s:s + batch])
         embeddings.append(memory.embed([c[idx].float() for c in cache]).half())
     source = torch.from_numpy(index)[memory.fill(torch.cat(embeddings), seed=seed, progress=progress)]
-    if holdout is not None and len(holdout) >= 8:
+    use_holdout = holdout is not None and len(holdout) >= 8
+    if use_holdout:
         stat_images, stat_ids = holdout, np.full(len(holdout), -1)
     else:
         stat_images, stat_ids = images[index], index
     sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
     n_map = n_dist = 0
     map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
+    descriptors = []  # global statistics of the held-out images, for the global branch
     for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
                   disable=not progress, leave=False):
         x = _to_tensor(stat_images[s:s + batch])
@@ -251,6 +255,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         n_dist += dist.numel()
         map_peaks.append(amap.flatten(1).amax(1))
         distances.append(dist.float())
+        descriptors.append(GlobalGaussian.describe(t_feats))
     for (mean, std), (s1, s2, n) in zip(((memory.map_mean, memory.map_std), (memory.dist_mean, memory.dist_std)),
                                         ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
         m = s1 / n
@@ -262,6 +267,10 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
                             for peak, d in zip(map_peaks, distances)]).double()
         memory.score_mean.copy_(scores.mean(0).float())
         memory.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)
+    if model.global_gaussian is not None:
+        train_descriptors = torch.cat([GlobalGaussian.describe([c[torch.from_numpy(index[s:s + 64])] for c in cache])
+                                       for s in range(0, len(index), 64)])
+        model.global_gaussian.fit_and_calibrate(train_descriptors, torch.cat(descriptors) if use_holdout else None)
     model.train(was_training)
     return len(index)
 
@@ -334,7 +343,8 @@ def train(args: TrainArgs) -> dict:
                         use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
                         recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
                         map_normalisation=args.map_normalisation, memory_size=args.memory_size,
-                        memory_pool=args.memory_pool, image_score=args.image_score)
+                        memory_pool=args.memory_pool, image_score=args.image_score,
+                        global_score=args.global_score)
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -442,24 +452,27 @@ def train(args: TrainArgs) -> dict:
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
-                    memory_pool: int | None = None) -> CFRG:
+                    memory_pool: int | None = None, global_score: bool | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size and
-    pooling, image score). Map statistics and the memory are rebuilt from the run's own good images: its
-    config.json says which, `data` says where they live now."""
+    pooling, image score and its global branch). Map statistics, the memory and the global branch are rebuilt
+    from the run's own good images: its config.json says which, `data` says where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
-               "memory_pool": memory_pool}
+               "memory_pool": memory_pool, "global_score": global_score}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:
         return model
     config = CFRGConfig.from_dict({**old, **changes})
-    memory_options = [k for k in ("memory_pool", "image_score") if k in changes]
+    memory_options = [k for k in ("memory_pool", "image_score", "global_score") if k in changes]
     if memory_options and not config.memory_size:
         raise ValueError(f"{' and '.join(memory_options)} apply to a patch memory and this model has none: "
                          f"add one with a memory size (cfrg eval --memory-size 10000)")
+    if config.global_score and changes.get("global_score") and config.image_score != "combined":
+        raise ValueError("global_score is a branch of the combined image score and this model's image score is "
+                         f"{config.image_score!r}: add --image-score combined")
     new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
     new = CFRG(config, pretrained_teacher=False)
-    rebuilt = ("memory.", "map_") if new_stats else ("memory.",)  # the memory's statistics depend on the map
+    rebuilt = ("memory.", "global_gaussian.") + (("map_",) if new_stats else ())  # memory stats depend on the map
     missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs

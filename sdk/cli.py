@@ -85,6 +85,9 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--image-score", default="combined", choices=["combined", "max"],
                    help="image score: 'combined' sums the CFRG map's max and a soft max of the memory distances, "
                         "each z-scored on held-out good images (default); 'max' is the fused map's max")
+    p.add_argument("--global-score", action=argparse.BooleanOptionalAction, default=True,
+                   help="add to the combined image score a Gaussian over each image's global feature statistics, "
+                        "z-scored on held-out good images (default on)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -99,7 +102,8 @@ def train_args_from(ns, data, category, out):
                      use_recovery=not ns.no_recovery, use_segmentation=not ns.no_segmentation,
                      recovery_code_stride=ns.recovery_stride, recovery_width=ns.recovery_width,
                      map_normalisation=ns.map_normalisation, memory_size=ns.memory_size,
-                     memory_pool=ns.memory_pool, image_score=ns.image_score, threads=ns.threads,
+                     memory_pool=ns.memory_pool, image_score=ns.image_score, global_score=ns.global_score,
+                     threads=ns.threads,
                      progress=not ns.no_progress)
 
 
@@ -122,7 +126,7 @@ def cmd_eval(ns) -> int:
         raise FileNotFoundError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
                                 f"or a model.onnx from `cfrg export`")
     other_fusion = (ns.map_normalisation or ns.memory_size is not None or ns.memory_pool is not None
-                    or ns.image_score)
+                    or ns.image_score or ns.global_score is not None)
     if model_path.suffix == ".pt":
         _needs_torch("eval of a .pt checkpoint")
         from export.train import load_model, torch_predictor
@@ -133,13 +137,13 @@ def cmd_eval(ns) -> int:
 
             model = with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
                                     progress=not ns.no_progress, image_score=ns.image_score,
-                                    memory_pool=ns.memory_pool)
+                                    memory_pool=ns.memory_pool, global_score=ns.global_score)
         predict, size = torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
-            raise ValueError(f"--map-normalisation, --memory-size, --memory-pool and --image-score apply to .pt "
-                             f"checkpoints: the map and score of {model_path.name} are built into the graph; "
-                             f"export the checkpoint again instead")
+            raise ValueError(f"--map-normalisation, --memory-size, --memory-pool, --image-score and --global-score "
+                             f"apply to .pt checkpoints: the map and score of {model_path.name} are built into the "
+                             f"graph; export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
@@ -310,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-score", choices=["combined", "max"],
                    help="checkpoints with a patch memory: evaluate the same weights with this image score "
                         "(its statistics rebuilt from the run's good images; default: the trained one)")
+    p.add_argument("--global-score", action=argparse.BooleanOptionalAction, default=None,
+                   help="checkpoints with a combined image score: evaluate the same weights with (or without) its "
+                        "global branch, rebuilt from the run's good images (default: the trained one)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json")

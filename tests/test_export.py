@@ -73,6 +73,7 @@ def test_good_only_thresholds_come_from_the_held_back_images_scores_and_map_peak
 
     model, path, info = exported
     assert model.config.image_score == "combined" and "soft max" in info["outputs"]["score"]
+    assert model.config.global_score and "global feature statistics" in info["outputs"]["score"]
     run = json.loads((path.parent / "run" / "config.json").read_text())
     frames = np.stack([resize_for_model(read_image(str(Path(run["train"]["data"]) / rel), "rgb"), SIZE)
                        for rel in run["holdout"]])

@@ -226,8 +226,9 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     from export.train import _to_tensor, calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, global_score=False)).eval()
     assert m.config.image_score == "combined" and m.memory.score_temperature == 2.0
+    assert m.global_gaussian is None
     images = _demo_images(18, (64, 128))
     calibrate_map(m, images[:10])
     calibrate_memory(m, images[:10], holdout=images[10:])
@@ -249,6 +250,85 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     assert torch.allclose(score.double(), expected, atol=1e-3)
     assert abs(float(score.mean())) < 1e-3 and float(score.std()) > 0.5
     assert torch.allclose(fused, torch.maximum(cfrg_map, m.blur(upsample(memory_z, 16))))
+
+
+def test_ledoit_wolf_matches_scikit_learn():
+    from sklearn.covariance import LedoitWolf
+
+    from export.model import ledoit_wolf
+
+    rng = np.random.default_rng(0)
+    for n, p in ((50, 20), (30, 80)):  # more samples than dimensions, and fewer
+        x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p))
+        ref = LedoitWolf().fit(x)
+        cov, shrink = ledoit_wolf(torch.from_numpy(x))
+        assert abs(shrink - ref.shrinkage_) < 1e-9 and 0 < shrink < 1
+        assert np.allclose(cov.numpy(), ref.covariance_, rtol=1e-9, atol=1e-9)
+
+
+def _global_descriptor_reference(t_feats) -> np.ndarray:
+    """Per scale, each channel's spatial mean and log standard deviation, in NumPy."""
+    out = []
+    for f in t_feats:
+        f = f.double().numpy().reshape(f.shape[0], f.shape[1], -1)
+        out += [f.mean(2), 0.5 * np.log(f.var(2) + 1e-6)]
+    return np.concatenate(out, 1)
+
+
+def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_images():
+    """The combined score's global branch: the Mahalanobis distance of an image's global teacher statistics
+    to a Ledoit-Wolf Gaussian of the standardised statistics of good training images (as scikit-learn
+    computes it), z-scored on the held-out good images; it is added to the two memory branches."""
+    from sklearn.covariance import LedoitWolf
+
+    from export.train import _to_tensor, calibrate_map, calibrate_memory
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
+    assert m.config.global_score and m.global_gaussian is not None
+    images = _demo_images(18, (64, 128))
+    calibrate_map(m, images[:10])
+    calibrate_memory(m, images[:10], holdout=images[10:])
+    assert int(m.global_gaussian.images) == 10
+    with torch.no_grad():
+        train_desc = _global_descriptor_reference(m.teacher_features(_to_tensor(images[:10])))
+        x = _to_tensor(images[10:])
+        t_feats = m.teacher_features(x)
+        held_desc = _global_descriptor_reference(t_feats)
+        assert np.allclose(m.global_gaussian.describe(t_feats).numpy(), held_desc, atol=1e-4)
+        _, score = m(x)
+        two_branches = m.memory.fuse(m.anomaly_map(x, m.heads(x, t_feats)), t_feats, m.blur)[1]
+        global_z = m.global_gaussian(t_feats)
+    mean, scale = train_desc.mean(0), train_desc.std(0, ddof=1) + 1e-6
+    ref = LedoitWolf().fit((train_desc - mean) / scale)
+    dist = np.sqrt(ref.mahalanobis((held_desc - mean) / scale))
+    assert np.allclose(m.global_gaussian.distance(torch.from_numpy(held_desc).float()).numpy(), dist, rtol=2e-3)
+    assert np.allclose(global_z.numpy(), (dist - dist.mean()) / dist.std(ddof=1), atol=5e-3)
+    assert torch.allclose(score, two_branches + global_z, atol=1e-5)
+
+
+def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
+    """Without held-out images each fifth of the training images is scored by a Gaussian of the other
+    four fifths (in-sample distances would be too small); the final Gaussian uses all of them."""
+    from export.model import GlobalGaussian
+
+    rng = np.random.default_rng(1)
+    train = torch.from_numpy(rng.normal(size=(40, 12)))
+    g = GlobalGaussian([3, 3])
+    g.fit_and_calibrate(train)
+    folds = torch.arange(40) % 5
+    crossed = []
+    for k in range(5):
+        g_k = GlobalGaussian([3, 3])
+        g_k.fit(train[folds != k])
+        crossed.append(g_k.distance(train[folds == k].float()))
+    crossed = torch.cat(crossed)
+    in_sample = g.distance(train.float())
+    assert abs(float(g.dist_mean) - float(crossed.mean())) < 1e-4
+    assert float(g.dist_mean) > float(in_sample.mean())  # the in-sample distances are biased low
+    assert int(g.images) == 40
+    with pytest.raises(ValueError, match="at least 2 good images"):
+        GlobalGaussian([3, 3]).fit(train[:1])
 
 
 def test_memory_statistics_leave_each_image_out():
@@ -301,8 +381,13 @@ def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with
     patch memory, the map's max as score."""
     old = CFRGConfig.from_dict({"image_size": [64, 64], "teacher": "efficientnet_lite0"})
     assert (old.map_normalisation, old.memory_size, old.image_score) == ("none", 0, "max")
+    assert not old.global_score
+    combined = CFRGConfig.from_dict({"image_size": [64, 64], "memory_size": 100, "image_score": "combined"})
+    assert not combined.global_score  # combined score from before its global branch
+    assert CFRG(combined, pretrained_teacher=False).global_gaussian is None
     new = CFRGConfig.from_dict(CFRGConfig().to_dict())
     assert (new.map_normalisation, new.memory_size, new.image_score) == ("position", 10000, "combined")
+    assert new.global_score
 
 
 def test_folded_batchnorm_gives_the_trained_models_map_and_score_on_real_images(exported_model):

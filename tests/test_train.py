@@ -137,6 +137,18 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     assert wide.memory.pool == wide.config.memory_pool == trained.config.memory_pool + 2
     assert not torch.equal(wide.memory.bank, trained.memory.bank)  # rebuilt from the wider neighbourhoods
     assert torch.equal(wide.map_std1, trained.map_std1)  # the CFRG map is untouched
+    assert trained.config.global_score and int(trained.global_gaussian.images) > 0
+    assert peak.global_gaussian is None  # a branch of the combined score only
+    two = with_map_fusion(trained, run, global_score=False, progress=False)
+    assert two.global_gaussian is None and not two.config.global_score
+    back = with_map_fusion(two, run, global_score=True, progress=False)
+    for name, value in trained.global_gaussian.state_dict().items():
+        assert torch.allclose(getattr(back.global_gaussian, name), value, rtol=1e-4, atol=1e-4), name
+    with torch.no_grad():
+        t_feats = trained.teacher_features(x)
+        assert torch.allclose(trained(x)[1], two(x)[1] + trained.global_gaussian(t_feats), atol=1e-4)
+    with pytest.raises(ValueError, match="global_score is a branch of the combined image score"):
+        with_map_fusion(two, run, image_score="max", global_score=True, progress=False)
     js = tmp_path / "paper.json"
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--map-normalisation", "none", "--memory-size", "0", "--json", str(js), "--no-progress"]) == 0
@@ -145,6 +157,10 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--memory-pool", "5", "--json", str(js_pool), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js_pool.read_text())["pixel_auroc"] <= 1.0
+    js_two = tmp_path / "two.json"
+    assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                 "--no-global-score", "--json", str(js_two), "--no-progress"]) == 0
+    assert 0.0 <= json.loads(js_two.read_text())["image_auroc"] <= 1.0
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--memory-size", "0", "--memory-pool", "5", "--no-progress"]) == 2  # no memory to pool
     for bad in (["--memory-size", "-5"], ["--memory-pool", "4"], ["--memory-pool", "0"]):
@@ -170,7 +186,8 @@ def test_train_cli_memory_options_reach_the_model_config():
     ns = parser.parse_args(base)
     args = train_args_from(ns, ns.data, ns.category, ns.out)
     defaults = CFRGConfig()
-    assert (args.memory_size, args.memory_pool, args.image_score) == (
-        defaults.memory_size, defaults.memory_pool, defaults.image_score)
-    ns = parser.parse_args(base + ["--memory-pool", "5"])
+    assert (args.memory_size, args.memory_pool, args.image_score, args.global_score) == (
+        defaults.memory_size, defaults.memory_pool, defaults.image_score, defaults.global_score)
+    ns = parser.parse_args(base + ["--memory-pool", "5", "--no-global-score"])
     assert train_args_from(ns, ns.data, ns.category, ns.out).memory_pool == 5
+    assert not train_args_from(ns, ns.data, ns.category, ns.out).global_score
