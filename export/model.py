@@ -378,6 +378,7 @@ class GlobalGaussian(nn.Module):
             raise ValueError(f"the global image statistics need at least 2 good images, got {len(d)}")
         mean, scale = d.mean(0), d.std(0) + 1e-6
         cov, shrink = ledoit_wolf((d - mean) / scale)
+        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)  # positive definite even from 2 images
         inv_chol = torch.linalg.inv(torch.linalg.cholesky(cov))  # |inv_chol z|^2 = z^T cov^-1 z
         self.shift.copy_(mean.view(1, -1).float())
         self.whiten.copy_((inv_chol / scale.view(1, -1) / math.sqrt(len(mean))).float())
@@ -394,17 +395,19 @@ class GlobalGaussian(nn.Module):
     @torch.no_grad()
     def fit_and_calibrate(self, train: torch.Tensor, held_out: torch.Tensor | None = None, folds: int = 5) -> float:
         """Fit on `train` descriptors; z-score statistics on `held_out` or, without it, on each of `folds`
-        parts of `train` scored by a Gaussian fitted on the other parts."""
+        parts of `train` scored by a Gaussian fitted on the other parts (with fewer than 3 images, on the
+        training images themselves)."""
+        distances = []
         if held_out is None:
             parts = torch.arange(len(train)) % folds
-            distances = []
             for k in range(folds):
                 if (parts == k).any() and (parts != k).sum() >= 2:
                     self.fit(train[parts != k])
                     distances.append(self.distance(train[parts == k].float()))
-            held = torch.cat(distances)
         shrink = self.fit(train)
-        self.calibrate(self.distance(held_out.float()) if held_out is not None else held)
+        if held_out is not None:
+            distances = [self.distance(held_out.float())]
+        self.calibrate(torch.cat(distances) if distances else self.distance(train.float()))
         return shrink
 
 

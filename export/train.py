@@ -242,7 +242,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
     n_map = n_dist = 0
     map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
-    descriptors = []  # global statistics of the held-out images, for the global branch
+    descriptors = []  # global statistics of these images, for the global branch
     for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
                   disable=not progress, leave=False):
         x = _to_tensor(stat_images[s:s + batch])

@@ -83,8 +83,9 @@ def add_train_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--memory-pool", type=_odd_positive_int, default=9,
                    help="neighbourhood, in feature cells, that each memory patch averages (odd; default 9)")
     p.add_argument("--image-score", default="combined", choices=["combined", "max"],
-                   help="image score: 'combined' sums the CFRG map's max and a soft max of the memory distances, "
-                        "each z-scored on held-out good images (default); 'max' is the fused map's max")
+                   help="image score: 'combined' sums the CFRG map's max, a soft max of the memory distances and "
+                        "(--global-score) a Gaussian distance of the image's global statistics, each z-scored on "
+                        "held-out good images (default); 'max' is the fused map's max")
     p.add_argument("--global-score", action=argparse.BooleanOptionalAction, default=True,
                    help="add to the combined image score a Gaussian over each image's global feature statistics, "
                         "z-scored on held-out good images (default on)")

@@ -329,6 +329,9 @@ def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
     assert int(g.images) == 40
     with pytest.raises(ValueError, match="at least 2 good images"):
         GlobalGaussian([3, 3]).fit(train[:1])
+    tiny = GlobalGaussian([3, 3])  # two images: nothing to cross-fit, the in-sample distances are used
+    tiny.fit_and_calibrate(train[:2])
+    assert torch.isfinite(tiny.dist_mean) and int(tiny.images) == 2
 
 
 def test_memory_statistics_leave_each_image_out():
