@@ -339,7 +339,8 @@ class GlobalGaussian(nn.Module):
     """Image-level branch of the combined score: the Mahalanobis distance of an image's global teacher
     statistics (per channel, at each scale, the spatial mean and log standard deviation) to a Gaussian
     fitted on good training images (standardised, Ledoit-Wolf covariance), z-scored on held-out good
-    images. It sees a whole-part change in texture or tone that no single place shows strongly enough."""
+    images. It sees a whole-part change in texture or tone that no single place shows strongly enough.
+    It is used only when fitted on more good images than the descriptor has dimensions (352 for Lite0)."""
 
     def __init__(self, channels: Sequence[int]):
         super().__init__()
@@ -367,8 +368,13 @@ class GlobalGaussian(nn.Module):
         y = torch.matmul(descriptors - self.shift, self.whiten.t())
         return (y * y).sum(1).sqrt() * math.sqrt(self.whiten.shape[0])
 
+    def in_use(self) -> torch.Tensor:
+        """1 when the Gaussian came from more good images than it has dimensions (a full-rank sample
+        covariance), else 0: fitted on fewer, its distances were mostly noise and the branch adds nothing."""
+        return (self.images > self.whiten.shape[0]).float()
+
     def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        return (self.distance(self.describe(t_feats)) - self.dist_mean) / self.dist_std
+        return (self.distance(self.describe(t_feats)) - self.dist_mean) / self.dist_std * self.in_use()
 
     @torch.no_grad()
     def fit(self, descriptors: torch.Tensor) -> float:

@@ -216,7 +216,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     features from `cache` when given) and measure the z-score statistics of both maps, and of the two
     branch scores ("combined" image score), on good images: the held-out ones when there are at least 8,
     else the training images with each image's own patches left out of its nearest-neighbour search.
-    The global branch (if any) is fitted on the same training images and z-scored on the same held-out
+    The global branch (if any) is fitted on all the training images and z-scored on the same held-out
     ones (else cross-fitted on the training images). Run after calibrate_map. Returns the images in the bank."""
     from tqdm import tqdm
 
@@ -267,9 +267,9 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
                             for peak, d in zip(map_peaks, distances)]).double()
         memory.score_mean.copy_(scores.mean(0).float())
         memory.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)
-    if model.global_gaussian is not None:
-        train_descriptors = torch.cat([GlobalGaussian.describe([c[torch.from_numpy(index[s:s + 64])] for c in cache])
-                                       for s in range(0, len(index), 64)])
+    if model.global_gaussian is not None:  # from every training image: it needs more than its dimensions
+        train_descriptors = torch.cat([GlobalGaussian.describe([c[s:s + 64] for c in cache])
+                                       for s in range(0, len(cache[0]), 64)])
         model.global_gaussian.fit_and_calibrate(train_descriptors, torch.cat(descriptors) if use_holdout else None)
     model.train(was_training)
     return len(index)

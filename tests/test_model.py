@@ -278,7 +278,8 @@ def _global_descriptor_reference(t_feats) -> np.ndarray:
 def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_images():
     """The combined score's global branch: the Mahalanobis distance of an image's global teacher statistics
     to a Ledoit-Wolf Gaussian of the standardised statistics of good training images (as scikit-learn
-    computes it), z-scored on the held-out good images; it is added to the two memory branches."""
+    computes it), z-scored on the held-out good images; it is added to the two memory branches when the
+    Gaussian came from more images than it has dimensions."""
     from sklearn.covariance import LedoitWolf
 
     from export.train import _to_tensor, calibrate_map, calibrate_memory
@@ -302,9 +303,16 @@ def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_ima
     mean, scale = train_desc.mean(0), train_desc.std(0, ddof=1) + 1e-6
     ref = LedoitWolf().fit((train_desc - mean) / scale)
     dist = np.sqrt(ref.mahalanobis((held_desc - mean) / scale))
-    assert np.allclose(m.global_gaussian.distance(torch.from_numpy(held_desc).float()).numpy(), dist, rtol=2e-3)
-    assert np.allclose(global_z.numpy(), (dist - dist.mean()) / dist.std(ddof=1), atol=5e-3)
-    assert torch.allclose(score, two_branches + global_z, atol=1e-5)
+    g = m.global_gaussian
+    assert np.allclose(g.distance(torch.from_numpy(held_desc).float()).numpy(), dist, rtol=2e-3)
+    z = (g.distance(torch.from_numpy(held_desc).float()) - g.dist_mean) / g.dist_std
+    assert np.allclose(z.numpy(), (dist - dist.mean()) / dist.std(ddof=1), atol=5e-3)
+    # 10 images for 352 dimensions: the branch is not used
+    assert float(g.in_use()) == 0 and torch.equal(global_z, torch.zeros(8))
+    assert torch.allclose(score, two_branches, atol=1e-5)
+    g.images.fill_(g.whiten.shape[0] + 1)  # had it come from more images than dimensions, it would count
+    with torch.no_grad():
+        assert torch.allclose(m(x)[1], two_branches + z, atol=1e-4)
 
 
 def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
