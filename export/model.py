@@ -327,10 +327,11 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     x = x.double() - x.double().mean(0)
     n, p = x.shape
     s = x.t() @ x / n
-    mu = float(torch.trace(s)) / p
+    trace, sum_sq = float(torch.trace(s)), float((s * s).sum())
+    mu = trace / p
     x2 = x * x
-    beta = (float((x2.t() @ x2).sum()) / n - float((s * s).sum())) / (p * n)
-    delta = (float((s * s).sum()) - 2 * mu * float(torch.trace(s)) + p * mu * mu) / p
+    beta = (float((x2.t() @ x2).sum()) / n - sum_sq) / (p * n)
+    delta = (sum_sq - 2 * mu * trace + p * mu * mu) / p
     shrink = 0.0 if delta <= 0 else min(beta, delta) / delta
     return (1 - shrink) * s + shrink * mu * torch.eye(p, dtype=s.dtype), shrink
 
