@@ -242,7 +242,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
     n_map = n_dist = 0
     map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
-    descriptors = []  # global statistics of these images, for the global branch
+    held_descriptors = [] if model.global_gaussian is not None and use_holdout else None  # global branch's z-scores
     for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
                   disable=not progress, leave=False):
         x = _to_tensor(stat_images[s:s + batch])
@@ -255,7 +255,8 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         n_dist += dist.numel()
         map_peaks.append(amap.flatten(1).amax(1))
         distances.append(dist.float())
-        descriptors.append(GlobalGaussian.describe(t_feats))
+        if held_descriptors is not None:
+            held_descriptors.append(GlobalGaussian.describe(t_feats))
     for (mean, std), (s1, s2, n) in zip(((memory.map_mean, memory.map_std), (memory.dist_mean, memory.dist_std)),
                                         ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
         m = s1 / n
@@ -270,7 +271,8 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     if model.global_gaussian is not None:  # from every training image: it needs more than its dimensions
         train_descriptors = torch.cat([GlobalGaussian.describe([c[s:s + 64] for c in cache])
                                        for s in range(0, len(cache[0]), 64)])
-        model.global_gaussian.fit_and_calibrate(train_descriptors, torch.cat(descriptors) if use_holdout else None)
+        held = torch.cat(held_descriptors) if held_descriptors is not None else None  # else cross-fitted
+        model.global_gaussian.fit_and_calibrate(train_descriptors, held)
     model.train(was_training)
     return len(index)
 
