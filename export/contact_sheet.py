@@ -15,7 +15,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .synthesis import IMAGE_EXTENSIONS, DefectSynthesizer
+from sdk.data import AnomalyDataset
+from sdk.evaluate import spread_indices
+
+from .synthesis import DefectSynthesizer
 
 SHEET_COLUMNS = 4  # sample+mask pairs per row
 GAP = 4  # pixels between cells
@@ -86,29 +89,14 @@ def _parse_size(text: str) -> tuple[int, int]:
 def load_category_images(root: str | Path, category: str, size: tuple[int, int],
                          limit: int = MAX_SOURCE_IMAGES) -> list[np.ndarray]:
     """Up to `limit` good training images (evenly spaced in sorted order), RGB, resized to size (h, w)."""
-    try:
-        from sdk.data import AnomalyDataset
-    except ImportError:  # sdk.data absent: read <root>/<category>/train/good directly
-        AnomalyDataset = None
-    if AnomalyDataset is not None:
-        dataset = AnomalyDataset(root, category, "train")
-        count, load = len(dataset), dataset.load_image
-    else:
-        folder = Path(root) / category / "train" / "good"
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        count = len(files)
-
-        def load(i: int) -> np.ndarray:
-            bgr = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(f"{files[i]} could not be read as an image")
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    dataset = AnomalyDataset(root, category, "train")
+    count = len(dataset)
     if count == 0:
         raise FileNotFoundError(f"no training images for {category!r} under {root}: expected "
                                 f"<root>/{category}/train/good/*.png|jpg")
-    picks = np.unique(np.linspace(0, count - 1, min(limit, count)).round().astype(int))
     h, w = size
-    return [cv2.resize(load(int(i)), (w, h), interpolation=cv2.INTER_AREA) for i in picks]
+    return [cv2.resize(dataset.load_image(i), (w, h), interpolation=cv2.INTER_AREA)
+            for i in spread_indices(count, limit)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -27,8 +27,9 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import cv2
 import numpy as np
 
+from sdk.files import IMAGE_EXTENSIONS, image_files
+
 ALL_KINDS = ("perlin_texture", "perlin_donor", "scratch", "spot", "dent", "discoloration")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 MIN_MEAN_CHANGE = 16.0  # grey levels, mean |change| over the mask core (mask >= 0.5)
 MIN_PIXEL_CHANGE = 5.0  # grey levels that at least 75 % of the core must change by
@@ -448,7 +449,7 @@ def load_textures(texture_dir: str | Path, max_side: int = MAX_TEXTURE_SIDE) -> 
         raise FileNotFoundError(f"texture_dir {folder} is not a folder: pass a folder of texture images "
                                 f"({', '.join(IMAGE_EXTENSIONS)}) or leave texture_dir unset")
     textures = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for path in image_files(folder):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"texture {path} could not be read as an image: remove or replace it")

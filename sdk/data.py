@@ -10,7 +10,7 @@ A mask for image ``<stem>.<ext>`` is ``<stem>_mask.png`` (MVTec AD) or ``<stem>.
 release); the first one found wins. "good" test images have no masks.
 
 Rules:
-- Images: .png .jpg .jpeg .bmp .tif .tiff (any case). Hidden files (".*") and other files are
+- Images: .png .jpg .jpeg .bmp .tif .tiff .webp (any case). Hidden files (".*") and other files are
   ignored. Order is deterministic: train by file name, test by (defect type, file name).
 - Pixels: uint8 HxWx3, RGB (default) or BGR. Grayscale is replicated to 3 channels, alpha is
   dropped, 16-bit is scaled to 8-bit over the full range (round(v / 257)). EXIF orientation is
@@ -32,7 +32,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from .files import IMAGE_EXTENSIONS, image_files
+from .native import check_color
+
 SPLITS = ("train", "test")
 GOOD = "good"
 _FINGERPRINT_VERSION = b"cfrg-dataset-fingerprint-v1\n"
@@ -55,24 +57,8 @@ def _is_visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _is_image_file(path: Path) -> bool:
-    return _is_visible(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Image files directly inside folder, sorted by name."""
-    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
-
-
 def _subfolders(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and _is_visible(p)), key=lambda p: p.name)
-
-
-def _check_color(color: str) -> str:
-    order = color.lower()
-    if order not in ("rgb", "bgr"):
-        raise DatasetError(f"color must be 'rgb' or 'bgr', got {color!r}")
-    return order
 
 
 def _read_raw(path: str | os.PathLike) -> np.ndarray:
@@ -111,7 +97,10 @@ def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
     """Read an image as uint8 HxWx3 in RGB or BGR order (see module docstring for the rules)."""
-    order = _check_color(color)
+    try:
+        order = check_color(color)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     image = _to_uint8(_read_raw(path), path)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -188,7 +177,7 @@ class AnomalyDataset:
             raise DatasetError(
                 f"training folder {good_dir} does not exist; put the defect-free training images there"
             )
-        files = _image_files(good_dir)
+        files = image_files(good_dir)
         if not files:
             raise DatasetError(
                 f"training folder {good_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -205,7 +194,7 @@ class AnomalyDataset:
         samples: list[Sample] = []
         for type_dir in _subfolders(test_dir):
             defect_type = type_dir.name
-            files = _image_files(type_dir)
+            files = image_files(type_dir)
             if defect_type == GOOD:
                 samples += [Sample(str(p), 0, GOOD, None) for p in files]
             elif files:

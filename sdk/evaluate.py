@@ -5,7 +5,6 @@ scores (N,)). The PyTorch checkpoint and every exported model are judged by this
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from . import metrics
 from .data import AnomalyDataset
+from .files import write_png
 
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -41,11 +41,12 @@ def map_to_frame(amap: np.ndarray, frame_hw: Sequence[int]) -> np.ndarray:
     return cv2.resize(amap, (int(frame_hw[1]), int(frame_hw[0])), interpolation=cv2.INTER_LINEAR)
 
 
-def backend_predictor(backend, input_name: str = "frames") -> Predictor:
-    """Predictor around any sdk backend of an exported model (uint8 NHWC in, map and score out)."""
+def backend_predictor(backend, input_name: str = "frames", colour_order: str = "rgb") -> Predictor:
+    """Predictor around any sdk backend of an exported model whose input takes `colour_order` frames."""
 
-    def predict(frames_u8: np.ndarray):
-        out = backend.run({input_name: np.ascontiguousarray(frames_u8)})
+    def predict(frames_rgb: np.ndarray):
+        frames = frames_rgb if colour_order.lower() == "rgb" else frames_rgb[..., ::-1]
+        out = backend.run({input_name: np.ascontiguousarray(frames)})
         return out["anomaly_map"], out["score"]
 
     return predict
@@ -67,7 +68,7 @@ def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Seq
     from tqdm import tqdm
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    index = _spread(len(dataset), n)
+    index = spread_indices(len(dataset), n)
     maps, scores, shapes = [], [], []
     bar = tqdm(total=n, desc="predict", unit="img", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
@@ -88,8 +89,9 @@ def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Seq
                        paths=[s.path for s in samples], frame_shapes=shapes)
 
 
-def _spread(total: int, n: int) -> list[int]:
-    """n indices spread evenly over range(total) (all of them when n == total)."""
+def spread_indices(total: int, limit: int | None = None) -> list[int]:
+    """min(limit, total) indices spread evenly over range(total) (all of them without a limit)."""
+    n = total if limit is None else min(limit, total)
     if n >= total:
         return list(range(total))
     return sorted({int(round(v)) for v in np.linspace(0, total - 1, n)})
@@ -146,7 +148,7 @@ def format_table(result: dict) -> str:
 def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os.PathLike,
                   vmax: float | None = None) -> int:
     """Write <type>_<stem>.png: image | anomaly heat map | ground-truth contours, side by side."""
-    from .postprocess import overlay
+    from .postprocess import blend_heatmap
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,21 +159,12 @@ def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os
         img = dataset.load_image(i, color="bgr")
         mask = dataset.load_mask(i)
         amap = map_to_frame(preds.maps[k], img.shape[:2])
-        blend = overlay(img, amap, np.zeros_like(mask), value_range=(0.0, vmax))
-        gt = overlay(img, amap, mask, alpha=0.0, contour_color=(0, 255, 0))
+        blend = blend_heatmap(img, amap, np.zeros_like(mask), value_range=(0.0, vmax))
+        gt = blend_heatmap(img, amap, mask, alpha=0.0, contour_color=(0, 255, 0))
         panel = np.concatenate([img, blend, gt], axis=1)
         cv2.putText(panel, f"{preds.defect_types[k]} score {preds.scores[k]:.3f}", (5, 20),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
-        name = f"{preds.defect_types[k]}_{Path(path).stem}.png"
-        tmp = out / f".{name}.tmp.png"
-        cv2.imwrite(str(tmp), panel)
-        os.replace(tmp, out / name)
+        write_png(out / f"{preds.defect_types[k]}_{Path(path).stem}.png", panel)
     return len(preds.paths)
 
 
-def write_json(result: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-    os.replace(tmp, path)

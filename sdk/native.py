@@ -98,16 +98,24 @@ def describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+class NotAnArrayError(TypeError, ValueError):
+    """An argument that should be a numpy array is not one (caught as either kind of bad argument)."""
+
+
 def check_frame(frame: Any, name: str = "frame") -> np.ndarray:
-    """A uint8 image H x W, H x W x 1 or H x W x 3 with any strides (not copied)."""
+    """A uint8 image H x W, H x W x 1 or H x W x 3 with any strides (not copied). TypeError for a
+    non-array (also a ValueError), ValueError for a wrong dtype, shape or an empty frame."""
     expected = "uint8 array of shape (H, W), (H, W, 1) or (H, W, 3)"
     if not isinstance(frame, np.ndarray):
-        raise ValueError(f"{name} must be a numpy {expected}; got {describe(frame)}")
-    ok = frame.dtype == np.uint8 and (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3)))
-    if not ok:
-        raise ValueError(f"{name} must be a {expected}; got {describe(frame)}")
+        raise NotAnArrayError(f"{name} must be a numpy array, a {expected}; got {describe(frame)}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{name} dtype is {frame.dtype}; expected uint8 (convert 16-bit frames with "
+                         f"(frame >> 8).astype(np.uint8) or cv2.convertScaleAbs); got {describe(frame)}")
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3))):
+        raise ValueError(f"{name} shape is {frame.shape}; expected HxW, HxWx1 or HxWx3, a {expected}; "
+                         f"got {describe(frame)}")
     if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"{name} must not be empty; got {describe(frame)}")
+        raise ValueError(f"{name} is empty; got {describe(frame)}")
     return frame
 
 
@@ -153,6 +161,14 @@ def check_threads(threads: Any) -> int:
     if not isinstance(threads, (int, np.integer)) or threads < 0:
         raise ValueError(f"threads must be an int >= 0 (0 = automatic); got {threads!r}")
     return int(threads)
+
+
+def check_color(value: Any, name: str = "color") -> str:
+    """'bgr' or 'rgb' (any case), returned in lower case."""
+    order = value.lower() if isinstance(value, str) else value
+    if order not in ("bgr", "rgb"):
+        raise ValueError(f"{name} must be 'bgr' or 'rgb' (any case); got {value!r}")
+    return order
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:

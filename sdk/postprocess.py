@@ -15,7 +15,7 @@ The C++ extension does all of it in one multithreaded pass over the rows (connec
 on runs); the twin is NumPy + cv2.connectedComponentsWithStats. Masks and regions are identical
 between them, maps bit-identical (the tests allow 1e-5).
 
-``overlay(frame, full_map, mask)`` blends a JET heat map on the frame and draws region contours.
+``blend_heatmap(frame, full_map, mask)`` blends a JET heat map on the frame and draws region contours.
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def jet_lut(color_order: str = "bgr") -> np.ndarray:
     return np.ascontiguousarray(lut[:, ::-1] if color_order == "rgb" else lut)
 
 
-def overlay(
+def blend_heatmap(
     frame: np.ndarray,
     anomaly_map_full: np.ndarray,
     mask: np.ndarray,

@@ -20,39 +20,16 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS
+from .files import IMAGE_EXTENSIONS, replace_with_temp, temp_path_beside, write_png
 
 log = logging.getLogger("sdk.sinks")
 
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _png(image: np.ndarray, path: Path) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"{path}: cannot encode a {image.dtype} {image.shape} image as PNG")
-    _atomic_write(path, buf.tobytes())
 
 
 def _to_bgr(image: np.ndarray, color: str = "bgr") -> np.ndarray:
@@ -72,7 +49,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
     map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
     [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed.
     """
-    from .postprocess import overlay as blend_overlay
+    from .postprocess import blend_heatmap
 
     base = _to_bgr(np.asarray(image), color)
     h, w = base.shape[:2]
@@ -91,9 +68,9 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
             lo, hi = 0.0, (1.0 if top <= 1.0 else top)
         else:
             lo, hi = float(map_range[0]), float(map_range[1])
-        out = blend_overlay(base, np.nan_to_num(amap), m, alpha=alpha, value_range=(lo, hi))
+        out = blend_heatmap(base, np.nan_to_num(amap), m, alpha=alpha, value_range=(lo, hi))
     elif mask is not None:
-        out = blend_overlay(base, np.zeros((h, w), np.float32), m, alpha=0.0)
+        out = blend_heatmap(base, np.zeros((h, w), np.float32), m, alpha=0.0)
     if label:
         scale = max(0.4, min(w, h) / 400.0)
         thick = max(1, int(round(scale * 1.5)))
@@ -231,7 +208,7 @@ class MaskSink(_ImageDirSink):
             self.skipped += 1
             return
         mask = np.asarray(record.result.mask)
-        _png(np.where(mask.reshape(mask.shape[:2]) > 0, 255, 0).astype(np.uint8), self.path_for(record))
+        write_png(self.path_for(record), np.where(mask.reshape(mask.shape[:2]) > 0, 255, 0).astype(np.uint8))
         self.written += 1
 
 
@@ -255,7 +232,7 @@ class OverlaySink(_ImageDirSink):
         if picture is None:  # dropped frames and source errors have no image
             self.skipped += 1
             return
-        _png(picture, self.path_for(record))
+        write_png(self.path_for(record), picture)
         self.written += 1
 
 
@@ -304,10 +281,7 @@ class VideoSink(Sink):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.fourcc, self.alpha, self.map_range = float(fps), fourcc, alpha, map_range
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
-                                   dir=self.path.parent)
-        os.close(fd)  # the container is chosen from the suffix, so the temp name keeps it
-        self._tmp = Path(tmp)
+        self._tmp = temp_path_beside(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         self._writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None  # (width, height)
 
@@ -339,7 +313,7 @@ class VideoSink(Sink):
         if self._writer is not None:
             self._writer.release()
         if self.written:
-            os.replace(self._tmp, self.path)
+            replace_with_temp(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)
             log.warning("%s: no frame had an image; no video written", self.path)

@@ -47,7 +47,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, read_image
+from .data import read_image
+from .files import IMAGE_EXTENSIONS, image_files, is_image_file
+from .native import check_color
 
 log = logging.getLogger("sdk.sources")
 
@@ -140,12 +142,6 @@ class Source:
         return f"{type(self).__name__}({self.uri!r})"
 
 
-def _check_color(color: str) -> str:
-    if color not in ("bgr", "rgb"):
-        raise ValueError(f"color must be 'bgr' or 'rgb', got {color!r}")
-    return color
-
-
 def _to_order(image: np.ndarray, color: str) -> np.ndarray:
     """OpenCV delivers BGR; convert 3-channel images when RGB is asked for."""
     if color == "rgb" and image.ndim == 3 and image.shape[2] == 3:
@@ -176,7 +172,7 @@ class ImageFilesSource(Source):
         if not paths:
             raise SourceError(f"{uri}: no image files ({' '.join(IMAGE_EXTENSIONS)}); check the path or pattern")
         self.paths = [str(p) for p in paths]
-        self.color = _check_color(color)
+        self.color = check_color(color)
         self._max_passes = _passes(loop)
         self._index = 0
         self._pass = 0
@@ -210,7 +206,7 @@ class VideoFileSource(Source):
     def __init__(self, path: str | os.PathLike, *, loop: bool | int = False, color: str = "bgr"):
         super().__init__(str(path))
         self.path = str(path)
-        self.color = _check_color(color)
+        self.color = check_color(color)
         self._max_passes = _passes(loop)
         self._pass = 0
         self._index = 0  # frame index within the current pass
@@ -335,7 +331,7 @@ class LiveSource(Source):
         self.max_retries = max_retries
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
-        self.color = _check_color(color)
+        self.color = check_color(color)
         self._describe_failure = describe_failure or (lambda: "check the device, cable and URI")
         self.reconnects = 0
         self.losses = 0
@@ -569,17 +565,13 @@ def open_source(uri: str | int | os.PathLike, **opts: Any) -> Source:
     _check_no_options(text, opts)
     path = Path(text)
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
-        return ImageFilesSource(text, files, loop=loop, color=color)
+        return ImageFilesSource(text, [str(p) for p in image_files(path)], loop=loop, color=color)
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             return ImageFilesSource(text, [text], loop=loop, color=color)
         return VideoFileSource(path, loop=loop, color=color)
     if _GLOB_CHARS.search(text):
-        files = sorted(p for p in globlib.glob(text, recursive=True)
-                       if os.path.isfile(p) and not os.path.basename(p).startswith(".")
-                       and os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in globlib.glob(text, recursive=True) if is_image_file(p))
         return ImageFilesSource(text, files, loop=loop, color=color)
     raise SourceError(
         f"{text!r}: no such file or folder, and not a source URI; use a camera index (0), /dev/videoN, "

@@ -180,7 +180,7 @@ def test_grayscale_vs_colour(tmp_path):
     assert np.array_equal(read_image(tmp_path / "c.png", "rgb"), colour[..., ::-1])
     bgra = np.dstack([colour, np.full(colour.shape[:2], 7, np.uint8)])
     assert np.array_equal(read_image(_write(tmp_path / "a.png", bgra), "bgr"), colour)  # alpha dropped
-    with pytest.raises(DatasetError, match="'rgb' or 'bgr'"):
+    with pytest.raises(DatasetError, match="'bgr' or 'rgb'"):
         read_image(tmp_path / "c.png", "hsv")
 
 

@@ -183,7 +183,7 @@ def test_overlay_identical_and_draws_contours(gray, color_order):
     mask = np.zeros((60, 80), np.uint8)
     mask[10:30, 20:50] = 255
     images = [
-        run(backend, lambda: post.overlay(frame, amap, mask, alpha=0.4, color_order=color_order, threads=2))
+        run(backend, lambda: post.blend_heatmap(frame, amap, mask, alpha=0.4, color_order=color_order, threads=2))
         for backend in ("twin", "native")
     ]
     np.testing.assert_array_equal(images[0], images[1])
@@ -191,7 +191,7 @@ def test_overlay_identical_and_draws_contours(gray, color_order):
     img = images[1]
     assert tuple(img[10, 30]) == red and tuple(img[29, 49]) == red and tuple(img[20, 20]) == red
     assert tuple(img[20, 30]) != red  # interior: heat map blend
-    blank = run("native", lambda: post.overlay(frame, amap, mask, alpha=0.0))
+    blank = run("native", lambda: post.blend_heatmap(frame, amap, mask, alpha=0.0))
     inside = mask == 0
     expected = frame if not gray else np.repeat(frame[:, :, None], 3, axis=2)
     np.testing.assert_array_equal(blank[inside], expected[inside])  # alpha 0: the frame itself
