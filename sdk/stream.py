@@ -238,22 +238,20 @@ def _describe(exc: BaseException) -> str:
 def _inference_workers(detector: Any, workers: int | str) -> list:
     """The infer callables of the inference workers.
 
-    "auto": two workers, each with its own single-session replica and half the cores, when the
-    detector runs ONNX Runtime on the CPU of a machine with 2+ cores (two single-frame sessions
-    keep the cores busier than one session spread over both); otherwise one. A detector without
-    replica() is shared by its workers, so its infer() must be thread-safe.
+    "auto": as many as the detector's backend says suit it (preferred_workers(): two single-thread
+    sessions on a multi-core CPU, one on a GPU), else one. With several, each worker gets its own
+    replica from detector.replicas(n); a detector without replicas() is shared by its workers, so its
+    infer() must be thread-safe.
     """
-    replica = getattr(detector, "replica", None)
     if workers == "auto":
-        providers = getattr(getattr(detector, "backend", None), "providers", None)
-        cpus = os.cpu_count() or 1
-        workers = 2 if callable(replica) and providers == ["CPUExecutionProvider"] and cpus >= 2 else 1
+        preferred = getattr(detector, "preferred_workers", None)
+        workers = int(preferred()) if callable(preferred) else 1
     if workers == 1:
         return [detector.infer]
-    if not callable(replica):
+    replicas = getattr(detector, "replicas", None)
+    if not callable(replicas):
         return [detector.infer] * workers
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return [replica(threads=threads).infer for _ in range(workers)]
+    return [d.infer for d in replicas(workers)]
 
 
 class Stream:

@@ -1,28 +1,15 @@
-"""Inference backends: named arrays in, named arrays out.
-
-Each backend is imported lazily; a missing runtime gives a message that says what to install.
-"""
+"""ONNX Runtime backend: the CPU by default; CUDA or TensorRT execution providers when the build has them."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from . import ModelFileError
 
-class ModelFileError(ValueError):
-    """A model file that is missing, corrupt or does not match what the SDK expects."""
-
-
-class Backend(Protocol):
-    name: str
-    input_names: list[str]
-    output_names: list[str]
-
-    def input_shape(self, name: str) -> tuple: ...
-    def metadata(self) -> dict[str, str]: ...
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+CPU = "CPUExecutionProvider"
 
 
 class OnnxRuntimeBackend:
@@ -42,7 +29,7 @@ class OnnxRuntimeBackend:
         available = ort.get_available_providers()
         auto = providers is None
         if providers is None:
-            preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+            preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
             providers = [p for p in preferred if p in available]
         missing = [p for p in providers if p not in available]
         if missing:
@@ -53,7 +40,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            if auto and providers != ["CPUExecutionProvider"] and self._loads_on_cpu(ort, path, options):
+            if auto and providers != [CPU] and self._loads_on_cpu(ort, path, options):
                 warnings.warn(f"{path}: the {providers[0]} could not start ({exc}); running on the CPU. "
                               f"Check the CUDA/TensorRT libraries or pass providers=['CPUExecutionProvider'].")
             else:
@@ -65,7 +52,7 @@ class OnnxRuntimeBackend:
 
     def _loads_on_cpu(self, ort, path, options) -> bool:
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=[CPU])
         except Exception:  # noqa: BLE001 - the model itself is bad: report the original error
             return False
         return True
@@ -80,20 +67,12 @@ class OnnxRuntimeBackend:
         outputs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs))
 
+    def preferred_workers(self) -> int:
+        """Two single-thread sessions on a CPU with 2+ cores (they keep the cores busier than one session
+        spread over both); one session on a GPU provider."""
+        return 2 if self.providers == [CPU] and (os.cpu_count() or 1) >= 2 else 1
 
-BACKENDS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-
-def load_backend(path: str | Path, backend: str = "auto", **options) -> Backend:
-    path = Path(path)
-    if backend == "auto":
-        backend = BACKENDS.get(path.suffix.lower())
-        if backend is None:
-            raise ModelFileError(f"cannot tell the backend from {path.name!r}: expected .onnx or .engine "
-                                 f"(or pass backend='onnxruntime' / 'tensorrt')")
-    if backend == "onnxruntime":
-        return OnnxRuntimeBackend(path, **options)
-    if backend == "tensorrt":
-        raise NotImplementedError("the TensorRT backend is not part of this release yet; "
-                                  "use the .onnx model with backend='onnxruntime'")
-    raise ValueError(f"unknown backend {backend!r}: choose 'auto', 'onnxruntime' or 'tensorrt'")
+    def worker_options(self, workers: int) -> dict:
+        if self.providers != [CPU]:
+            return {"providers": list(self.providers)}
+        return {"providers": [CPU], "threads": max(1, (os.cpu_count() or 1) // max(1, workers))}

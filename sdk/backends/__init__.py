@@ -1,0 +1,62 @@
+"""Inference backends: named arrays in, named arrays out; one module per runtime, imported when used.
+
+    load_backend(path)   the backend for a model file, chosen by its suffix (.onnx, .engine / .plan)
+    Backend              what every backend offers (sdk.Detector and sdk.Stream use nothing else)
+    ModelFileError       a model file that is missing, corrupt or does not match its description
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, corrupt or does not match what the SDK expects."""
+
+
+class Backend(Protocol):
+    name: str
+    input_names: list[str]
+    output_names: list[str]
+
+    def input_shape(self, name: str) -> tuple: ...
+    def metadata(self) -> dict[str, str]: ...
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def preferred_workers(self) -> int:
+        """How many inference sessions side by side keep this runtime busiest (sdk.Stream's "auto")."""
+        ...
+
+    def worker_options(self, workers: int) -> dict:
+        """load_backend options for each of `workers` parallel sessions (e.g. threads)."""
+        ...
+
+
+SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+NAMES = ("auto", "onnxruntime", "tensorrt")
+
+
+def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
+    """The runtime that runs `path`: `backend`, or with "auto" the one its suffix names."""
+    if backend not in NAMES:
+        raise ValueError(f"unknown backend {backend!r}: choose {', '.join(repr(n) for n in NAMES)}")
+    if backend != "auto":
+        return backend
+    name = SUFFIXES.get(Path(path).suffix.lower())
+    if name is None:
+        raise ModelFileError(f"cannot tell the backend from {Path(path).name!r}: expected .onnx or .engine "
+                             f"(or pass backend='onnxruntime' / 'tensorrt')")
+    return name
+
+
+def load_backend(path: str | os.PathLike, backend: str = "auto", **options) -> Backend:
+    name = backend_for(path, backend)
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, **options)
+    raise NotImplementedError("the TensorRT backend is not part of this release yet; "
+                              "use the .onnx model with backend='onnxruntime'")
