@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from sdk import metrics
+from sdk.model_info import ScoreNormalisation
 
 
 def good_only_threshold(good_scores: np.ndarray, target_frr: float) -> dict:
@@ -40,11 +41,10 @@ def pixel_f1_threshold(masks, maps, n_bins: int = 4096) -> tuple[float, float]:
     return float(acc.lo + i * (acc.hi - acc.lo) / acc.n_bins), float(f1[i])
 
 
-def score_normalisation(good_scores: np.ndarray, threshold: float) -> dict:
+def score_normalisation(good_scores: np.ndarray, threshold: float) -> ScoreNormalisation:
     """normalised = (score - good_median) / (threshold - good_median): 0 typical good, 1 at the threshold."""
     median = float(np.median(good_scores))
     scale = threshold - median
     if not scale > 0:
         scale = max(abs(threshold), 1e-6)
-    return {"method": "affine", "offset": median, "scale": float(scale),
-            "formula": "(score - offset) / scale; 1.0 = image threshold"}
+    return ScoreNormalisation(offset=median, scale=float(scale))

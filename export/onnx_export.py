@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,12 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdk.files import IMAGE_EXTENSIONS, atomic_output, image_files
+from sdk.model_info import (METADATA_KEY, OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, ScoreNormalisation, Threshold,
+                            file_sha256, software_versions, utc_now)
+
 from .model import CFRG
 from .onnx_utils import fold_constants
 
 OPSET = 17  # parsed by TensorRT 8.6, 10.x (JetPack 6: 10.3) and 11
 INPUT_NAME = "frames"
-OUTPUT_NAMES = ("anomaly_map", "score")
 
 # Operators of TensorRT's ONNX parser (onnx-tensorrt docs/operators.md) that this graph may use.
 TENSORRT_OPS = frozenset({
@@ -82,24 +84,12 @@ def graph_report(proto) -> dict:
     return {"ops": ops, "unsupported_ops": [o for o in ops if o not in TENSORRT_OPS], "int64_tensors": int64}
 
 
-def _versions() -> dict:
-    import numpy
-    import onnx
-
-    import sdk
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "numpy": numpy.__version__,
-            "sdk": sdk.__version__, "opset": OPSET}
-
-
 def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | None) -> list[str]:
     """Held-back good images recorded at training, or every image of --calib-dir."""
     if calib_dir:
-        from sdk.data import IMAGE_EXTENSIONS
-
         if not Path(calib_dir).is_dir():
             raise FileNotFoundError(f"--calib-dir {calib_dir} is not a folder; pass a folder of good images")
-        files = sorted(str(p) for p in Path(calib_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = [str(p) for p in image_files(calib_dir)]
         if not files:
             raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
@@ -132,16 +122,16 @@ def _score_description(model) -> str:
 
 def export_checkpoint(checkpoint, out, data: str | None = None, category: str | None = None,
                       calib_dir: str | None = None, target_frr: float = 0.01, defect_split: str | None = None,
-                      progress: bool = True) -> dict:
-    """Checkpoint -> out (.onnx) + model.json with calibrated thresholds; returns the model description."""
+                      progress: bool = True) -> ModelInfo:
+    """Checkpoint -> out (.onnx) + model.json with calibrated thresholds; returns the model description.
+    Nothing is written until every input has been checked, and out is replaced only when complete."""
     import onnx
 
-    from sdk.backends import OnnxRuntimeBackend
-    from sdk.data import AnomalyDataset, read_image
-    from sdk.detector import METADATA_FORMAT
-    from sdk.evaluate import backend_predictor, frame_pairs, predict_dataset, resize_for_model
+    from sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from sdk.data import AnomalyDataset
+    from sdk.evaluate import backend_predictor
 
-    from .calibrate import f1_thresholds, good_only_threshold, score_normalisation
+    from .calibrate import score_normalisation
     from .model import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -173,56 +163,63 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                          f"F1 threshold; name a split with defects or leave --defect-split out")
     if not 0.0 <= target_frr < 1.0:
         raise ValueError(f"--target-frr must be in [0, 1), e.g. 0.01 for 1% of good parts rejected; got {target_frr}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     proto = export_onnx(model)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(proto, str(tmp))
     h, w = model.config.image_size
-    predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME)
+    with atomic_output(out) as tmp:
+        onnx.save(proto, str(tmp))
+        predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME, model.config.colour_order)
+        thresholds, good_scores = _calibrate_thresholds(predict, (h, w), good_files, target_frr, defect_set,
+                                                        f"{cat}/{defect_split}", progress)
+        info = ModelInfo(
+            input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),
+            outputs={"anomaly_map": "float32 (N, H, W) at the input size", "score": _score_description(model)},
+            normalisation={"inside_graph": True, "scale": 1 / 255.0, "mean": list(model.teacher.mean),
+                           "std": list(model.teacher.std)},
+            thresholds=thresholds,
+            default_threshold="good_only",
+            score_normalisation=score_normalisation(np.array(good_scores), thresholds["good_only"].image),
+            precision="fp32",
+            provenance=Provenance(source_model=checkpoint.name, source_sha256=file_sha256(checkpoint),
+                                  data_fingerprint=train_cfg.get("data_fingerprint"),
+                                  versions={**software_versions("torch", "onnx", "numpy"), "opset": OPSET},
+                                  created=utc_now()),
+            training={"category": train_cfg.get("train", {}).get("category"),
+                      **{k: v for k, v in extra.get("train", {}).items() if k != "history"}},
+            model=model.config.to_dict(),
+            map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
+                            "memory_size": model.config.memory_size, "memory_images": memory_images},
+        )
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, info.to_json(indent=None)
+        onnx.save(proto, str(tmp))
+    info.write_beside(out)
+    return info
+
+
+def _calibrate_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
+    """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
+    exported graph; returns them with the good images' scores."""
+    from sdk.data import read_image
+    from sdk.evaluate import frame_pairs, predict_dataset, resize_for_model
+
+    from .calibrate import f1_thresholds, good_only_threshold
 
     good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
     for s in range(0, len(good_files), 8):
-        frames = np.stack([resize_for_model(read_image(p, "rgb"), (h, w)) for p in good_files[s:s + 8]])
+        frames = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in good_files[s:s + 8]])
         maps, scores = predict(frames)
         good_scores.extend(scores.tolist())
         good_peaks.extend(maps.reshape(len(maps), -1).max(1).tolist())
     good = good_only_threshold(np.array(good_scores), target_frr)
     pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
-    thresholds = {"default": "good_only",
-                  "good_only": {"image": good["value"], "pixel": pixel["value"], "target_frr": target_frr,
-                                "n_images": good["n_images"], "observed_frr": good["observed_frr"]}}
+    thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
+        "target_frr": target_frr, "n_images": good["n_images"], "observed_frr": good["observed_frr"]})}
     if defect_set is not None:
-        preds = predict_dataset(predict, defect_set, (h, w), progress=progress)
+        preds = predict_dataset(predict, defect_set, size, progress=progress)
         masks, maps = frame_pairs(preds, defect_set)
         f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
-        thresholds["f1"] = {"image": f1["image"]["value"], "pixel": f1["pixel"]["value"],
-                            "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"],
-                            "n_images": f1["image"]["n_images"], "split": f"{cat}/{defect_split}"}
-    info = {
-        "format": METADATA_FORMAT,
-        "input": {"name": INPUT_NAME, "height": h, "width": w, "channels": 3, "dtype": "uint8", "layout": "NHWC",
-                  "colour_order": model.config.colour_order},
-        "outputs": {"anomaly_map": "float32 (N, H, W) at the input size", "score": _score_description(model)},
-        "normalisation": {"inside_graph": True, "scale": 1 / 255.0, "mean": list(model.teacher.mean),
-                          "std": list(model.teacher.std)},
-        "thresholds": thresholds,
-        "score_normalisation": score_normalisation(np.array(good_scores), good["value"]),
-        "data_fingerprint": train_cfg.get("data_fingerprint"),
-        "training": {"category": train_cfg.get("train", {}).get("category"), **extra.get("train", {})},
-        "model": model.config.to_dict(),
-        "map_statistics": {"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
-                           "memory_size": model.config.memory_size, "memory_images": memory_images},
-        "precision": "fp32",
-        "versions": _versions(),
-    }
-    info["training"].pop("history", None)
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "cfrg", json.dumps(info, sort_keys=True)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
-    side = out.with_suffix(".json")
-    side_tmp = side.with_name(f".{side.name}.tmp")
-    side_tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    os.replace(side_tmp, side)
-    return info
+        thresholds["f1"] = Threshold(f1["image"]["value"], f1["pixel"]["value"], {
+            "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"], "n_images": f1["image"]["n_images"],
+            "split": split})
+    return thresholds, good_scores

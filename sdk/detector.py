@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,18 +9,19 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import Backend, ModelFileError, load_backend
+from .backends import load_backend
+from .evaluate import backend_predictor
+from .model_info import ModelInfo
+from .native import check_color, check_frame
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
-
-METADATA_FORMAT = "cfrg-model-1"
 
 
 @dataclass
 class Result:
     """One frame's outcome. verdict is "defect" when score >= the image threshold (and, with
     min_area > 0, a region survives the filter). score is the model's image score (see model.json
-    "outputs"): the max of its map, or with a patch memory the sum of two z-scored branch scores, which
+    "outputs"): the max of its map, or with a patch memory the sum of its z-scored branch scores, which
     also rises with the extent of a texture change. With min_area 0 a "defect" frame can therefore have
     an empty mask: the pixel threshold is calibrated on the map's peaks, the image threshold on scores."""
 
@@ -38,43 +38,6 @@ class Result:
         return self.verdict == "defect"
 
 
-def read_model_info(path: Path, backend: Backend) -> dict:
-    """model.json beside the model, else the same keys from the ONNX metadata."""
-    side = path.with_suffix(".json")
-    info = None
-    if side.is_file():
-        try:
-            info = json.loads(side.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelFileError(f"{side} is not valid JSON ({exc}); re-export the model") from exc
-    else:
-        meta = backend.metadata()
-        if "cfrg" in meta:
-            try:
-                info = json.loads(meta["cfrg"])
-            except json.JSONDecodeError as exc:
-                raise ModelFileError(f"{path}: its 'cfrg' metadata is not valid JSON ({exc}); "
-                                     f"re-export the model") from exc
-    if not isinstance(info, dict) or info.get("format") != METADATA_FORMAT:
-        raise ModelFileError(f"{path}: no CFRG model description ({side.name} beside it or 'cfrg' ONNX metadata); "
-                             f"export the model with `cfrg export`")
-    try:
-        name = info["input"]["name"]
-        want = [int(info["input"]["height"]), int(info["input"]["width"]), 3]
-        info["input"]["colour_order"].lower()
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelFileError(f"{path}: the model description lacks a valid input entry ({type(exc).__name__}: "
-                             f"{exc}); re-export the model with `cfrg export`") from exc
-    shape = backend.input_shape(name) if name in backend.input_names else None
-    if shape is None:
-        raise ModelFileError(f"{path}: the graph has no input {name!r} "
-                             f"(it has {backend.input_names}); {side.name} belongs to another model")
-    if list(shape[1:]) != want:
-        raise ModelFileError(f"{path}: graph input is {list(shape[1:])} but {side.name} says {want}; "
-                             f"the model and its description do not match, re-export both")
-    return info
-
-
 class Detector:
     """Anomaly detector around an exported CFRG model.
 
@@ -87,43 +50,21 @@ class Detector:
         self.path = Path(path)
         self._backend_choice, self._backend_options = backend, dict(backend_options)
         self.backend = load_backend(self.path, backend, **backend_options)
-        self.info = read_model_info(self.path, self.backend)
-        if color not in ("bgr", "rgb"):
-            raise ValueError(f"color must be 'bgr' or 'rgb', not {color!r}")
-        self.color = color
-        self.input_name = self.info["input"]["name"]
-        self.size = (int(self.info["input"]["height"]), int(self.info["input"]["width"]))
-        self.model_colour = self.info["input"]["colour_order"].lower()
+        self.info = ModelInfo.read(self.path, self.backend)
+        self.color = check_color(color)
+        self.input_name = self.info.input.name
+        self.size = (self.info.input.height, self.info.input.width)
+        self.model_colour = self.info.input.colour_order.lower()
+        if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+            raise ValueError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
         self.min_area = int(min_area)
-        self.image_threshold, self.pixel_threshold = self._thresholds(threshold)
-        norm = self.info.get("score_normalisation") or {}
-        self._norm = (float(norm.get("offset", 0.0)), float(norm.get("scale", 1.0)))
-
-    def _thresholds(self, choice) -> tuple[float, float]:
-        if isinstance(choice, (int, float)):
-            return float(choice), float(choice)
-        table = self.info.get("thresholds", {})
-        name = table.get("default", "good_only") if choice == "default" else choice
-        entry = table.get(name)
-        if not entry:
-            raise ValueError(f"threshold {choice!r}: this model has {sorted(k for k in table if k != 'default')}")
-        return float(entry["image"]), float(entry["pixel"])
+        self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 
     def check_frame(self, frame) -> np.ndarray:
-        if not isinstance(frame, np.ndarray):
-            raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}")
-        if frame.dtype != np.uint8:
-            raise ValueError(f"frame dtype is {frame.dtype}; expected uint8 (convert 16-bit frames with "
-                             f"(frame >> 8).astype(np.uint8) or cv2.convertScaleAbs)")
-        if frame.ndim == 3 and frame.shape[2] == 1:
-            frame = frame[:, :, 0]
-        if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
-            raise ValueError(f"frame shape is {frame.shape}; expected HxW, HxWx1 or HxWx3")
-        if frame.shape[0] == 0 or frame.shape[1] == 0:
-            raise ValueError(f"frame is empty (shape {frame.shape})")
-        return frame
+        frame = check_frame(frame)
+        return frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Validated frames -> uint8 NHWC batch at the model size, in the model's colour order."""
@@ -144,9 +85,8 @@ class Detector:
     def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:
         full, mask, regions = postprocess(amap, frame_hw, self.pixel_threshold, self.min_area, mask_value=1)
         defect = score >= self.image_threshold and (self.min_area == 0 or bool(regions))
-        offset, scale = self._norm
         return Result(score=score, verdict="defect" if defect else "ok", anomaly_map=full, mask=mask,
-                      regions=regions, normalized_score=(score - offset) / scale)
+                      regions=regions, normalized_score=self.info.normalise_score(score))
 
     # -- convenience ------------------------------------------------------------------------
 
@@ -156,14 +96,18 @@ class Detector:
         twin.backend = load_backend(self.path, self._backend_choice, **{**self._backend_options, **backend_options})
         return twin
 
+    def preferred_workers(self) -> int:
+        """Parallel inference sessions that suit the backend (sdk.Stream's infer_workers="auto")."""
+        return self.backend.preferred_workers()
+
+    def replicas(self, workers: int) -> list["Detector"]:
+        """`workers` detectors, each with its own backend session set up for running side by side."""
+        options = self.backend.worker_options(workers)
+        return [self.replica(**options) for _ in range(workers)]
+
     def predictor(self):
         """An sdk.evaluate Predictor: RGB uint8 NHWC batches at the model size -> (maps, scores)."""
-
-        def predict(frames_rgb: np.ndarray):
-            batch = frames_rgb if self.model_colour == "rgb" else frames_rgb[..., ::-1]
-            return self.infer(np.ascontiguousarray(batch))
-
-        return predict
+        return backend_predictor(self.backend, self.input_name, self.model_colour)
 
     def batch(self, frames: Sequence[np.ndarray]) -> list[Result]:
         if len(frames) == 0:

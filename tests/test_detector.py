@@ -99,7 +99,8 @@ def test_missing_corrupt_and_mismatched_model_files(tmp_path, exported_model):
         Detector(tmp_path / "model.bin")
     copy = tmp_path / "copy.onnx"
     shutil.copy(path, copy)
-    wrong = dict(info, input=dict(info["input"], height=info["input"]["height"] * 2))
+    d = info.to_dict()
+    wrong = dict(d, input=dict(d["input"], height=d["input"]["height"] * 2))
     copy.with_suffix(".json").write_text(json.dumps(wrong))
     with pytest.raises(ModelFileError, match="do not match"):
         Detector(copy)

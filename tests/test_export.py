@@ -11,6 +11,7 @@ import torch
 from export.onnx_export import TENSORRT_OPS, export_checkpoint, graph_report
 from export.train import TrainArgs, torch_predictor, train
 from sdk.data import AnomalyDataset
+from sdk.backends.onnxruntime import OnnxRuntimeBackend
 from sdk.evaluate import backend_predictor, evaluate, predict_dataset
 from tests.conftest import DEMO_ROOT, EXPORT_SIZE
 
@@ -54,14 +55,17 @@ def test_model_json_and_metadata_agree(exported):
     _, path, info = exported
     side = json.loads(path.with_suffix(".json").read_text())
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(meta["cfrg"]) == side == json.loads(json.dumps(info))
+    assert json.loads(meta["cfrg"]) == side == json.loads(info.to_json())
+    assert side["format"] == "cfrg-model-2" and side["precision"] == "fp32"
     assert side["input"]["colour_order"] == "RGB" and [side["input"]["height"], side["input"]["width"]] == list(SIZE)
     stats = side["map_statistics"]
     assert stats["memory_size"] == side["model"]["memory_size"] > 0 and stats["memory_images"] > 0
     t = side["thresholds"]
     assert t["default"] == "good_only" and t["good_only"]["n_images"] == 4
     assert np.isfinite(t["f1"]["image"]) and 0 <= t["f1"]["image_f1"] <= 1
-    assert len(side["data_fingerprint"]) == 64 and side["versions"]["opset"] == 17
+    prov = side["provenance"]
+    assert len(prov["data_fingerprint"]) == 64 and prov["versions"]["opset"] == 17
+    assert prov["source_model"] == "model.pt" and len(prov["source_sha256"]) == 64 and prov["created"].endswith("Z")
 
 
 def test_good_only_thresholds_come_from_the_held_back_images_scores_and_map_peaks(exported):
@@ -72,23 +76,23 @@ def test_good_only_thresholds_come_from_the_held_back_images_scores_and_map_peak
     from sdk.evaluate import resize_for_model
 
     model, path, info = exported
-    assert model.config.image_score == "combined" and "soft max" in info["outputs"]["score"]
-    assert model.config.global_score and "global feature statistics" in info["outputs"]["score"]
+    assert model.config.image_score == "combined" and "soft max" in info.outputs["score"]
+    assert model.config.global_score and "global feature statistics" in info.outputs["score"]
     run = json.loads((path.parent / "run" / "config.json").read_text())
     frames = np.stack([resize_for_model(read_image(str(Path(run["train"]["data"]) / rel), "rgb"), SIZE)
                        for rel in run["holdout"]])
     maps, scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"frames": frames})
-    good = info["thresholds"]["good_only"]
-    assert good["image"] == pytest.approx(float(scores.max()), rel=1e-6)
-    assert good["pixel"] == pytest.approx(float(maps.max()), rel=1e-6)
-    assert good["image"] != pytest.approx(good["pixel"], rel=1e-3)
+    good = info.thresholds["good_only"]
+    assert good.image == pytest.approx(float(scores.max()), rel=1e-6)
+    assert good.pixel == pytest.approx(float(maps.max()), rel=1e-6)
+    assert good.image != pytest.approx(good.pixel, rel=1e-3)
 
 
 @pytest.mark.parametrize("category", ["magnetic_tile", "ball_screw"])
 def test_parity_pytorch_vs_onnxruntime_on_real_images(exported, data_root, category):
     model, path, _ = exported
     ds = AnomalyDataset(data_root, category, "test")
-    sess_pred = backend_predictor(__import__("sdk.backends").backends.OnnxRuntimeBackend(path))
+    sess_pred = backend_predictor(OnnxRuntimeBackend(path))
     torch_pred = torch_predictor(model)
     a = predict_dataset(sess_pred, ds, SIZE, progress=False, limit=24)
     b = predict_dataset(torch_pred, ds, SIZE, progress=False, limit=24)
