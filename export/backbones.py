@@ -16,6 +16,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .config import TEACHERS
+
 # TF EfficientNet-Lite expects (x - 127) / 128 on 0-255 pixels; as 0-1 mean/std:
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
@@ -272,7 +274,6 @@ class WideResNet50(nn.Module):
         return self
 
 
-TEACHERS = ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2")
 
 
 def build_teacher(name: str, image_size: Sequence[int], weights: str | Path | None = None,

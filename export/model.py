@@ -13,61 +13,26 @@ memory_size > 0 (default) adds a patch memory (PatchMemory): the distance of eac
 teacher feature to its nearest neighbour in a coreset of good training patches. Both maps are z-scored on
 held-out good images and fused by a per-pixel max, so each one flags what the other misses (the memory
 catches large texture changes that the student and recovery branch reproduce).
-image_score "combined" (default, with a memory): the image score is the sum of two branch scores, each
-z-scored over held-out good images: the max of the z-scored CFRG map (small sharp defects) and a soft max
+image_score "combined" (default, with a memory): the image score is the sum of branch scores, each
+z-scored over held-out good images: the max of the z-scored CFRG map (small sharp defects), a soft max
 (log-mean-exp at temperature score_temperature) of the memory distances on their grid, which also rises
-with the extent of a texture change. "max" (and any model without a memory): score = max of the fused map.
+with the extent of a texture change, and (global_score) the Mahalanobis distance of the image's global
+teacher statistics (GlobalGaussian). "max" (and any model without a memory): score = max of the fused map.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import os
 from typing import Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from sdk.files import atomic_output
+
 from .backbones import build_teacher
-
-
-@dataclass
-class CFRGConfig:
-    image_size: tuple[int, int] = (256, 256)  # (height, width)
-    teacher: str = "efficientnet_lite0"
-    student_width: int = 32
-    recovery_width: int = 128
-    recovery_code_stride: int = 32  # 16 or 32: where the recovery bottleneck sits
-    seg_width: int = 32
-    use_recovery: bool = True
-    use_segmentation: bool = True
-    gaussian_sigma: float = 4.0
-    colour_order: str = "RGB"
-    map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
-    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
-    memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
-    memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
-    memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
-    image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
-    score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
-    global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CFRGConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        d = {k: v for k, v in d.items() if k in known}
-        d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
-        d.setdefault("memory_size", 0)  # and from before the patch memory
-        d.setdefault("image_score", "max")  # and from before the combined image score
-        d.setdefault("global_score", False)  # and from before its global branch
-        if "image_size" in d:
-            d["image_size"] = tuple(int(v) for v in d["image_size"])
-        return cls(**d)
+from .config import IMAGE_SCORES, MAP_NORMALISATIONS, CFRGConfig
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -153,10 +118,6 @@ class SegHead(nn.Module):
             x = proj(torch.cat([t * d for d in ds] + list(ds), 1))
             parts.append(upsample(x, 2 ** k))
         return self.logit(self.fuse(torch.cat(parts, 1)))
-
-
-MAP_NORMALISATIONS = ("position", "none")
-IMAGE_SCORES = ("combined", "max")
 
 
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -299,6 +260,34 @@ class PatchMemory(nn.Module):
         if self.score_temperature is None:
             return fused, fused.flatten(1).amax(1)
         return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1)
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """z-score statistics of the CFRG map, of the memory distances and (combined score) of the two branch
+        scores, from good images: `batches` yields (CFRG map (N,1,H,W), nearest-patch distance (N,1,h,w))."""
+        sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
+        n_map = n_dist = 0
+        map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
+        for amap, dist in batches:
+            amap, dist = amap.double(), dist.double()
+            sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum()])
+            n_map += amap.numel()
+            n_dist += dist.numel()
+            map_peaks.append(amap.flatten(1).amax(1))
+            distances.append(dist.float())
+        if n_map == 0:
+            raise ValueError("the patch memory's statistics need at least one good image")
+        for (mean, std), (s1, s2, n) in zip(((self.map_mean, self.map_std), (self.dist_mean, self.dist_std)),
+                                            ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
+            m = s1 / n
+            mean.fill_(float(m))
+            std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
+        if self.score_temperature is not None:
+            scores = torch.cat([self.branch_scores(((peak - self.map_mean) / self.map_std).float().view(-1, 1),
+                                                   (d - self.dist_mean) / self.dist_std)
+                                for peak, d in zip(map_peaks, distances)]).double()
+            self.score_mean.copy_(scores.mean(0).float())
+            self.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)
 
     @torch.no_grad()
     def fill(self, embeddings: torch.Tensor, seed: int = 0, progress: bool = False) -> torch.Tensor:
@@ -603,14 +592,11 @@ def save_checkpoint(model: CFRG, path, extra: dict | None = None) -> None:
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
     payload = {"format": "cfrg-checkpoint-1", "config": model.config.to_dict(), "state_dict": state,
                "teacher_state_dict": model.teacher.state_dict(), "extra": extra or {}}
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    import os
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CFRG, dict]:
-    import os
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist: train one with `cfrg train ... --out DIR` "
                                 f"and pass DIR/model.pt")

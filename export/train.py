@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -17,43 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from sdk.data import AnomalyDataset
-from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, write_json
+from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, spread_indices
+from sdk.files import atomic_output, write_json
+from sdk.model_info import software_versions
 
-from .model import CFRG, CFRGConfig, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
+from .config import CFRGConfig
+from .model import CFRG, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
+from .options import TrainArgs
 from .synthesis import DefectSynthesizer
-
-
-@dataclass
-class TrainArgs:
-    data: str
-    category: str
-    out: str
-    image_size: tuple[int, int] = (256, 256)
-    teacher: str = "efficientnet_lite0"
-    teacher_weights: str | None = None
-    steps: int = 0  # 0: until the time budget ends
-    time_budget: float = 30.0  # minutes of training (evaluation time not counted)
-    batch_size: int = 8
-    lr: float = 2e-3
-    anomaly_prob: float = 0.7
-    seed: int = 0
-    eval_every: float = 0.0  # minutes between evaluations on the test split (0: only at the end)
-    eval_limit: int | None = None  # images in a periodic evaluation (None: all)
-    resume: bool = False
-    holdout: float = 0.1  # fraction of train/good kept out of training, for threshold calibration at export
-    texture_dir: str | None = None
-    use_recovery: bool = True
-    use_segmentation: bool = True
-    recovery_code_stride: int = 32
-    recovery_width: int = 128
-    map_normalisation: str = CFRGConfig.map_normalisation
-    memory_size: int = CFRGConfig.memory_size
-    memory_pool: int = CFRGConfig.memory_pool
-    image_score: str = CFRGConfig.image_score
-    global_score: bool = CFRGConfig.global_score
-    threads: int = 0
-    progress: bool = True
-    final_eval: bool = True
 
 
 def _to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
@@ -182,11 +152,6 @@ def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torc
     return [torch.cat(f) for f in feats]
 
 
-def _spread(n: int, limit: int | None) -> np.ndarray:
-    """min(limit, n) indices spread evenly over range(n)."""
-    return np.unique(np.linspace(0, n - 1, min(limit or n, n)).round().astype(int))
-
-
 def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
                   batch: int = 16) -> int:
     """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
@@ -194,7 +159,7 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
 
     if model.config.map_normalisation == "none":
         return 0
-    index = _spread(len(images), limit)
+    index = np.array(spread_indices(len(images), limit))
     bar = tqdm(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
 
     def batches():
@@ -225,7 +190,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         return 0
     was_training = model.training
     model.eval()
-    index = _spread(len(images), limit)
+    index = np.array(spread_indices(len(images), limit))
     if cache is None:  # the same float16 features training caches, so a rebuilt memory equals the trained one
         cache = teacher_cache(model, images)
     embeddings = []
@@ -239,35 +204,20 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
         stat_images, stat_ids = holdout, np.full(len(holdout), -1)
     else:
         stat_images, stat_ids = images[index], index
-    sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
-    n_map = n_dist = 0
-    map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
     held_descriptors = [] if model.global_gaussian is not None and use_holdout else None  # global branch's z-scores
-    for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
-                  disable=not progress, leave=False):
-        x = _to_tensor(stat_images[s:s + batch])
-        t_feats = model.teacher_features(x)
-        amap = model.anomaly_map(x, model.heads(x, t_feats)).double()
-        own = source.view(1, -1, 1, 1) == torch.from_numpy(stat_ids[s:s + batch]).view(-1, 1, 1, 1)
-        dist = memory.nearest_sq(memory.embed(t_feats), exclude=own).sqrt().double()
-        sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum()])
-        n_map += amap.numel()
-        n_dist += dist.numel()
-        map_peaks.append(amap.flatten(1).amax(1))
-        distances.append(dist.float())
-        if held_descriptors is not None:
-            held_descriptors.append(GlobalGaussian.describe(t_feats))
-    for (mean, std), (s1, s2, n) in zip(((memory.map_mean, memory.map_std), (memory.dist_mean, memory.dist_std)),
-                                        ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
-        m = s1 / n
-        mean.fill_(float(m))
-        std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
-    if memory.score_temperature is not None:
-        scores = torch.cat([memory.branch_scores(((peak - memory.map_mean) / memory.map_std).float().view(-1, 1),
-                                                 (d - memory.dist_mean) / memory.dist_std)
-                            for peak, d in zip(map_peaks, distances)]).double()
-        memory.score_mean.copy_(scores.mean(0).float())
-        memory.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)
+
+    def maps_and_distances():
+        for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
+                      disable=not progress, leave=False):
+            x = _to_tensor(stat_images[s:s + batch])
+            t_feats = model.teacher_features(x)
+            amap = model.anomaly_map(x, model.heads(x, t_feats))
+            own = source.view(1, -1, 1, 1) == torch.from_numpy(stat_ids[s:s + batch]).view(-1, 1, 1, 1)
+            if held_descriptors is not None:
+                held_descriptors.append(GlobalGaussian.describe(t_feats))
+            yield amap, memory.nearest_sq(memory.embed(t_feats), exclude=own).sqrt()
+
+    memory.calibrate(maps_and_distances())
     if model.global_gaussian is not None:  # from every training image: it needs more than its dimensions
         train_descriptors = torch.cat([GlobalGaussian.describe([c[s:s + 64] for c in cache])
                                        for s in range(0, len(cache[0]), 64)])
@@ -295,11 +245,6 @@ def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> di
     return evaluate(preds, test)
 
 
-def versions() -> dict:
-    import numpy
-    return {"torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
-
-
 def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
     """What a resumed run must share with the first: the model and the images it trains on."""
     return {**{f"model.{k}": v for k, v in config.to_dict().items()}, "category": args.category,
@@ -316,24 +261,9 @@ def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) 
                          f"resume with the first run's options or use a new --out")
 
 
-def train(args: TrainArgs) -> dict:
-    """Train and write OUT/model.pt, OUT/config.json (and OUT/last.pt for resuming)."""
-    from tqdm import tqdm
-
-    if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0 (0: only the time budget), got {args.steps}")
-    if args.steps == 0 and args.time_budget <= 0:
-        raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.holdout < 1.0:
-        raise ValueError(f"--holdout must be in [0, 1), e.g. 0.1 to keep 10% of good images for calibration; "
-                         f"got {args.holdout}")
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | None]:
+    """Every option in range, the training images present and the output folder writable, before any work."""
+    args.validate()
     train_set = AnomalyDataset(args.data, args.category, "train")
     test_set = None
     if args.eval_every or args.final_eval:
@@ -341,34 +271,76 @@ def train(args: TrainArgs) -> dict:
             test_set = AnomalyDataset(args.data, args.category, "test")
         except Exception as exc:  # noqa: BLE001 - a missing test split only disables evaluation
             print(f"no evaluation: {exc}")
-    config = CFRGConfig(image_size=tuple(args.image_size), teacher=args.teacher,
-                        use_recovery=args.use_recovery, use_segmentation=args.use_segmentation,
-                        recovery_code_stride=args.recovery_code_stride, recovery_width=args.recovery_width,
-                        map_normalisation=args.map_normalisation, memory_size=args.memory_size,
-                        memory_pool=args.memory_pool, image_score=args.image_score,
-                        global_score=args.global_score)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"--out {out}: the folder is not writable; choose another --out")
+    return train_set, test_set
+
+
+def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CFRGConfig,
+                 args: TrainArgs) -> tuple[int, float, list]:
+    """Load OUT/last.pt into the model and optimiser; returns (step, seconds trained, evaluation history)."""
+    if not last.is_file():
+        raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"--resume: {last} is not readable ({type(exc).__name__}: {exc}); "
+                         f"delete it and train without --resume") from exc
+    _check_resume(state, last, config, args)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    missing = [k for k in missing if not k.startswith("teacher.")]
+    if missing or unexpected:
+        raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
+    opt.load_state_dict(state["optimizer"])
+    print(f"resumed from {last} at step {state['step']}, {state['elapsed'] / 60:.1f} min trained")
+    return state["step"], state["elapsed"], json.loads(state["history"])
+
+
+def calibrate(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None, cache: list[torch.Tensor],
+              seed: int, limit: int | None = None, progress: bool = False) -> tuple[int, int]:
+    """The map's per-position statistics, then the patch memory and the score statistics, from good images;
+    returns the images each used."""
+    n_stats = calibrate_map(model, images, limit=limit, progress=progress)
+    n_memory = calibrate_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
+    return n_stats, n_memory
+
+
+def write_run(args: TrainArgs, model: CFRG, train_set: AnomalyDataset, test_set: AnomalyDataset | None,
+              train_idx: list[int], holdout_idx: list[int], summary: dict) -> dict:
+    """OUT/model.pt, the final evaluation (OUT/metrics.json) and OUT/config.json; returns the config."""
+    out = Path(args.out)
+    save_checkpoint(model, out / "model.pt", extra={"train": summary})
+    cfg = {"model": model.config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
+                                                      for k, v in asdict(args).items()},
+           "data_fingerprint": train_set.fingerprint(), "n_train_images": len(train_idx),
+           "holdout": [os.path.relpath(train_set[i].path, args.data) for i in holdout_idx],
+           "versions": software_versions("torch", "numpy"), "summary": summary}
+    if args.final_eval and test_set is not None:
+        model.eval()
+        res = run_eval(model, test_set, progress=args.progress)
+        print(format_table(res))
+        cfg["metrics"] = res
+        write_json(out / "metrics.json", res)
+    write_json(out / "config.json", cfg)
+    return cfg
+
+
+def train(args: TrainArgs) -> dict:
+    """Train and write OUT/model.pt, OUT/config.json (and OUT/last.pt for resuming)."""
+    from tqdm import tqdm
+
+    train_set, test_set = open_datasets(args)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = args.model_config()
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
-    params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    step, elapsed, history = 0, 0.0, []
-    last = out / "last.pt"
-    if args.resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
-        try:
-            state = torch.load(last, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-            raise ValueError(f"--resume: {last} is not readable ({type(exc).__name__}: {exc}); "
-                             f"delete it and train without --resume") from exc
-        _check_resume(state, last, config, args)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
-        if missing or unexpected:
-            raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed, history = state["step"], state["elapsed"], json.loads(state["history"])
-        print(f"resumed from {last} at step {step}, {elapsed / 60:.1f} min trained")
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=1e-4)
+    last = Path(args.out) / "last.pt"
+    step, elapsed, history = resume_state(last, model, opt, config, args) if args.resume else (0, 0.0, [])
     train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
@@ -385,11 +357,10 @@ def train(args: TrainArgs) -> dict:
         return min(fr, 1.0)
 
     def save_last():
-        torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
-                    "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                    "history": json.dumps(history), "run": json.dumps(_resume_key(config, args))},
-                   f"{last}.tmp")
-        os.replace(f"{last}.tmp", last)
+        with atomic_output(last) as tmp:
+            torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
+                        "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+                        "history": json.dumps(history), "run": json.dumps(_resume_key(config, args))}, tmp)
 
     maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step)
     bar = tqdm(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
@@ -419,8 +390,7 @@ def train(args: TrainArgs) -> dict:
                 save_last()
                 next_save = elapsed + 60
             if elapsed >= next_eval and test_set is not None:
-                calibrate_map(model, images, limit=128)
-                calibrate_memory(model, images, holdout_images, cache, limit=128, seed=args.seed)
+                calibrate(model, images, holdout_images, cache, args.seed, limit=128)
                 res = run_eval(model, test_set, args.eval_limit, progress=False)
                 history.append({"step": step, "minutes": elapsed / 60,
                                 **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
@@ -431,25 +401,11 @@ def train(args: TrainArgs) -> dict:
     finally:
         maker.close()
         bar.close()
-    n_stats = calibrate_map(model, images, progress=args.progress)
-    n_memory = calibrate_memory(model, images, holdout_images, cache, progress=args.progress, seed=args.seed)
+    n_stats, n_memory = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress)
     save_last()
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
                "map_stats_images": n_stats, "memory_images": n_memory, "history": history}
-    save_checkpoint(model, out / "model.pt", extra={"train": summary})
-    cfg = {"model": config.to_dict(), "train": {k: (list(v) if isinstance(v, tuple) else v)
-                                                for k, v in asdict(args).items()},
-           "data_fingerprint": train_set.fingerprint(), "n_train_images": len(train_idx),
-           "holdout": [os.path.relpath(train_set[i].path, args.data) for i in holdout_idx],
-           "versions": versions(), "summary": summary}
-    if args.final_eval and test_set is not None:
-        model.eval()
-        res = run_eval(model, test_set, progress=args.progress)
-        print(format_table(res))
-        cfg["metrics"] = res
-        write_json(res, out / "metrics.json")
-    write_json(cfg, out / "config.json")
-    return cfg
+    return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)
 
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,

@@ -178,16 +178,17 @@ def test_cli_rejects_bad_image_size():
 
 def test_train_cli_memory_options_reach_the_model_config():
     """cfrg train's defaults are the recipe's (CFRGConfig); --memory-pool gets to TrainArgs."""
-    from export.model import CFRGConfig
-    from sdk.cli import build_parser, train_args_from
+    from export.config import CFRGConfig
+    from export.options import train_args_from
+    from sdk.cli import build_parser
 
     parser = build_parser()
     base = ["train", "--data", "d", "--category", "c", "--out", "o"]
     ns = parser.parse_args(base)
-    args = train_args_from(ns, ns.data, ns.category, ns.out)
+    args = train_args_from(ns)
     defaults = CFRGConfig()
     assert (args.memory_size, args.memory_pool, args.image_score, args.global_score) == (
         defaults.memory_size, defaults.memory_pool, defaults.image_score, defaults.global_score)
     ns = parser.parse_args(base + ["--memory-pool", "5", "--no-global-score"])
-    assert train_args_from(ns, ns.data, ns.category, ns.out).memory_pool == 5
-    assert not train_args_from(ns, ns.data, ns.category, ns.out).global_score
+    assert train_args_from(ns).memory_pool == 5
+    assert not train_args_from(ns).global_score

@@ -1,0 +1,47 @@
+"""The model's configuration: plain data, importable without torch (the CLI declares its options from it)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+TEACHERS = ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2")
+MAP_NORMALISATIONS = ("position", "none")
+IMAGE_SCORES = ("combined", "max")
+
+
+@dataclass
+class CFRGConfig:
+    image_size: tuple[int, int] = (256, 256)  # (height, width)
+    teacher: str = "efficientnet_lite0"
+    student_width: int = 32
+    recovery_width: int = 128
+    recovery_code_stride: int = 32  # 16 or 32: where the recovery bottleneck sits
+    seg_width: int = 32
+    use_recovery: bool = True
+    use_segmentation: bool = True
+    gaussian_sigma: float = 4.0
+    colour_order: str = "RGB"
+    map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
+    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
+    memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
+    memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
+    memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
+    image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
+    score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
+    global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CFRGConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
+        d.setdefault("memory_size", 0)  # and from before the patch memory
+        d.setdefault("image_score", "max")  # and from before the combined image score
+        d.setdefault("global_score", False)  # and from before its global branch
+        if "image_size" in d:
+            d["image_size"] = tuple(int(v) for v in d["image_size"])
+        return cls(**d)

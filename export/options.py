@@ -1,0 +1,176 @@
+"""Training options, declared once: `cfrg train` and `cfrg demo` build their flags from TrainArgs,
+train() takes a TrainArgs, and config.json records it. Plain data: importable without torch.
+
+Each field's metadata says how it appears on the command line (flag, type, choices, help) and what
+values it takes (a check that returns the problem, or None); TrainArgs.validate() applies the same
+checks to arguments built in Python.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Optional
+
+from sdk.values import Check, checked_type, multiple_of, number, odd, optional, whole
+
+from .config import IMAGE_SCORES, MAP_NORMALISATIONS, TEACHERS, CFRGConfig
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256' -> (256, 256); 'HxW' e.g. '192x448' -> (192, 448). Sides must be multiples of 32."""
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, e.g. 256 or 192x448") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p < 32 or p % 32 for p in parts):
+        raise argparse.ArgumentTypeError(f"image size {text!r}: each side must be a multiple of 32 and >= 32")
+    return parts[0], parts[1]
+
+
+def image_size_check(v) -> Optional[str]:
+    ok = (isinstance(v, (tuple, list)) and len(v) == 2
+          and all(isinstance(p, int) and not isinstance(p, bool) and p >= 32 and p % 32 == 0 for p in v))
+    return None if ok else "give (height, width), each side a multiple of 32 and >= 32"
+
+
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
+           choices: tuple | None = None, check: Check | None = None, action: str | None = None,
+           cli: bool = True, demo: Any = MISSING, eval_help: str | None = None) -> Any:
+    """A TrainArgs field with its command-line form.
+
+    flag: the option string (default --field-name); action: 'store_true', 'store_false' (a --no-X flag
+    for a field that defaults to True) or 'toggle' (--X / --no-X); cli=False: Python only; demo: the
+    default under `cfrg demo` (MISSING: the same; None: not a demo option); eval_help: the field is also
+    a `cfrg eval` option that rebuilds a checkpoint's map or score with another value.
+    """
+    meta = dict(help=help, flag=flag, type=type, choices=choices, check=check, action=action, cli=cli, demo=demo,
+                eval_help=eval_help)
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+_RECIPE = CFRGConfig()
+
+
+@dataclass
+class TrainArgs:
+    data: str = option(help="dataset root in MVTec AD / 3CAD layout", demo=None)
+    category: str = option(help="category folder under the root", demo=None)
+    out: str = option(help="output folder for model.pt and config.json", demo=None)
+    image_size: tuple[int, int] = option(_RECIPE.image_size, "N or HxW, multiples of 32 (default 256)",
+                                         type=parse_size, check=image_size_check)
+    teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
+    teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
+    steps: int = option(0, "stop after N steps (0: only the time budget)", type=int, check=whole(0))
+    time_budget: float = option(30.0, "minutes of training (evaluation not counted)", type=float,
+                                check=number(0), demo=3.0)
+    batch_size: int = option(8, "synthetic images per step", type=int, check=whole(1))
+    lr: float = option(2e-3, "AdamW learning rate (cosine schedule)", type=float, check=number(0, low_open=True))
+    anomaly_prob: float = option(0.7, "share of training images that get a synthetic defect",
+                                 check=number(0, 1, high_open=False), cli=False)
+    seed: int = option(0, "random seed", type=int, check=whole(0))
+    eval_every: float = option(0.0, "minutes between evaluations (0: end only)", type=float, check=number(0))
+    eval_limit: Optional[int] = option(None, "images per periodic evaluation (default: all)", type=int,
+                                       check=optional(whole(1)))
+    resume: bool = option(False, "continue from OUT/last.pt", action="store_true")
+    holdout: float = option(0.1, "fraction of good training images held back for threshold calibration "
+                                 "(default 0.1)", type=float, check=number(0, 1))
+    texture_dir: Optional[str] = option(None, "folder of texture images for defect synthesis")
+    use_recovery: bool = option(True, "ablation: drop the recovery branch", flag="--no-recovery",
+                                action="store_false")
+    use_segmentation: bool = option(True, "ablation: drop the segmentation head", flag="--no-segmentation",
+                                    action="store_false")
+    recovery_code_stride: int = option(_RECIPE.recovery_code_stride, "stride of the recovery bottleneck "
+                                       "(default 32)", flag="--recovery-stride", type=int, choices=(16, 32))
+    recovery_width: int = option(_RECIPE.recovery_width, "recovery branch width (default 128)", type=int,
+                                 check=multiple_of(4, 4))
+    map_normalisation: str = option(
+        _RECIPE.map_normalisation, "anomaly map fusion: 'position' z-scores each discrepancy per position with "
+        "good-image statistics (default); 'none' is the paper's plain sum", choices=MAP_NORMALISATIONS,
+        eval_help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
+    memory_size: int = option(
+        _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
+        type=int, check=whole(0),
+        eval_help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the run's "
+                  "good images (0: none; default: the trained one)")
+    memory_pool: int = option(
+        _RECIPE.memory_pool, "neighbourhood, in feature cells, that each memory patch averages (odd; default 9)",
+        type=int, check=odd,
+        eval_help="checkpoints with a patch memory: evaluate the same weights with this memory pooling, the memory "
+                  "rebuilt from the run's good images (default: the trained one)")
+    image_score: str = option(
+        _RECIPE.image_score, "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances "
+        "and (--global-score) a Gaussian distance of the image's global statistics, each z-scored on held-out good "
+        "images (default); 'max' is the fused map's max", choices=IMAGE_SCORES,
+        eval_help="checkpoints with a patch memory: evaluate the same weights with this image score (its statistics "
+                  "rebuilt from the run's good images; default: the trained one)")
+    global_score: bool = option(
+        _RECIPE.global_score, "add to the combined image score a Gaussian over each image's global feature "
+        "statistics, z-scored on held-out good images (default on)", action="toggle",
+        eval_help="checkpoints with a combined image score: evaluate the same weights with (or without) its global "
+                  "branch, rebuilt from the run's good images (default: the trained one)")
+    threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))
+    progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
+    final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
+
+    def validate(self) -> None:
+        """Every value in range, before anything is read or written; ValueError naming the option."""
+        for f in fields(self):
+            check = f.metadata.get("check")
+            problem = check(getattr(self, f.name)) if check else None
+            choices = f.metadata.get("choices")
+            if problem is None and choices and getattr(self, f.name) not in choices:
+                problem = f"choose one of {', '.join(map(str, choices))}"
+            if problem:
+                raise ValueError(f"{flag_of(f)} {getattr(self, f.name)!r}: {problem}")
+        if self.steps == 0 and self.time_budget <= 0:
+            raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
+
+    def model_config(self) -> CFRGConfig:
+        return CFRGConfig(image_size=tuple(self.image_size), teacher=self.teacher, use_recovery=self.use_recovery,
+                          use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
+                          recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
+                          memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
+                          global_score=self.global_score)
+
+
+EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))
+
+
+def flag_of(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_train_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    """`cfrg train` (or, with demo, `cfrg demo`) flags from TrainArgs."""
+    for f in fields(TrainArgs):
+        meta = f.metadata
+        if not meta["cli"] or (demo and meta["demo"] is None):
+            continue
+        default = meta["demo"] if demo and meta["demo"] is not MISSING else f.default
+        _add(parser, f, default, meta["help"], required=f.default is MISSING)
+
+
+def add_eval_options(parser: argparse.ArgumentParser) -> None:
+    """`cfrg eval` flags that rebuild a checkpoint's map or score with other values (default None: as trained)."""
+    for name in EVAL_OPTIONS:
+        f = next(f for f in fields(TrainArgs) if f.name == name)
+        _add(parser, f, None, f.metadata["eval_help"])
+
+
+def _add(parser, f, default, help_text: str, required: bool = False) -> None:
+    meta, flag = f.metadata, flag_of(f)
+    action = meta["action"]
+    if action == "toggle":
+        parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    elif action in ("store_true", "store_false"):
+        parser.add_argument(flag, dest=f.name, action=action, help=help_text)
+    else:
+        parser.add_argument(flag, dest=f.name, type=checked_type(meta["type"], meta["check"]), choices=meta["choices"], default=default,
+                            required=required, help=help_text)
+
+
+def train_args_from(ns: argparse.Namespace, **overrides) -> TrainArgs:
+    """TrainArgs from parsed `cfrg train` / `cfrg demo` flags (overrides for what the command sets itself)."""
+    values = {f.name: getattr(ns, f.name) for f in fields(TrainArgs) if hasattr(ns, f.name)}
+    return TrainArgs(**{**values, **overrides})

@@ -1,0 +1,89 @@
+"""Training options are declared once (export.options.TrainArgs): the CLI's flags, their checks and the saved
+config come from that declaration. And the shared writers never leave half a file."""
+import argparse
+import dataclasses
+import os
+import stat
+
+import pytest
+
+from export.config import CFRGConfig
+from export.options import EVAL_OPTIONS, TrainArgs, flag_of, train_args_from
+from sdk.cli import build_parser
+from sdk.files import atomic_output, write_json
+
+BASE = ["train", "--data", "d", "--category", "c", "--out", "o"]
+CLI_FIELDS = [f for f in dataclasses.fields(TrainArgs) if f.metadata["cli"]]
+
+
+def _actions(command: str) -> dict:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+def test_every_declared_option_is_a_train_flag_with_the_declared_default():
+    actions = _actions("train")
+    for f in CLI_FIELDS:
+        assert f.name in actions and flag_of(f) in actions[f.name].option_strings
+        if f.default is not dataclasses.MISSING:
+            assert actions[f.name].default == f.default, f.name
+    args = train_args_from(build_parser().parse_args(BASE))
+    assert dataclasses.asdict(args) == {**dataclasses.asdict(TrainArgs("d", "c", "o")), "progress": True}
+
+
+def test_the_demo_takes_the_same_options_with_its_own_budget():
+    actions = _actions("demo")
+    assert actions["time_budget"].default == 3.0 and actions["out"].default == "runs/demo"
+    assert {f.name for f in CLI_FIELDS} - set(actions) == {"data", "category"}
+
+
+def test_recipe_defaults_come_from_the_model_config():
+    args, config = TrainArgs("d", "c", "o"), CFRGConfig()
+    assert args.model_config() == config
+    assert set(EVAL_OPTIONS) == {"map_normalisation", "memory_size", "memory_pool", "image_score", "global_score"}
+    actions = _actions("eval")
+    assert all(actions[name].default is None for name in EVAL_OPTIONS)
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--steps", "-1", "whole number >= 0"), ("--time-budget", "nan", "finite"), ("--time-budget", "-2", "[0, inf)"),
+    ("--batch-size", "0", ">= 1"), ("--lr", "0", "(0, inf)"), ("--holdout", "1", "[0, 1)"),
+    ("--memory-pool", "4", "odd"), ("--memory-size", "-3", ">= 0"), ("--recovery-width", "0", "multiple of 4"),
+    ("--recovery-width", "30", "multiple of 4"), ("--threads", "-1", ">= 0"), ("--eval-limit", "0", ">= 1"),
+    ("--image-size", "250", "multiple of 32"), ("--batch-size", "two", "not a number"),
+])
+def test_bad_values_are_refused_by_the_flag_and_by_validate(flag, value, words, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(BASE + [flag, value])
+    assert words in capsys.readouterr().err
+    field = next(f for f in CLI_FIELDS if flag_of(f) == flag)
+    if field.metadata["type"] in (int, float):
+        try:
+            bad = field.metadata["type"](value)
+        except ValueError:
+            bad = value
+        with pytest.raises(ValueError, match=flag):
+            dataclasses.replace(TrainArgs("d", "c", "o"), **{field.name: bad}).validate()
+
+
+def test_validate_needs_a_bound_and_in_range_python_values():
+    with pytest.raises(ValueError, match="nothing bounds training"):
+        TrainArgs("d", "c", "o", steps=0, time_budget=0).validate()
+    with pytest.raises(ValueError, match="--anomaly-prob 1.5"):
+        TrainArgs("d", "c", "o", anomaly_prob=1.5).validate()
+    with pytest.raises(ValueError, match="--teacher 'resnet'"):
+        TrainArgs("d", "c", "o", teacher="resnet").validate()
+    TrainArgs("d", "c", "o", steps=3, time_budget=0).validate()
+
+
+def test_atomic_output_keeps_the_old_file_on_failure_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_output(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == '{\n  "a": 1\n}' and os.listdir(tmp_path) == ["metrics.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # as a plain open() would make it
