@@ -5,7 +5,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CFRG_DATA", ROOT.parent / "shared" / "data"))
-DEMO_ROOT = ROOT / "data" / "demo"
+DEMO_ROOT = ROOT / "sdk" / "demo"
 
 
 @pytest.fixture(scope="session")
