@@ -1,15 +1,12 @@
 """Frames per second: a sequential loop (decode, then detector(frame)) vs sdk.Stream, same video, same run.
 
-    python benchmarks/bench_stream.py [--model model.onnx] [--video in.mp4] [--frames 300]
+    python benchmarks/bench_stream.py --model model.onnx [--video in.mp4] [--frames 300]
         [--size 565x230] [--batch-size 1] [--queue-size 4] [--infer-workers auto] [--repeats 2] [--json out.json]
 
---model: an exported model, run through sdk.detector.Detector. Without it, the tiny ONNX graph of
-tests/stream_helpers.py (TinyOnnxDetector: real ONNX Runtime, a stand-in with no anomaly skill;
---tiny-conv-layers gives it a convolution cost) - its figures say what the pipeline overlaps
-around a cheap model, not what the CFRG model will do.
---video: a video file; without it one is written from real images of the data set
-(CFRG_DATA or ../shared/data, ball_screw) at --size. Both loops decode the same file with
-sdk.sources.open_source; the runs alternate and the best of --repeats is kept for each.
+--model: an exported model (`cfrg export`, or runs/demo/model.onnx after `make demo`), run through
+sdk.Detector. --video: a video file; without it one is written from the real test images of a data set
+(--data, default CFRG_DATA or ../shared/data; --category, default ball_screw) at --size. Both loops
+decode the same file with sdk.open_source; the runs alternate and the best of --repeats is kept for each.
 """
 from __future__ import annotations
 
@@ -26,30 +23,28 @@ import cv2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 from sdk.cli import workers_arg  # noqa: E402
+from sdk.data import AnomalyDataset  # noqa: E402
+from sdk.detector import Detector  # noqa: E402
+from sdk.evaluate import spread_indices  # noqa: E402
 from sdk.sources import open_source  # noqa: E402
 from sdk.stream import Stream  # noqa: E402
 
 
-def make_detector(args):
-    if args.model:
-        from sdk.detector import Detector  # the real one (ONNX Runtime or TensorRT backend)
-
-        return Detector(args.model), f"sdk.detector.Detector({args.model})"
-    from stream_helpers import TinyOnnxDetector
-
-    det = TinyOnnxDetector(size=(256, 256), conv_layers=args.tiny_conv_layers, threads=args.ort_threads)
-    return det, f"TinyOnnxDetector(256x256, conv_layers={args.tiny_conv_layers}, ort_threads={args.ort_threads})"
-
-
 def make_video(args, folder: Path) -> Path:
-    from stream_helpers import DATA_ROOT, real_images, write_video
-
+    """A video of --frames frames cycling through up to 100 test images of the data set, at --size."""
     width, height = (int(v) for v in args.size.lower().split("x"))
-    frames = real_images(DATA_ROOT, min(args.frames, 100), (width, height))
-    frames = (frames * (args.frames // len(frames) + 1))[: args.frames]
-    return write_video(folder / "bench.mp4", frames)
+    test = AnomalyDataset(args.data, args.category, "test")
+    images = [cv2.resize(test.load_image(i, color="bgr"), (width, height), interpolation=cv2.INTER_AREA)
+              for i in spread_indices(len(test), 100)]
+    path = folder / "bench.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter cannot write {path}")
+    for i in range(args.frames):
+        writer.write(images[i % len(images)])
+    writer.release()
+    return path
 
 
 def sequential(det, video: Path) -> tuple[int, float]:
@@ -76,7 +71,10 @@ def streamed(det, video: Path, args) -> tuple[int, float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="exported .onnx (or .engine) for sdk.detector.Detector")
+    parser.add_argument("--model", required=True, help="exported .onnx (or .engine) for sdk.Detector")
+    parser.add_argument("--data", default=os.environ.get("CFRG_DATA", str(ROOT.parent / "shared" / "data")),
+                        help="data set root for the generated video")
+    parser.add_argument("--category", default="ball_screw")
     parser.add_argument("--video", help="video file to decode (default: written from real images)")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--size", default="565x230", help="WxH of the generated video (ball_screw at 1/2)")
@@ -84,12 +82,10 @@ def main() -> None:
     parser.add_argument("--queue-size", type=int, default=4)
     parser.add_argument("--infer-workers", type=workers_arg, default="auto", help="Stream inference workers: auto or N")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--tiny-conv-layers", type=int, default=3)
-    parser.add_argument("--ort-threads", type=int, default=1, help="intra-op threads of the tiny graph's session")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    det, det_name = make_detector(args)
+    det, det_name = Detector(args.model), f"sdk.Detector({args.model})"
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(args.video) if args.video else make_video(args, Path(tmp))
         cap = cv2.VideoCapture(str(video))

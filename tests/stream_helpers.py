@@ -1,9 +1,10 @@
-"""Helpers for the stream, source and sink tests (and benchmarks/bench_stream.py).
+"""Helpers for the stream, source and sink tests.
 
-TinyOnnxDetector stands in for sdk.Detector until the real CFRG model is available: it has the
-same three stages (preprocess / infer / postprocess) around a real onnxruntime.InferenceSession
-of a tiny ONNX graph built here, so the pipeline is exercised with real ONNX Runtime calls, but
-its "anomaly map" is just brightness (channel mean / 255): it detects nothing.
+TinyOnnxDetector has sdk.Detector's three stages (preprocess / infer / postprocess) around a real
+onnxruntime.InferenceSession of a tiny ONNX graph built here. The pipeline tests use it where the real
+CFRG model (tested with the Stream in test_cli_run.py and test_stream.py) would be too slow or could not
+fail on purpose: it infers in microseconds, can be slowed down and made to fail on given calls. Its
+"anomaly map" is just brightness (channel mean / 255): it detects nothing.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class TinyResult:
 
 
 class TinyOnnxDetector:
-    """Stands in for sdk.Detector until the real CFRG model is available (see module docstring).
+    """sdk.Detector's three stages around a tiny real ONNX graph (see module docstring).
 
     infer_delay_s makes inference slower (a sleep, which like ONNX Runtime releases the GIL).
     fail_infer_on_calls: infer() call numbers (0-based) that raise, to test inference errors.
