@@ -17,6 +17,7 @@ import numpy as np
 
 from sdk.data import AnomalyDataset
 from sdk.evaluate import spread_indices
+from sdk.files import atomic_output
 
 from .synthesis import DefectSynthesizer
 
@@ -68,9 +69,9 @@ def write_contact_sheet(images: Sequence[np.ndarray], out_path: str | Path, n: i
         sheet[y:y + ch, x:x + cw] = tile
         sheet[y:y + ch, x + cw:x + 2 * cw] = mask_rgb
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {out_path}: check the folder is writable and the name ends in .png")
+    with atomic_output(out_path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {out_path}: check the folder is writable and the name ends in .png")
     return sheet
 
 
