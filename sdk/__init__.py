@@ -3,13 +3,14 @@ __version__ = "0.1.0"
 
 from .backends import ModelFileError
 from .detector import Detector, Result
+from .model_info import ModelInfo
 from .postprocess import Region
 from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
 from .sources import Frame, LineScanAccumulator, Source, SourceError, SourceEvent, SourceLost, open_source
 from .stream import Record, Stream
 
 __all__ = [
-    "Detector", "Result", "Region", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
+    "Detector", "Result", "Region", "ModelInfo", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
     "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MaskSink", "OverlaySink", "JsonlSink",
     "VideoSink",
 ]
