@@ -168,16 +168,29 @@ class Sink:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def discard(self) -> None:
+        """Close without publishing anything: for a run that failed before its first record."""
+        self.closed = True
+
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError(f"{type(self).__name__} is closed; create a new sink")
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """The folder exists and is writable, or can be created: checked before a run, created at the first write."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"{folder}: {existing} is a file, not a folder; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: {existing} is not writable; choose another output path")
 
 
 class _ImageDirSink(Sink):
     def __init__(self, directory: str | os.PathLike, pattern: str):
         super().__init__()
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _check_writable_folder(self.directory)  # created at the first write: a failed run leaves no empty folder
         self.pattern = pattern
         try:
             pattern.format(frame_id=0, stem="x")
@@ -193,6 +206,7 @@ class _ImageDirSink(Sink):
             stem = Path(src).stem + (f"_pass{meta['pass']}" if meta.get("pass") else "")
         else:  # frames of a video share its path
             stem = f"{Path(src).stem}_{record.frame_id:06d}"
+        self.directory.mkdir(parents=True, exist_ok=True)
         return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem)
 
 
@@ -237,13 +251,22 @@ class OverlaySink(_ImageDirSink):
 
 
 class JsonlSink(Sink):
-    """One JSON object per line and per record (record_to_dict), flushed per line, fsynced at close."""
+    """One JSON object per line and per record (record_to_dict), flushed per line, fsynced at close.
+
+    A new file (append=False) is written beside ``path`` under a hidden temporary name and replaces
+    ``path`` at close, so an earlier run's file stays whole until this run's is complete (a run that
+    is discarded, or dies, leaves it untouched); ``live_path`` is the file being written, readable
+    line by line while the run goes on. append=True adds lines to ``path`` itself as they come.
+    """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False):
         super().__init__()
         self.path = Path(path)
+        _check_writable_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        self._tmp = None if append else temp_path_beside(self.path)
+        self.live_path = self.path if append else self._tmp
+        self._file = open(self.live_path, "a" if append else "w", encoding="utf-8")
 
     def write(self, record: Any) -> None:
         self._check_open()
@@ -261,6 +284,16 @@ class JsonlSink(Sink):
             os.fsync(self._file.fileno())
         finally:
             self._file.close()
+        if self._tmp is not None:
+            replace_with_temp(self._tmp, self.path)
+
+    def discard(self) -> None:
+        if self.closed:
+            return
+        super().discard()
+        self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
 
 class VideoSink(Sink):
@@ -279,6 +312,7 @@ class VideoSink(Sink):
         if len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters such as 'mp4v', got {fourcc!r}")
         self.path = Path(path)
+        _check_writable_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.fourcc, self.alpha, self.map_range = float(fps), fourcc, alpha, map_range
         self._tmp = temp_path_beside(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
@@ -317,3 +351,11 @@ class VideoSink(Sink):
         else:
             self._tmp.unlink(missing_ok=True)
             log.warning("%s: no frame had an image; no video written", self.path)
+
+    def discard(self) -> None:
+        if self.closed:
+            return
+        super().discard()
+        if self._writer is not None:
+            self._writer.release()
+        self._tmp.unlink(missing_ok=True)

@@ -265,7 +265,7 @@ class Stream:
     def __init__(self, detector: Any, source: Source | Iterable | str | int | os.PathLike, *,
                  queue_size: int = 4, drop: str = "none", batch_size: int = 1, sinks: Sequence = (),
                  on_error: str = "continue", batch_timeout: float = 0.05, drain_timeout: float = 30.0,
-                 max_source_errors: int = 10, infer_workers: int | str = "auto"):
+                 max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None):
         for stage in ("preprocess", "infer", "postprocess"):
             if not callable(getattr(detector, stage, None)):
                 raise TypeError(f"detector has no {stage}() method; pass an sdk.Detector or an object "
@@ -278,6 +278,9 @@ class Stream:
             raise ValueError(f"queue_size and batch_size must be >= 1, got {queue_size} and {batch_size}")
         if max_source_errors < 1:
             raise ValueError("max_source_errors must be >= 1")
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                       or max_frames < 1):
+            raise ValueError(f"max_frames must be None (no limit) or an int >= 1, got {max_frames!r}")
         if infer_workers != "auto" and (not isinstance(infer_workers, int) or infer_workers < 1):
             raise ValueError(f"infer_workers must be 'auto' or an int >= 1, got {infer_workers!r}")
         for sink in sinks:
@@ -291,6 +294,7 @@ class Stream:
         self.queue_size, self.drop, self.batch_size = int(queue_size), drop, int(batch_size)
         self.on_error, self.batch_timeout, self.drain_timeout = on_error, float(batch_timeout), float(drain_timeout)
         self.max_source_errors = int(max_source_errors)
+        self.max_frames = max_frames  # capture stops after this many frames: exactly that many records
         self._infers = _inference_workers(detector, infer_workers)
         self.infer_workers = len(self._infers)
         self._infer_take = threading.Lock()  # tickets are handed out in queue order
@@ -357,11 +361,15 @@ class Stream:
         self.close("interrupted (Ctrl-C)" if exc_type is KeyboardInterrupt else "closed")
 
     def run(self, max_frames: int | None = None) -> dict:
-        """Consume the stream (records go to the sinks only); returns stats()."""
+        """Consume the stream (records go to the sinks only), at most max_frames frames; returns stats()."""
+        if max_frames is not None:
+            if self._started:
+                raise RuntimeError("run(max_frames=...) must come before the stream starts; "
+                                   "or pass max_frames to Stream()")
+            self.max_frames = max_frames if self.max_frames is None else min(max_frames, self.max_frames)
         with self:
-            for n, _ in enumerate(self, 1):
-                if max_frames is not None and n >= max_frames:
-                    break
+            for _ in self:
+                pass
         return self.stats()
 
     def close(self, reason: str = "closed") -> list[Record]:
@@ -517,6 +525,9 @@ class Stream:
         failures = 0
         try:
             while not (self._stop.is_set() or self._abort.is_set()):
+                if self.max_frames is not None and self._seq >= self.max_frames:
+                    self.stop_reason = self.stop_reason or f"max_frames ({self.max_frames}) reached"
+                    break
                 t0 = time.monotonic()
                 try:
                     item = next(source)

@@ -71,14 +71,16 @@ def test_jsonl_one_parseable_line_per_record_including_errors(tmp_path, real_fra
     assert sink.closed
 
 
-def test_jsonl_lines_are_on_disk_before_close(tmp_path, real_frames):
+def test_jsonl_lines_are_on_disk_before_close_and_replace_the_old_file_at_close(tmp_path, real_frames):
     path = tmp_path / "live.jsonl"
+    path.write_text('{"frame_id": -1}\n')  # an earlier run's log: whole until this run's is complete
     sink = JsonlSink(path)
     stream = Stream(TinyOnnxDetector(), real_frames, sinks=[sink])
     for rec in stream:
         if rec.frame_id == 4:
-            assert len(path.read_text().splitlines()) == 5  # flushed per line, readable while running
-    assert len(path.read_text().splitlines()) == 10
+            assert len(sink.live_path.read_text().splitlines()) == 5  # flushed per line, readable while running
+            assert path.read_text() == '{"frame_id": -1}\n'
+    assert len(path.read_text().splitlines()) == 10 and not sink.live_path.exists()
     appended = JsonlSink(path, append=True)
     appended.write(Record(99, "dropped", error="dropped: test"))
     appended.close()
