@@ -115,36 +115,45 @@ def cmd_export(ns) -> int:
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
                queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
                infer_workers="auto") -> dict:
-    """Stream a source through a Detector into sinks; returns stream stats plus verdict counts."""
+    """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
+
+    The model and the source are opened and the outputs checked before anything is written: a run that
+    cannot start leaves an earlier run's outputs as they were."""
     from tqdm import tqdm
 
     from .detector import Detector
     from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
+    from .sources import open_source
     from .stream import Stream
 
     det = Detector(model, threshold=threshold, min_area=min_area)
+    stream_source = open_source(source) if isinstance(source, (str, int, Path)) else source
     sinks = []
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        sinks.append(JsonlSink(out / "verdicts.jsonl"))
-        if masks:
-            sinks.append(MaskSink(out / "masks"))
-        if overlays:
-            sinks.append(OverlaySink(out / "overlays"))
-        if video:
-            sinks.append(VideoSink(out / video, fps=10))
+    try:
+        if out is not None:
+            sinks.append(JsonlSink(out / "verdicts.jsonl"))
+            if masks:
+                sinks.append(MaskSink(out / "masks"))
+            if overlays:
+                sinks.append(OverlaySink(out / "overlays"))
+            if video:
+                sinks.append(VideoSink(out / video, fps=10))
+        stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks,
+                        infer_workers=infer_workers, max_frames=limit)
+    except BaseException:
+        for sink in sinks:
+            sink.discard()
+        getattr(stream_source, "close", lambda: None)()
+        raise
     counts = {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
     bar = tqdm(desc="run", unit="frame", disable=not progress, total=limit)
-    with Stream(det, source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks,
-                infer_workers=infer_workers) as stream:
+    with stream:
         for n, rec in enumerate(stream, 1):
             key = rec.verdict if rec.status == "ok" else rec.status
             counts[key] = counts.get(key, 0) + 1
             bar.update(1)
             if n % 10 == 0:
                 bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"], errors=counts["error"])
-            if limit and n >= limit:
-                break
     bar.close()
     stats = stream.stats()
     stats["verdicts"] = counts
@@ -155,6 +164,9 @@ def cmd_run(ns) -> int:
     out = Path(ns.out) if ns.out else None
     if ns.video and out is None:
         raise ValueError(f"--video {ns.video} is written into the --out folder: give --out DIR as well")
+    if ns.video and (Path(ns.video).name != ns.video or Path(ns.video).suffix.lower() not in (".mp4", ".avi")):
+        raise ValueError(f"--video {ns.video}: give a file name (no folder) ending in .mp4 or .avi, "
+                         f"e.g. --video annotated.mp4")
     stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=ns.threshold, min_area=ns.min_area, progress=ns.progress,
@@ -165,7 +177,7 @@ def cmd_run(ns) -> int:
     if out is not None:
         print(f"wrote {out / 'verdicts.jsonl'}" + ("" if ns.no_masks else f", {out / 'masks'}")
               + ("" if ns.no_overlays else f", {out / 'overlays'}"))
-    return 0 if v["error"] == 0 else 1
+    return 0 if v["error"] == 0 else EXIT_FRAME_ERRORS
 
 
 def workers_arg(text: str):
@@ -228,12 +240,21 @@ def cmd_demo(ns) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     options = _options()
-    parser = argparse.ArgumentParser(prog="cfrg", description="CFRG visual anomaly detection")
+    parser = argparse.ArgumentParser(prog="cfrg", description="CFRG visual anomaly detection",
+                                     epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
+                                            "3 bad data or source; 4 bad model file; 5 missing dependency; "
+                                            "6 output not writable; 7 not in this release; 130 interrupted")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train CFRG on good images of one category (needs PyTorch)")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = command("train", help="train CFRG on good images of one category (needs PyTorch)")
     options.add_train_options(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a model on a category's test split")
+    p = command("eval", help="evaluate a model on a category's test split")
     p.add_argument("--model", required=True, help="checkpoint model.pt (needs PyTorch) or exported model.onnx")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                    help="for exported models (default: from the file's suffix)")
@@ -247,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_eval_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("export", help="export a checkpoint to one ONNX graph + model.json (needs PyTorch)")
+    p = command("export", help="export a checkpoint to one ONNX graph + model.json (needs PyTorch)")
     p.add_argument("checkpoint", help="model.pt from cfrg train")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (model.json is written beside it)")
     p.add_argument("--data", help="dataset root (default: the one recorded at training)")
@@ -258,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-split", help="split with defect images for F1-optimal thresholds, e.g. test")
     _no_progress(p)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
+    p = command("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
     p.add_argument("--model", required=True, help="exported model.onnx")
     p.add_argument("--source", required=True,
                    help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob")
@@ -279,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=checked_type(int, whole(1)), help="stop after N frames")
     _no_progress(p)
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("demo", help="train, export, stream and evaluate on the built-in ball_screw subset "
+    p = command("demo", help="train, export, stream and evaluate on the built-in ball_screw subset "
                                     "(needs PyTorch)")
     p.add_argument("--out", default="runs/demo")
     options.add_train_options(p, demo=True)
@@ -291,19 +312,46 @@ def _no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def main(argv=None) -> int:
+# Exit codes of expected failures (a real bug keeps its traceback and exits 1).
+EXIT_FRAME_ERRORS = 1  # cfrg run finished, but some frames gave error records
+EXIT_USAGE = 2  # a bad option or value (argparse's code too)
+EXIT_DATA = 3  # a data set, image folder or source that is missing or malformed
+EXIT_MODEL = 4  # a model file (checkpoint, ONNX, model.json) that is missing, corrupt or mismatched
+EXIT_MISSING = 5  # a dependency is not installed (e.g. PyTorch for the factory commands)
+EXIT_OUTPUT = 6  # an output cannot be written
+EXIT_UNSUPPORTED = 7  # not available in this release (e.g. TensorRT engines)
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of an expected failure, or None for a real bug."""
+    from .backends import ModelFileError
+    from .data import DatasetError
     from .sources import SourceError
 
+    for kinds, code in (((ImportError,), EXIT_MISSING), ((ModelFileError,), EXIT_MODEL),
+                        ((DatasetError, SourceError, FileNotFoundError, NotADirectoryError), EXIT_DATA),
+                        ((NotImplementedError,), EXIT_UNSUPPORTED), ((ValueError,), EXIT_USAGE),
+                        ((OSError,), EXIT_OUTPUT)):
+        if isinstance(exc, kinds):
+            return code
+    return None
+
+
+def main(argv=None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         return ns.func(ns)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    # Expected failures (bad paths, data, models, sources, permissions): one line, no traceback.
-    except (ValueError, OSError, SourceError, ImportError, NotImplementedError) as exc:
-        print(f"cfrg {ns.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as exc:
+        print(f"cfrg {ns.command}: interrupted" + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # expected failures: one line that names the problem and the fix
+        code = exit_code(exc)
+        if code is None or ns.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"cfrg {ns.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,9 @@ class Detector:
         return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
 
     def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:
+        if not (math.isfinite(score) and np.isfinite(amap).all()):
+            raise ValueError(f"the model gave a score of {score} and a map with {np.size(amap) - np.isfinite(amap).sum()}"
+                             f" non-finite values: not finite, so no verdict; check the model file (re-export it)")
         full, mask, regions = postprocess(amap, frame_hw, self.pixel_threshold, self.min_area, mask_value=1)
         defect = score >= self.image_threshold and (self.min_area == 0 or bool(regions))
         return Result(score=score, verdict="defect" if defect else "ok", anomaly_map=full, mask=mask,
