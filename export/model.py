@@ -29,6 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from sdk.backends import ModelFileError
 from sdk.files import atomic_output
 
 from .backbones import build_teacher
@@ -597,21 +598,31 @@ def save_checkpoint(model: CFRG, path, extra: dict | None = None) -> None:
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CFRG, dict]:
+    """The model in a model.pt; ModelFileError (one line: the file, the problem, the fix) for a bad one."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train one with `cfrg train ... --out DIR` "
-                                f"and pass DIR/model.pt")
+        raise ModelFileError(f"checkpoint {path} does not exist: train one with `cfrg train ... --out DIR` "
+                             f"and pass DIR/model.pt")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{path} is not a readable CFRG checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ModelFileError(f"{path} is not a readable CFRG checkpoint ({type(exc).__name__}: {exc}); "
+                             f"train again or copy the file again") from exc
     if not isinstance(payload, dict) or payload.get("format") != "cfrg-checkpoint-1":
-        raise ValueError(f"{path} is not a CFRG checkpoint (no 'cfrg-checkpoint-1' format tag)")
-    model = CFRG(CFRGConfig.from_dict(payload["config"]), pretrained_teacher=False)
-    model.teacher.load_state_dict(payload["teacher_state_dict"])
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        raise ModelFileError(f"{path} is not a CFRG checkpoint (no 'cfrg-checkpoint-1' format tag); pass the "
+                             f"model.pt that `cfrg train` wrote")
+    missing_keys = [k for k in ("config", "state_dict", "teacher_state_dict") if k not in payload]
+    if missing_keys:
+        raise ModelFileError(f"{path}: the checkpoint lacks {missing_keys}; it is incomplete, train again")
+    try:
+        model = CFRG(CFRGConfig.from_dict(payload["config"]), pretrained_teacher=False)
+        model.teacher.load_state_dict(payload["teacher_state_dict"])
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: the checkpoint's config does not match its weights "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); train again") from exc
     missing = [k for k in missing if not k.startswith("teacher.")]
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match its config (missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]})")
+        raise ModelFileError(f"{path}: checkpoint does not match its config (missing {missing[:4]}, "
+                             f"unexpected {unexpected[:4]}); train again")
     model.eval()
-    return model, payload.get("extra", {})
+    return model, payload.get("extra", {}) if isinstance(payload.get("extra"), dict) else {}

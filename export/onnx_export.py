@@ -8,7 +8,6 @@ teacher, student, recovery, segmentation -> fused map -> fixed Gaussian -> outpu
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sdk.model_info import (METADATA_KEY, OUTPUT_NAMES, InputSpec, ModelInfo, Pr
 
 from .model import CFRG
 from .onnx_utils import fold_constants
+from .train import RunRecord
 
 OPSET = 17  # parsed by TensorRT 8.6, 10.x (JetPack 6: 10.3) and 11
 INPUT_NAME = "frames"
@@ -93,20 +93,14 @@ def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | 
         if not files:
             raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
-    cfg_path = ckpt_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: it lists the held-back good images for calibration; "
-                                f"pass --calib-dir DIR with good images instead")
-    cfg = json.loads(cfg_path.read_text())
-    root = Path(data or cfg["train"]["data"])
-    held = [str(root / rel) for rel in cfg.get("holdout", [])]
-    if not held:
-        raise ValueError(f"{cfg_path}: the model was trained with --holdout 0; pass --calib-dir DIR with good images")
-    absent = [p for p in held if not Path(p).is_file()]
+    run = RunRecord.read(ckpt_dir, data)
+    if not run.holdout_files:
+        raise ValueError(f"{run.path}: the model was trained with --holdout 0; pass --calib-dir DIR with good images")
+    absent = [p for p in run.holdout_files if not p.is_file()]
     if absent:
         raise FileNotFoundError(f"held-back good image {absent[0]} is missing ({len(absent)} in all): "
                                 f"pass --data ROOT where the training data lives, or --calib-dir DIR")
-    return held
+    return [str(p) for p in run.holdout_files]
 
 
 def _score_description(model) -> str:
@@ -148,14 +142,13 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         raise ValueError(f"{checkpoint}: the patch memory was never filled (training ends by filling it); finish "
                          f"training, or resume it with `cfrg train ... --resume` so that it writes a complete "
                          f"model.pt")
-    cfg_path = checkpoint.parent / "config.json"
-    train_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    run = RunRecord.read(checkpoint.parent, data) if (checkpoint.parent / "config.json").is_file() else None
     # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
     good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)
-    root = data or train_cfg.get("train", {}).get("data")
-    cat = category or train_cfg.get("train", {}).get("category")
+    root = data or (run.data if run else None)
+    cat = category or (run.category if run else None)
     if defect_split and not (root and cat):
-        raise ValueError(f"--defect-split {defect_split}: no dataset recorded in {cfg_path}; "
+        raise ValueError(f"--defect-split {defect_split}: no dataset recorded beside {checkpoint} (config.json); "
                          f"pass --data ROOT and --category NAME")
     defect_set = AnomalyDataset(root, cat, defect_split) if defect_split else None  # scanned now: fail early
     if defect_set is not None and not any(smp.label for smp in defect_set.samples):
@@ -180,10 +173,10 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             score_normalisation=score_normalisation(np.array(good_scores), thresholds["good_only"].image),
             precision="fp32",
             provenance=Provenance(source_model=checkpoint.name, source_sha256=file_sha256(checkpoint),
-                                  data_fingerprint=train_cfg.get("data_fingerprint"),
+                                  data_fingerprint=run.data_fingerprint if run else None,
                                   versions={**software_versions("torch", "onnx", "numpy"), "opset": OPSET},
                                   created=utc_now()),
-            training={"category": train_cfg.get("train", {}).get("category"),
+            training={"category": run.category if run else None,
                       **{k: v for k, v in extra.get("train", {}).items() if k != "history"}},
             model=model.config.to_dict(),
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,

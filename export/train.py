@@ -5,9 +5,11 @@ import json
 import math
 import os
 import queue
+import signal
 import threading
 import time
-from dataclasses import asdict
+import dataclasses
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdk.backends import ModelFileError
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, spread_indices
 from sdk.files import atomic_output, write_json
@@ -261,6 +264,81 @@ def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) 
                          f"resume with the first run's options or use a new --out")
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a training run's config.json says about its data, validated, with paths kept inside the data root."""
+
+    path: Path  # the config.json
+    data: Path  # the data root: the one given, else the one recorded
+    category: str
+    holdout_fraction: float
+    seed: int
+    holdout_files: tuple[Path, ...]  # the held-back good images, inside `data`
+    data_fingerprint: str | None
+    raw: dict
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike, data: str | os.PathLike | None = None) -> "RunRecord":
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: it names the run's data and held-back good images; keep the "
+                                    f"config.json that `cfrg train` wrote beside model.pt (or, to export, pass "
+                                    f"--calib-dir DIR with good images)")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            train = cfg["train"]
+            record = cls(path=path, data=Path(data or train["data"]), category=train["category"],
+                         holdout_fraction=float(train.get("holdout", 0.1)), seed=int(train.get("seed", 0)),
+                         holdout_files=(), data_fingerprint=cfg.get("data_fingerprint"), raw=cfg)
+            relative = cfg.get("holdout", [])
+            if not isinstance(record.category, str) or not isinstance(relative, list) or not (
+                    record.data_fingerprint is None or isinstance(record.data_fingerprint, str)):
+                raise TypeError("'train.category', 'holdout' or 'data_fingerprint' has the wrong type")
+            if not 0.0 <= record.holdout_fraction < 1.0:
+                raise ValueError(f"'train.holdout' is {record.holdout_fraction}, outside [0, 1)")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFileError(f"{path} is not a valid run record ({type(exc).__name__}: {exc}); train again, "
+                                 f"or restore the config.json that `cfrg train` wrote") from None
+        root = Path(os.path.abspath(record.data))
+        files = []
+        for rel in relative:  # lexically: "..", absolute paths and other roots are refused, links inside are fine
+            p = Path(os.path.normpath(root / str(rel)))
+            if not isinstance(rel, str) or Path(rel).is_absolute() or not p.is_relative_to(root):
+                raise ModelFileError(f"{path}: held-back image {rel!r} lies outside the data root {root}; the "
+                                     f"record was edited or damaged: train again, or pass --calib-dir DIR")
+            files.append(p)
+        return dataclasses.replace(record, data=root, holdout_files=tuple(files))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training at a step boundary; the message says where the work was saved."""
+
+
+class StopSignals:
+    """While active (main thread only), Ctrl-C and SIGTERM ask training to stop at the next step boundary
+    (`requested` names the signal), so a checkpoint never holds half an optimiser step; a second Ctrl-C
+    stops at once."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | None]:
     """Every option in range, the training images present and the output folder writable, before any work."""
     args.validate()
@@ -272,6 +350,8 @@ def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | Non
         except Exception as exc:  # noqa: BLE001 - a missing test split only disables evaluation
             print(f"no evaluation: {exc}")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise PermissionError(f"--out {out}: the folder is not writable; choose another --out")
@@ -369,40 +449,45 @@ def train(args: TrainArgs) -> dict:
     next_eval = elapsed + args.eval_every * 60 if args.eval_every else math.inf
     next_save = elapsed + 60
     model.train()
+    stop = StopSignals()
     try:
-        while progress_fraction() < 1.0:
-            t0 = time.perf_counter()
-            idx, xs, masks = maker.next()
-            for g in opt.param_groups:
-                g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
-            x = _to_tensor(xs)
-            t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
-            losses = cfrg_losses(model, x, t_clean, torch.from_numpy(masks))
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            step += 1
-            elapsed += time.perf_counter() - t0
-            bar.update(100 * progress_fraction() - bar.n)  # to the position, so rounding never passes 100
-            if step % 10 == 0:
-                bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()} | {"step": step})
-            if elapsed >= next_save:
-                save_last()
-                next_save = elapsed + 60
-            if elapsed >= next_eval and test_set is not None:
-                calibrate(model, images, holdout_images, cache, args.seed, limit=128)
-                res = run_eval(model, test_set, args.eval_limit, progress=False)
-                history.append({"step": step, "minutes": elapsed / 60,
-                                **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
-                bar.write(f"eval @ step {step} ({elapsed / 60:.1f} min): " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in history[-1].items() if k not in ("step", "minutes")))
-                model.train()
-                next_eval = elapsed + args.eval_every * 60
+        with stop:
+            while progress_fraction() < 1.0 and stop.requested is None:
+                t0 = time.perf_counter()
+                idx, xs, masks = maker.next()
+                for g in opt.param_groups:
+                    g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
+                x = _to_tensor(xs)
+                t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
+                losses = cfrg_losses(model, x, t_clean, torch.from_numpy(masks))
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                step += 1
+                elapsed += time.perf_counter() - t0
+                bar.update(100 * progress_fraction() - bar.n)  # to the position, so rounding never passes 100
+                if step % 10 == 0:
+                    bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()} | {"step": step})
+                if elapsed >= next_save:
+                    save_last()
+                    next_save = elapsed + 60
+                if elapsed >= next_eval and test_set is not None:
+                    calibrate(model, images, holdout_images, cache, args.seed, limit=128)
+                    res = run_eval(model, test_set, args.eval_limit, progress=False)
+                    history.append({"step": step, "minutes": elapsed / 60,
+                                    **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
+                    bar.write(f"eval @ step {step} ({elapsed / 60:.1f} min): " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in history[-1].items() if k not in ("step", "minutes")))
+                    model.train()
+                    next_eval = elapsed + args.eval_every * 60
     finally:
         maker.close()
         bar.close()
+    save_last()  # the finished steps are kept whatever happens next
+    if stop.requested:
+        raise TrainingInterrupted(f"{stop.requested} at step {step} ({elapsed / 60:.1f} min trained): saved {last}; "
+                                  f"the same command with --resume continues from there")
     n_stats, n_memory = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress)
-    save_last()
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
                "map_stats_images": n_stats, "memory_images": n_memory, "history": history}
     return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)
@@ -435,23 +520,19 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
     if (new_stats and config.map_normalisation == "position") or config.memory_size:
-        cfg_path = Path(run_dir) / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: the map statistics and patch memory are rebuilt from "
-                                    f"the run's good training images, which its config.json names")
-        cfg = json.loads(cfg_path.read_text())
-        train_set = AnomalyDataset(data or cfg["train"]["data"], cfg["train"]["category"], "train")
-        if cfg.get("data_fingerprint") and train_set.fingerprint() != cfg["data_fingerprint"]:
+        run = RunRecord.read(run_dir, data)
+        train_set = AnomalyDataset(run.data, run.category, "train")
+        if run.data_fingerprint and train_set.fingerprint() != run.data_fingerprint:
             raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
                              f"on (data fingerprint); pass --data with the run's data set")
-        train_idx, holdout_idx = split_holdout(len(train_set), float(cfg["train"].get("holdout", 0.1)))
+        train_idx, holdout_idx = split_holdout(len(train_set), run.holdout_fraction)
         images = load_train_images(train_set, config.image_size, progress, train_idx)
         new.eval()
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
         if config.memory_size:
             holdout = load_train_images(train_set, config.image_size, False, holdout_idx) if holdout_idx else None
-            calibrate_memory(new, images, holdout, progress=progress, seed=int(cfg["train"].get("seed", 0)))
+            calibrate_memory(new, images, holdout, progress=progress, seed=run.seed)
     return new.to(memory_format=torch.channels_last).eval()
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from export.model import CFRG, CFRGConfig, GaussianBlur, load_checkpoint, save_checkpoint
+from sdk.backends import ModelFileError
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path, model):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cfrg train"):
+    with pytest.raises(ModelFileError, match="cfrg train"):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
