@@ -52,6 +52,7 @@ setup(
         ],
         "dev": [
             "pytest>=7",
+            "hypothesis>=6.100",
             "scikit-learn>=1.3",
             "scikit-image>=0.21",
             "efficientnet-lite-pytorch==0.1.0",

@@ -270,7 +270,11 @@ class ModelInfo:
         model_path = Path(model_path)
         side = sidecar_path(model_path)
         if side.is_file():
-            source, text = str(side), side.read_text(encoding="utf-8")
+            source = str(side)
+            try:
+                text = side.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError) as exc:
+                raise ModelFileError(f"{source} cannot be read as UTF-8 text ({exc}); {REEXPORT}") from None
         else:
             meta = backend.metadata() if backend is not None else {}
             if METADATA_KEY not in meta:

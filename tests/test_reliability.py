@@ -1,0 +1,222 @@
+"""A factory tool never passes a bad part by mistake and never loses a result: each case below once ended in
+lost output, a silently wrong verdict or a traceback, and now validates before acting, refuses in one line
+with a distinct exit code, and keeps what was there."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sdk import cli
+from sdk.cli import main
+from tests.conftest import DEMO_ROOT, ROOT
+
+TEST_IMAGES = DEMO_ROOT / "ball_screw" / "test" / "pitting"
+
+
+def _cfrg(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_run_with_a_source_that_cannot_open_keeps_the_previous_run(tmp_path, exported_model, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(exported_model[1]), "--source", str(TEST_IMAGES), "--out", str(out),
+                 "--video", "v.mp4", "--max-frames", "3", "--no-progress"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "verdicts.jsonl").stat().st_size > 0 and (out / "v.mp4").is_file()
+    code, err = _cfrg(capsys, "run", "--model", exported_model[1], "--source", tmp_path / "no_such_video.mp4",
+                      "--out", out, "--video", "v.mp4", "--no-progress")
+    assert code == cli.EXIT_DATA and "no_such_video.mp4" in _one_line(err)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # nothing emptied, no temporary video, no new folder
+    fresh = tmp_path / "fresh"
+    code, _ = _cfrg(capsys, "run", "--model", exported_model[1], "--source", tmp_path / "nope", "--out", fresh,
+                    "--no-progress")
+    assert code == cli.EXIT_DATA and not fresh.exists()
+
+
+def test_max_frames_writes_exactly_that_many_records(tmp_path, exported_model, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(exported_model[1]), "--source", str(TEST_IMAGES), "--out", str(out),
+                 "--max-frames", "5", "--batch-size", "2", "--no-progress"]) == 0
+    lines = (out / "verdicts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame_id"] for line in lines] == [0, 1, 2, 3, 4]
+    assert len(list((out / "masks").glob("*.png"))) == 5 and "5 frames" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["run", "--threshold", "nan"], cli.EXIT_USAGE, "finite"),
+    (["run", "--threshold", "inf"], cli.EXIT_USAGE, "finite"),
+    (["run", "--threshold", "strict"], cli.EXIT_USAGE, "this model has"),
+    (["run", "--batch-size", "0"], cli.EXIT_USAGE, ">= 1"),
+    (["run", "--max-frames", "-5"], cli.EXIT_USAGE, ">= 1"),
+    (["run", "--min-area", "-1"], cli.EXIT_USAGE, ">= 0"),
+    (["run", "--video", "../x.mp4", "--out", "OUT"], cli.EXIT_USAGE, "file name"),
+    (["eval", "--batch-size", "0"], cli.EXIT_USAGE, ">= 1"),
+    (["eval", "--fpr-limit", "0"], cli.EXIT_USAGE, "(0, 1]"),
+])
+def test_bad_field_options_are_one_line_errors(args, code, words, tmp_path, exported_model, capsys):
+    common = {"run": ["--model", exported_model[1], "--source", TEST_IMAGES, "--no-progress"],
+              "eval": ["--model", exported_model[1], "--data", DEMO_ROOT, "--category", "ball_screw"]}
+    argv = [args[0], *common[args[0]], *[str(tmp_path / "o") if a == "OUT" else a for a in args[1:]]]
+    try:
+        got, err = _cfrg(capsys, *argv)
+    except SystemExit as exc:  # argparse: usage line + error line, exit 2
+        got, err = exc.code, capsys.readouterr().err.strip().splitlines()[-1]
+    assert got == code and words in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--threads", "-1"), ("--recovery-width", "0"), ("--time-budget", "nan"),
+                                        ("--holdout", "1.5"), ("--steps", "1.5")])
+def test_bad_training_options_stop_before_anything_is_written(tmp_path, flag, value, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(DEMO_ROOT), "--category", "ball_screw", "--out", str(out), flag, value])
+    assert exc.value.code == cli.EXIT_USAGE and flag in capsys.readouterr().err and not out.exists()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "run"
+    blocker.write_text("a file where the run folder should be")
+    code, err = _cfrg(capsys, "train", "--data", DEMO_ROOT, "--category", "ball_screw", "--out", blocker,
+                      "--steps", "2", "--no-progress")
+    assert code == cli.EXIT_OUTPUT and str(blocker) in _one_line(err)
+    assert blocker.read_text() == "a file where the run folder should be"
+
+
+def _run_copy(tmp_path, exported_model) -> tuple:
+    """A copy of the exported model's training run (model.pt and config.json) to damage."""
+    run = tmp_path / "run"
+    shutil.copytree(exported_model[1].parent / "run", run)
+    return run / "model.pt", run / "config.json"
+
+
+def test_held_back_paths_outside_the_data_root_are_refused(tmp_path, exported_model, capsys):
+    """A crafted config.json could point the calibration at any image (one that passes everything)."""
+    checkpoint, config = _run_copy(tmp_path, exported_model)
+    cfg = json.loads(config.read_text())
+    for bad in (["../../../../etc/passwd"], ["/" + str(TEST_IMAGES / "x.jpg").lstrip("/")]):
+        config.write_text(json.dumps(dict(cfg, holdout=bad)))
+        code, err = _cfrg(capsys, "export", checkpoint, "-o", tmp_path / "m.onnx", "--no-progress")
+        assert code == cli.EXIT_MODEL and "outside the data root" in _one_line(err)
+        assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda ckpt: {**ckpt, "config": {**ckpt["config"], "recovery_width": 64}}, "does not match its weights"),
+    (lambda ckpt: {k: v for k, v in ckpt.items() if k != "state_dict"}, "lacks ['state_dict']"),
+    (lambda ckpt: {**ckpt, "config": {**ckpt["config"], "memory_size": "many"}}, "does not match its weights"),
+])
+def test_a_damaged_checkpoint_is_one_line(tmp_path, exported_model, damage, words, capsys):
+    checkpoint, _ = _run_copy(tmp_path, exported_model)
+    torch.save(damage(torch.load(checkpoint, weights_only=True)), checkpoint)
+    for args in (["export", checkpoint, "-o", tmp_path / "m.onnx"],
+                 ["eval", "--model", checkpoint, "--data", DEMO_ROOT, "--category", "ball_screw"]):
+        code, err = _cfrg(capsys, *args, "--no-progress")
+        assert code == cli.EXIT_MODEL and words in _one_line(err) and str(checkpoint) in err
+
+
+@pytest.mark.parametrize("edit", [lambda c: {**c, "train": "not an object"}, lambda c: {**c, "holdout": 3},
+                                  lambda c: {k: v for k, v in c.items() if k != "train"}, lambda c: "[1, 2"])
+def test_a_damaged_run_record_is_one_line(tmp_path, exported_model, edit, capsys):
+    checkpoint, config = _run_copy(tmp_path, exported_model)
+    changed = edit(json.loads(config.read_text()))
+    config.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    code, err = _cfrg(capsys, "export", checkpoint, "-o", tmp_path / "m.onnx", "--no-progress")
+    assert code == cli.EXIT_MODEL and "not a valid run record" in _one_line(err)
+
+
+def test_export_or_eval_interrupted_leaves_nothing_half_written(tmp_path, exported_model, monkeypatch, capsys):
+    from export import onnx_export
+    from sdk import evaluate
+
+    checkpoint, _ = _run_copy(tmp_path, exported_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.onnx").write_bytes(b"an earlier export")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "_calibrate_thresholds", interrupted)
+    code, _ = _cfrg(capsys, "export", checkpoint, "-o", out / "m.onnx", "--no-progress")
+    assert code == cli.EXIT_INTERRUPTED and os.listdir(out) == ["m.onnx"]
+    assert (out / "m.onnx").read_bytes() == b"an earlier export"
+    monkeypatch.setattr(evaluate.metrics, "evaluate_all", interrupted)
+    code, _ = _cfrg(capsys, "eval", "--model", exported_model[1], "--data", DEMO_ROOT, "--category", "ball_screw",
+                    "--json", out / "metrics.json", "--no-progress")
+    assert code == cli.EXIT_INTERRUPTED and os.listdir(out) == ["m.onnx"]
+
+
+def test_ctrl_c_during_training_keeps_the_finished_steps_and_resume_continues(tmp_path):
+    """SIGINT to a real `cfrg train` process: it stops at a step boundary, saves last.pt and exits 130; the
+    same command with --resume goes on from that step."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "sdk.cli", "train", "--data", str(DEMO_ROOT), "--category", "ball_screw",
+            "--out", str(out), "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
+    log = tmp_path / "train.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)
+        deadline = time.monotonic() + 240
+        while "train ball_screw" not in log.read_text() and time.monotonic() < deadline:  # the loop's progress bar
+            time.sleep(0.2)
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=240)
+    text = log.read_text()
+    assert code == cli.EXIT_INTERRUPTED and "SIGINT at step" in text and "--resume" in text, text[-2000:]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] > 0 and not (out / "model.pt").exists()
+    done = subprocess.run(argv[:-4] + ["--steps", str(state["step"] + 3), "--resume", "--no-progress"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from {out / 'last.pt'} at step {state['step']}" in done.stdout
+    assert torch.load(out / "model.pt", weights_only=True)["extra"]["train"]["steps"] == state["step"] + 3
+
+
+def test_sigterm_during_training_is_handled_like_ctrl_c(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "sdk.cli", "train", "--data", str(DEMO_ROOT), "--category", "ball_screw",
+            "--out", str(out), "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
+    log = tmp_path / "train.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)
+        deadline = time.monotonic() + 240
+        while "train ball_screw" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2.0)
+        proc.terminate()
+        code = proc.wait(timeout=240)
+    assert code == cli.EXIT_INTERRUPTED and "SIGTERM at step" in log.read_text()
+    assert torch.load(out / "last.pt", weights_only=True)["step"] > 0
+
+
+def test_a_frame_of_nan_scores_is_never_a_verdict(exported_model):
+    """A model output that is not finite (a broken engine, a damaged graph) gives an error record, not "ok"."""
+    from sdk import Detector, Stream
+
+    det = Detector(exported_model[1])
+    frame = cv2.imread(str(sorted(TEST_IMAGES.glob("*.jpg"))[0]))
+    maps, scores = det.infer(det.preprocess([frame]))
+    with pytest.raises(ValueError, match="not finite"):
+        det.postprocess([frame], (maps, np.full_like(scores, np.nan)))
+    det.infer = lambda batch: (maps, np.full(len(batch), np.nan, np.float32))
+    with Stream(det, [frame, frame]) as stream:
+        records = list(stream)
+    assert [r.status for r in records] == ["error", "error"] and "not finite" in records[0].error
