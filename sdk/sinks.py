@@ -186,6 +186,21 @@ def _check_writable_folder(folder: Path) -> None:
         raise PermissionError(f"{folder}: {existing} is not writable; choose another output path")
 
 
+def _check_overlay_options(alpha: Any, map_range: Any) -> tuple[float, tuple[float, float] | None]:
+    """alpha in [0, 1]; map_range None or two finite numbers lo < hi (checked when the sink is made)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1] (the heat map's weight), got {alpha!r}")
+    if map_range is None:
+        return float(alpha), None
+    try:
+        lo, hi = (float(v) for v in map_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"map_range must be (lo, hi), two numbers, got {map_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"map_range must be two finite numbers with lo < hi, got {map_range!r}")
+    return float(alpha), (lo, hi)
+
+
 class _ImageDirSink(Sink):
     def __init__(self, directory: str | os.PathLike, pattern: str):
         super().__init__()
@@ -235,7 +250,8 @@ class OverlaySink(_ImageDirSink):
     def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_overlay.png", *,
                  alpha: float = 0.45, map_range: Sequence[float] | None = None, only_defects: bool = False):
         super().__init__(directory, pattern)
-        self.alpha, self.map_range, self.only_defects = alpha, map_range, only_defects
+        self.alpha, self.map_range = _check_overlay_options(alpha, map_range)
+        self.only_defects = only_defects
 
     def write(self, record: Any) -> None:
         self._check_open()
@@ -307,8 +323,9 @@ class VideoSink(Sink):
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, *, fourcc: str = "mp4v",
                  alpha: float = 0.45, map_range: Sequence[float] | None = None):
         super().__init__()
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
+        alpha, map_range = _check_overlay_options(alpha, map_range)
         if len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters such as 'mp4v', got {fourcc!r}")
         self.path = Path(path)

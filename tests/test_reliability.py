@@ -220,3 +220,28 @@ def test_a_frame_of_nan_scores_is_never_a_verdict(exported_model):
     with Stream(det, [frame, frame]) as stream:
         records = list(stream)
     assert [r.status for r in records] == ["error", "error"] and "not finite" in records[0].error
+
+
+def test_every_output_of_a_run_gets_the_usual_permissions(tmp_path, exported_model):
+    """Files written through temporary names (mkstemp makes them 0600) end with the mode a plain open() gives."""
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(exported_model[1]), "--source", str(TEST_IMAGES), "--out", str(out),
+                 "--video", "v.mp4", "--max-frames", "2", "--no-progress"]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 6 and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~mask)}
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda d: __import__("sdk").VideoSink(d / "v.mp4", fps=float("nan")), "fps must be a finite number"),
+    (lambda d: __import__("sdk").VideoSink(d / "v.mp4", alpha=2), "alpha must be a number in [0, 1]"),
+    (lambda d: __import__("sdk").OverlaySink(d / "o", map_range=(1, float("inf"))), "two finite numbers"),
+    (lambda d: __import__("sdk").OverlaySink(d / "o", map_range=(2, 1)), "lo < hi"),
+    (lambda d: __import__("sdk").MaskSink(d / "file.txt" / "masks"), "is a file, not a folder"),
+])
+def test_sink_options_are_checked_when_the_sink_is_made(tmp_path, make, words):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises((ValueError, OSError)) as info:
+        make(tmp_path)
+    assert words in str(info.value) and sorted(os.listdir(tmp_path)) == ["file.txt"]
