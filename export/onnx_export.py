@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdk.files import IMAGE_EXTENSIONS, atomic_output, image_files
+from sdk.files import IMAGE_EXTENSIONS, atomic_output, check_output_folder, image_files
 from sdk.model_info import (METADATA_KEY, OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, ScoreNormalisation, Threshold,
                             file_sha256, software_versions, utc_now)
 
@@ -156,6 +156,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                          f"F1 threshold; name a split with defects or leave --defect-split out")
     if not 0.0 <= target_frr < 1.0:
         raise ValueError(f"--target-frr must be in [0, 1), e.g. 0.01 for 1% of good parts rejected; got {target_frr}")
+    check_output_folder(out.parent)
     proto = export_onnx(model)
     h, w = model.config.image_size
     with atomic_output(out) as tmp:

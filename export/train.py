@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sdk.backends import ModelFileError
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, spread_indices
-from sdk.files import atomic_output, write_json
+from sdk.files import atomic_output, check_output_folder, write_json
 from sdk.model_info import software_versions
 
 from .config import CFRGConfig
@@ -349,12 +349,8 @@ def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | Non
             test_set = AnomalyDataset(args.data, args.category, "test")
         except Exception as exc:  # noqa: BLE001 - a missing test split only disables evaluation
             print(f"no evaluation: {exc}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"--out {out}: the folder is not writable; choose another --out")
+    check_output_folder(args.out)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     return train_set, test_set
 
 

@@ -56,7 +56,7 @@ def cmd_train(ns) -> int:
 def cmd_eval(ns) -> int:
     from .data import AnomalyDataset
     from .evaluate import evaluate, format_table, predict_dataset, save_overlays
-    from .files import write_json
+    from .files import check_output_folder, write_json
 
     model_path = Path(ns.model)
     if not model_path.exists():
@@ -81,6 +81,8 @@ def cmd_eval(ns) -> int:
         det = Detector(model_path, backend=ns.backend)
         predict, size = det.predictor(), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
+    for output in ([Path(ns.json).parent] if ns.json else []) + ([Path(ns.save_maps)] if ns.save_maps else []):
+        check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
     preds = predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress)
     seconds = time.perf_counter() - t0

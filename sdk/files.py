@@ -36,6 +36,17 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted((p for p in Path(folder).iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """The folder exists and is writable, or can be created there: checked before long work, created at the
+    first write (a run that fails before it leaves no empty folder)."""
+    folder = Path(os.path.abspath(folder))
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"{folder}: {existing} is a file, not a folder; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: {existing} is not writable; choose another output path")
+
+
 def temp_path_beside(path: str | os.PathLike) -> Path:
     """A new hidden file in path's folder that keeps its suffix (writers choose formats by suffix)."""
     path = Path(path)

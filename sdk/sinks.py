@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .files import IMAGE_EXTENSIONS, replace_with_temp, temp_path_beside, write_png
+from .files import IMAGE_EXTENSIONS, check_output_folder, replace_with_temp, temp_path_beside, write_png
 
 log = logging.getLogger("sdk.sinks")
 
@@ -177,15 +177,6 @@ class Sink:
             raise ValueError(f"{type(self).__name__} is closed; create a new sink")
 
 
-def _check_writable_folder(folder: Path) -> None:
-    """The folder exists and is writable, or can be created: checked before a run, created at the first write."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise FileExistsError(f"{folder}: {existing} is a file, not a folder; choose another output path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{folder}: {existing} is not writable; choose another output path")
-
-
 def _check_overlay_options(alpha: Any, map_range: Any) -> tuple[float, tuple[float, float] | None]:
     """alpha in [0, 1]; map_range None or two finite numbers lo < hi (checked when the sink is made)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
@@ -205,7 +196,7 @@ class _ImageDirSink(Sink):
     def __init__(self, directory: str | os.PathLike, pattern: str):
         super().__init__()
         self.directory = Path(directory)
-        _check_writable_folder(self.directory)  # created at the first write: a failed run leaves no empty folder
+        check_output_folder(self.directory)  # created at the first write: a failed run leaves no empty folder
         self.pattern = pattern
         try:
             pattern.format(frame_id=0, stem="x")
@@ -278,7 +269,7 @@ class JsonlSink(Sink):
     def __init__(self, path: str | os.PathLike, *, append: bool = False):
         super().__init__()
         self.path = Path(path)
-        _check_writable_folder(self.path.parent)
+        check_output_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = None if append else temp_path_beside(self.path)
         self.live_path = self.path if append else self._tmp
@@ -329,7 +320,7 @@ class VideoSink(Sink):
         if len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters such as 'mp4v', got {fourcc!r}")
         self.path = Path(path)
-        _check_writable_folder(self.path.parent)
+        check_output_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.fourcc, self.alpha, self.map_range = float(fps), fourcc, alpha, map_range
         self._tmp = temp_path_beside(self.path if self.path.suffix else self.path.with_suffix(".mp4"))

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 
 import cv2
 import numpy as np
@@ -33,6 +34,19 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """A property that hangs fails after 300 s instead of stalling CI (SIGALRM; the main thread)."""
+    def hung(signum, frame):
+        raise TimeoutError("a fuzz case hung for 300 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(300)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
 
 JSON_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.text(max_size=12),
                       st.floats(allow_nan=True, allow_infinity=True), st.lists(st.integers(), max_size=4),

@@ -100,6 +100,21 @@ def test_an_output_folder_that_is_a_file_is_refused_before_training(tmp_path, ca
     assert blocker.read_text() == "a file where the run folder should be"
 
 
+def test_eval_and_export_check_their_outputs_before_the_long_work(tmp_path, exported_model, capsys, monkeypatch):
+    from sdk import evaluate
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    predicted = []
+    monkeypatch.setattr(evaluate, "predict_dataset", lambda *a, **k: predicted.append(1))
+    code, err = _cfrg(capsys, "eval", "--model", exported_model[1], "--data", DEMO_ROOT, "--category", "ball_screw",
+                      "--json", blocker / "m.json", "--no-progress")
+    assert code == cli.EXIT_OUTPUT and "is a file, not a folder" in _one_line(err) and not predicted
+    code, err = _cfrg(capsys, "export", exported_model[1].parent / "run" / "model.pt", "-o", blocker / "m.onnx",
+                      "--no-progress")
+    assert code == cli.EXIT_OUTPUT and "is a file, not a folder" in _one_line(err)
+
+
 def _run_copy(tmp_path, exported_model) -> tuple:
     """A copy of the exported model's training run (model.pt and config.json) to damage."""
     run = tmp_path / "run"
