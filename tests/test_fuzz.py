@@ -257,28 +257,26 @@ def corrupted(draw, original: bytes):
     return original[:draw(st.integers(2, 64))] + draw(st.binary(max_size=256))
 
 
-@given(data=corrupted(REAL_JPEG))
-def test_a_corrupt_image_reads_or_is_a_dataset_error(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("img") / "x.jpg"
-    path.write_bytes(data)
+def _image_ok(image) -> bool:
+    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def _mask_ok(mask) -> bool:
+    return mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+
+
+@pytest.mark.parametrize("name,original,read,valid", [("x.jpg", REAL_JPEG, read_image, _image_ok),
+                                                      ("x.png", REAL_MASK, read_mask, _mask_ok)])
+@given(data=st.data())
+def test_a_corrupt_image_or_mask_reads_or_is_a_dataset_error(tmp_path_factory, name, original, read, valid, data):
+    path = tmp_path_factory.mktemp("img") / name
+    path.write_bytes(data.draw(corrupted(original)))
     try:
-        image = read_image(path)
+        decoded = read(path)
     except DatasetError as exc:
         assert str(path) in str(exc)
         return
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-
-
-@given(data=corrupted(REAL_MASK))
-def test_a_corrupt_mask_reads_or_is_a_dataset_error(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("mask") / "x.png"
-    path.write_bytes(data)
-    try:
-        mask = read_mask(path)
-    except DatasetError as exc:
-        assert str(path) in str(exc)
-        return
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert valid(decoded)
 
 
 class _Bytes(tuple):

@@ -179,9 +179,8 @@ def test_export_or_eval_interrupted_leaves_nothing_half_written(tmp_path, export
     assert code == cli.EXIT_INTERRUPTED and os.listdir(out) == ["m.onnx"]
 
 
-def test_ctrl_c_during_training_keeps_the_finished_steps_and_resume_continues(tmp_path):
-    """SIGINT to a real `cfrg train` process: it stops at a step boundary, saves last.pt and exits 130; the
-    same command with --resume goes on from that step."""
+def _interrupt_training(tmp_path, signum: int) -> tuple[int, str, list[str]]:
+    """A real `cfrg train` process, sent `signum` once its training loop runs; (exit code, stderr, argv)."""
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "sdk.cli", "train", "--data", str(DEMO_ROOT), "--category", "ball_screw",
             "--out", str(out), "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
@@ -191,10 +190,17 @@ def test_ctrl_c_during_training_keeps_the_finished_steps_and_resume_continues(tm
         deadline = time.monotonic() + 240
         while "train ball_screw" not in log.read_text() and time.monotonic() < deadline:  # the loop's progress bar
             time.sleep(0.2)
-        time.sleep(3.0)
-        proc.send_signal(signal.SIGINT)
+        time.sleep(2.0)
+        proc.send_signal(signum)
         code = proc.wait(timeout=240)
-    text = log.read_text()
+    return code, log.read_text(), argv
+
+
+def test_ctrl_c_during_training_keeps_the_finished_steps_and_resume_continues(tmp_path):
+    """SIGINT to a real `cfrg train` process: it stops at a step boundary, saves last.pt and exits 130; the
+    same command with --resume goes on from that step."""
+    code, text, argv = _interrupt_training(tmp_path, signal.SIGINT)
+    out = tmp_path / "run"
     assert code == cli.EXIT_INTERRUPTED and "SIGINT at step" in text and "--resume" in text, text[-2000:]
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] > 0 and not (out / "model.pt").exists()
@@ -206,20 +212,9 @@ def test_ctrl_c_during_training_keeps_the_finished_steps_and_resume_continues(tm
 
 
 def test_sigterm_during_training_is_handled_like_ctrl_c(tmp_path):
-    out = tmp_path / "run"
-    argv = [sys.executable, "-m", "sdk.cli", "train", "--data", str(DEMO_ROOT), "--category", "ball_screw",
-            "--out", str(out), "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
-    log = tmp_path / "train.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)
-        deadline = time.monotonic() + 240
-        while "train ball_screw" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(2.0)
-        proc.terminate()
-        code = proc.wait(timeout=240)
-    assert code == cli.EXIT_INTERRUPTED and "SIGTERM at step" in log.read_text()
-    assert torch.load(out / "last.pt", weights_only=True)["step"] > 0
+    code, text, _ = _interrupt_training(tmp_path, signal.SIGTERM)
+    assert code == cli.EXIT_INTERRUPTED and "SIGTERM at step" in text
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] > 0
 
 
 def test_a_frame_of_nan_scores_is_never_a_verdict(exported_model):
