@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from sdk import metrics
-from sdk.model_info import ScoreNormalisation
+from sdk.model_info import ScoreNormalisation, Threshold
 
 
 def good_only_threshold(good_scores: np.ndarray, target_frr: float) -> dict:
@@ -48,3 +48,29 @@ def score_normalisation(good_scores: np.ndarray, threshold: float) -> ScoreNorma
     if not scale > 0:
         scale = max(abs(threshold), 1e-6)
     return ScoreNormalisation(offset=median, scale=float(scale))
+
+
+def calibrate_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
+    """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
+    exported graph; returns them with the good images' scores."""
+    from sdk.data import read_image
+    from sdk.evaluate import frame_pairs, predict_dataset, resize_for_model
+
+    good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
+    for s in range(0, len(good_files), 8):
+        frames = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in good_files[s:s + 8]])
+        maps, scores = predict(frames)
+        good_scores.extend(scores.tolist())
+        good_peaks.extend(maps.reshape(len(maps), -1).max(1).tolist())
+    good = good_only_threshold(np.array(good_scores), target_frr)
+    pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
+    thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
+        "target_frr": target_frr, "n_images": good["n_images"], "observed_frr": good["observed_frr"]})}
+    if defect_set is not None:
+        preds = predict_dataset(predict, defect_set, size, progress=progress)
+        masks, maps = frame_pairs(preds, defect_set)
+        f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
+        thresholds["f1"] = Threshold(f1["image"]["value"], f1["pixel"]["value"], {
+            "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"], "n_images": f1["image"]["n_images"],
+            "split": split})
+    return thresholds, good_scores

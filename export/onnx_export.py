@@ -22,20 +22,10 @@ from sdk.model_info import (METADATA_KEY, OUTPUT_NAMES, InputSpec, ModelInfo, Pr
 
 from .model import CFRG
 from .onnx_utils import fold_constants
-from .train import RunRecord
+from .runs import RunRecord
 
 OPSET = 17  # parsed by TensorRT 8.6, 10.x (JetPack 6: 10.3) and 11
 INPUT_NAME = "frames"
-
-# Operators of TensorRT's ONNX parser (onnx-tensorrt docs/operators.md) that this graph may use.
-TENSORRT_OPS = frozenset({
-    "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
-    "ConvTranspose", "Div", "Erf", "Exp", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity",
-    "LeakyRelu", "Log", "MatMul", "Max", "MaxPool", "Min", "Mul", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean",
-    "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
-    "Tanh", "Transpose", "Unsqueeze", "Upsample", "Expand", "Shape", "DequantizeLinear", "QuantizeLinear",
-})
-
 
 class DeployGraph(nn.Module):
     """uint8 NHWC frames in, (anomaly_map, score) out."""
@@ -71,17 +61,6 @@ def export_onnx(model: CFRG, path=None, opset: int = OPSET):
     if path is not None:
         onnx.save(proto, str(path))
     return proto
-
-
-def graph_report(proto) -> dict:
-    """Ops outside TensorRT's parser and int64 tensors that carry data (not shape arithmetic)."""
-    import onnx
-
-    ops = sorted({n.op_type for n in proto.graph.node})
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
-    int64 = [name for name, t in types.items() if t == onnx.TensorProto.INT64]
-    return {"ops": ops, "unsupported_ops": [o for o in ops if o not in TENSORRT_OPS], "int64_tensors": int64}
 
 
 def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | None) -> list[str]:
@@ -125,7 +104,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor
 
-    from .calibrate import score_normalisation
+    from .calibrate import calibrate_thresholds, score_normalisation
     from .model import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)
@@ -162,7 +141,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     with atomic_output(out) as tmp:
         onnx.save(proto, str(tmp))
         predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME, model.config.colour_order)
-        thresholds, good_scores = _calibrate_thresholds(predict, (h, w), good_files, target_frr, defect_set,
+        thresholds, good_scores = calibrate_thresholds(predict, (h, w), good_files, target_frr, defect_set,
                                                         f"{cat}/{defect_split}", progress)
         info = ModelInfo(
             input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),
@@ -189,31 +168,3 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         onnx.save(proto, str(tmp))
     info.write_beside(out)
     return info
-
-
-def _calibrate_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
-    """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
-    exported graph; returns them with the good images' scores."""
-    from sdk.data import read_image
-    from sdk.evaluate import frame_pairs, predict_dataset, resize_for_model
-
-    from .calibrate import f1_thresholds, good_only_threshold
-
-    good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
-    for s in range(0, len(good_files), 8):
-        frames = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in good_files[s:s + 8]])
-        maps, scores = predict(frames)
-        good_scores.extend(scores.tolist())
-        good_peaks.extend(maps.reshape(len(maps), -1).max(1).tolist())
-    good = good_only_threshold(np.array(good_scores), target_frr)
-    pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
-    thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
-        "target_frr": target_frr, "n_images": good["n_images"], "observed_frr": good["observed_frr"]})}
-    if defect_set is not None:
-        preds = predict_dataset(predict, defect_set, size, progress=progress)
-        masks, maps = frame_pairs(preds, defect_set)
-        f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
-        thresholds["f1"] = Threshold(f1["image"]["value"], f1["pixel"]["value"], {
-            "image_f1": f1["image"]["f1"], "pixel_f1": f1["pixel"]["f1"], "n_images": f1["image"]["n_images"],
-            "split": split})
-    return thresholds, good_scores

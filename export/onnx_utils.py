@@ -1,4 +1,5 @@
-"""ONNX graph helpers: constant folding with the ONNX reference evaluator."""
+"""ONNX graph helpers (no torch): constant folding with the ONNX reference evaluator, and the check of a
+graph against TensorRT's ONNX parser."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,3 +47,24 @@ def fold_constants(model):
     for init in unused:
         graph.initializer.remove(init)
     return model
+
+
+# Operators of TensorRT's ONNX parser (onnx-tensorrt docs/operators.md) that this graph may use.
+TENSORRT_OPS = frozenset({
+    "Add", "ArgMax", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
+    "ConvTranspose", "Div", "Erf", "Exp", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity",
+    "LeakyRelu", "Log", "MatMul", "Max", "MaxPool", "Min", "Mul", "Pad", "Pow", "ReduceL2", "ReduceMax", "ReduceMean",
+    "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Sqrt", "Squeeze", "Sub",
+    "Tanh", "Transpose", "Unsqueeze", "Upsample", "Expand", "Shape", "DequantizeLinear", "QuantizeLinear",
+})
+
+
+def graph_report(proto) -> dict:
+    """Ops outside TensorRT's parser and int64 tensors that carry data (not shape arithmetic)."""
+    import onnx
+
+    ops = sorted({n.op_type for n in proto.graph.node})
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
+    int64 = [name for name, t in types.items() if t == onnx.TensorProto.INT64]
+    return {"ops": ops, "unsupported_ops": [o for o in ops if o not in TENSORRT_OPS], "int64_tensors": int64}

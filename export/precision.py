@@ -1,0 +1,284 @@
+"""Precision-specific ONNX graphs from the FP32 export: FP16 and INT8 by explicit quantization (QDQ).
+
+TensorRT 11 is strongly typed (the precision comes from the graph) and TensorRT 10 deprecated implicit INT8
+calibration, so both precisions are prepared here, in ONNX, where ONNX Runtime runs and measures them:
+
+    model.fp16.onnx      the CNNs (teacher, student, recovery, segmentation head) in FP16
+    model.int8.onnx      for TensorRT: symmetric int8 activations, per-channel int8 weights on the CNNs'
+                         convolutions and residual adds (where TensorRT fuses conv + activation + add)
+    model.cpu-int8.onnx  for ONNX Runtime on a CPU: asymmetric uint8 activations, per-channel int8 weights,
+                         convolution outputs quantized too (ONNX Runtime fuses them into QLinearConv)
+
+The numerically sensitive parts stay FP32 in all of them: the input normalisation, the cosine
+discrepancies, the patch-memory distance search and its soft max (|a|^2 - 2ab + |b|^2 cancels in FP16),
+the global Gaussian, the per-position z-scores, the Gaussian smoothing and the score. Inputs and outputs
+keep their types, so sdk.Detector runs every graph alike. INT8 is calibrated on good images only, and the
+calibration ranges are cached beside the graph (model.int8.calib.json) and reused.
+
+Needs onnx and onnxruntime (no torch).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CNN_PARTS = ("/model/teacher/", "/model/student/", "/model/recovery/", "/model/seg/")
+PRECISIONS = ("fp32", "fp16", "int8", "cpu-int8")
+SUFFIXES = {"fp16": ".fp16.onnx", "int8": ".int8.onnx", "cpu-int8": ".cpu-int8.onnx"}
+
+
+def precision_path(onnx_path: str | os.PathLike, precision: str) -> Path:
+    """model.onnx -> model.fp16.onnx, model.int8.onnx, model.cpu-int8.onnx (model.onnx for fp32)."""
+    path = Path(onnx_path)
+    if precision == "fp32":
+        return path
+    return path.with_name(path.name[: -len(path.suffix)] + SUFFIXES[precision])
+
+
+def calibration_cache_path(onnx_path: str | os.PathLike, precision: str) -> Path:
+    return precision_path(onnx_path, precision).with_suffix(".calib.json")
+
+
+def cnn_nodes(proto) -> list:
+    """The nodes of the CNN parts (by the exporter's module-path node names)."""
+    return [n for n in proto.graph.node if n.name.startswith(CNN_PARTS)]
+
+
+def check_cnn_parts(proto, source: str) -> None:
+    found = {part for part in CNN_PARTS if any(n.name.startswith(part) for n in proto.graph.node)}
+    if "/model/teacher/" not in found or "/model/student/" not in found:
+        raise ValueError(f"{source}: no CFRG teacher/student nodes found by name ({', '.join(CNN_PARTS)}); "
+                         f"export the model again with `cfrg export` (precision graphs start from its FP32 graph)")
+
+
+FLOAT_ONLY_INPUTS = {"Resize": (1, 2)}  # roi and scales stay float32 whatever the data's type
+
+
+def to_fp16(proto):
+    """The CNN parts in FP16, everything else FP32, inputs and outputs unchanged: one Cast where a tensor
+    crosses between the two (not around every FP32 node, which would round the FP32 parts to FP16 too)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(copy.deepcopy(proto))
+    graph = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    inits = {init.name: init for init in graph.initializer}
+    types.update({name: init.data_type for name, init in inits.items()})
+    half = {n.name for n in cnn_nodes(model)}
+    fp16_tensors = {o for n in graph.node if n.name in half for o in n.output if types.get(o) == TensorProto.FLOAT}
+    casts, new_inits, converted = {}, [], {}
+
+    def cast(tensor: str, to: int) -> str:
+        key = (tensor, to)
+        if key not in casts:
+            out = f"{tensor}_as_{'fp16' if to == TensorProto.FLOAT16 else 'fp32'}"
+            casts[key] = (out, helper.make_node("Cast", [tensor], [out], to=to, name=f"{out}_cast"))
+        return casts[key][0]
+
+    def half_initializer(name: str) -> str:
+        if name not in converted:
+            value = numpy_helper.to_array(inits[name]).astype(np.float16)
+            converted[name] = f"{name}_fp16"
+            new_inits.append(numpy_helper.from_array(value, converted[name]))
+        return converted[name]
+
+    for node in graph.node:
+        if node.name in half:
+            keep_float = FLOAT_ONLY_INPUTS.get(node.op_type, ())
+            for i, name in enumerate(node.input):
+                if not name or i in keep_float or types.get(name) != TensorProto.FLOAT or name in fp16_tensors:
+                    continue
+                node.input[i] = half_initializer(name) if name in inits else cast(name, TensorProto.FLOAT16)
+            if node.op_type == "Cast":
+                for attr in node.attribute:
+                    if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                        attr.i = TensorProto.FLOAT16
+        else:
+            for i, name in enumerate(node.input):
+                if name in fp16_tensors:
+                    node.input[i] = cast(name, TensorProto.FLOAT)
+    for out in graph.output:
+        if out.name in fp16_tensors:
+            raise ValueError(f"graph output {out.name} comes from a CNN part; the FP16 graph keeps outputs FP32")
+    order = {}  # each Cast right after the node that makes its input, so the graph stays topologically sorted
+    for tensor_and_type, (_, node) in casts.items():
+        order.setdefault(tensor_and_type[0], []).append(node)
+    nodes = [node for name in (i.name for i in graph.input) for node in order.pop(name, [])]
+    for node in graph.node:
+        nodes.append(node)
+        for o in node.output:
+            nodes.extend(order.pop(o, []))
+    nodes = [n for name in list(order) for n in order.pop(name)] + nodes  # initializers cast at the start
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    used = {i for n in graph.node for i in n.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+class GoodFrames:
+    """onnxruntime.quantization CalibrationDataReader: good images as the Detector feeds them (uint8 NHWC at
+    the model size, in the model's colour order), in batches."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], size: tuple[int, int], colour_order: str,
+                 input_name: str = "frames", batch: int = 8, progress: bool = False):
+        self.files, self.size, self.colour_order, self.input_name = list(files), size, colour_order.lower(), input_name
+        self.batch, self.progress = batch, progress
+        self._batches = None
+
+    def _iterate(self):
+        from tqdm import tqdm
+
+        from sdk.data import read_image
+        from sdk.evaluate import resize_for_model
+
+        for s in tqdm(range(0, len(self.files), self.batch), desc="calibrate", unit="batch",
+                      disable=not self.progress, leave=False):
+            frames = np.stack([resize_for_model(read_image(p, self.colour_order), self.size)
+                               for p in self.files[s:s + self.batch]])
+            yield {self.input_name: frames}
+
+    def get_next(self):
+        if self._batches is None:
+            self._batches = self._iterate()
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        self._batches = None
+
+
+def int8_options(target: str) -> dict:
+    """onnxruntime.quantization.quantize_static options for a target: "int8" (TensorRT) or "cpu-int8"."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    if target == "int8":  # TensorRT: symmetric int8, Q/DQ on the inputs of convs and residual adds only
+        return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, op_types_to_quantize=["Conv", "Add"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "QDQKeepRemovableActivations": True, "DedicatedQDQPair": True,
+                                   "OpTypesToExcludeOutputQuantization": ["Conv", "Add"]})
+    if target == "cpu-int8":  # ONNX Runtime CPU (u8s8): outputs quantized too, so convs become QLinearConv
+        return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, op_types_to_quantize=["Conv", "Add", "Relu", "Clip"],
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    raise ValueError(f"unknown INT8 target {target!r}: choose 'int8' (TensorRT) or 'cpu-int8' (ONNX Runtime CPU)")
+
+
+def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: str,
+            reader: GoodFrames | None, cache: str | os.PathLike) -> None:
+    """Quantize the CNN parts of the FP32 graph at fp32_path into out_path. The calibration ranges come from
+    `cache` when it exists (then `reader` may be None), else from `reader` and are saved to `cache`."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+
+    cache = Path(cache)
+    if reader is None and not cache.is_file():
+        raise FileNotFoundError(f"no calibration data for INT8: {cache} does not exist; pass --calib DIR with good "
+                                f"images (the held-back good images of the training run suit)")
+    proto = onnx.load(str(fp32_path))
+    check_cnn_parts(proto, str(fp32_path))
+    options = int8_options(target)
+    op_types = set(options["op_types_to_quantize"])
+    nodes = [n.name for n in cnn_nodes(proto) if n.op_type in op_types]
+    quantize_static(str(fp32_path), str(out_path), reader, nodes_to_quantize=nodes,
+                    calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache), **options)
+    quantized = onnx.load(str(out_path))
+    keep_fp32_inputs(quantized, set(nodes))
+    onnx.save(quantized, str(out_path))
+
+
+def keep_fp32_inputs(model, quantized: set[str]) -> None:
+    """Nodes outside `quantized` read the FP32 tensor, not its Q/DQ copy: ONNX Runtime hands a quantized tensor's
+    DequantizeLinear output to every consumer, so without this the FP32 parts (which read the teacher's features)
+    would see int8-rounded values. Q/DQ pairs left without consumers are removed."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producers.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    node.input[i] = q.input[0]
+    while True:  # drop Q/DQ whose outputs nobody reads any more
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+
+
+def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str | os.PathLike, *,
+                          calib_files: Sequence[str | os.PathLike] | None = None, target_frr: float | None = None,
+                          progress: bool = False):
+    """model.<precision>.onnx (out) and its model.json from the FP32 export at fp32_path; returns its ModelInfo.
+
+    The description carries the FP32 model's, with precision and provenance of this graph; with calibration
+    images the good_only thresholds are measured again with this graph (as `cfrg export` measured them)."""
+    import dataclasses
+
+    import onnx
+
+    from sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from sdk.evaluate import backend_predictor
+    from sdk.files import atomic_output
+    from sdk.model_info import METADATA_KEY, ModelInfo, Provenance, file_sha256, software_versions, utc_now
+
+    from .calibrate import calibrate_thresholds, score_normalisation
+
+    if precision not in SUFFIXES:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(SUFFIXES)}")
+    fp32_path, out = Path(fp32_path), Path(out)
+    source = ModelInfo.read(fp32_path, OnnxRuntimeBackend(fp32_path))
+    if source.precision != "fp32":
+        raise ValueError(f"{fp32_path} is already a {source.precision} graph; start from the FP32 export")
+    size = (source.input.height, source.input.width)
+    with atomic_output(out) as tmp:
+        if precision == "fp16":
+            proto = onnx.load(str(fp32_path))
+            check_cnn_parts(proto, str(fp32_path))
+            onnx.save(to_fp16(proto), str(tmp))
+        else:
+            reader = (GoodFrames(calib_files, size, source.input.colour_order, source.input.name, progress=progress)
+                      if calib_files else None)
+            to_int8(fp32_path, tmp, precision, reader, calibration_cache_path(out, "fp32"))
+        thresholds, scale = dict(source.thresholds), source.score_normalisation
+        if calib_files:
+            predict = backend_predictor(OnnxRuntimeBackend(tmp), source.input.name, source.input.colour_order)
+            frr = target_frr if target_frr is not None else source.thresholds["good_only"].details.get(
+                "target_frr", 0.01)
+            measured, good_scores = calibrate_thresholds(predict, size, [str(p) for p in calib_files], frr, None,
+                                                         None, progress)
+            thresholds["good_only"] = measured["good_only"]
+            scale = score_normalisation(np.array(good_scores), measured["good_only"].image)
+        info = dataclasses.replace(
+            source, thresholds=thresholds, score_normalisation=scale, precision="int8" if "int8" in precision
+            else precision,
+            provenance=Provenance(source_model=fp32_path.name, source_sha256=file_sha256(fp32_path),
+                                  data_fingerprint=source.provenance.data_fingerprint,
+                                  versions={**software_versions("onnx", "onnxruntime", "numpy"),
+                                            "graph": precision}, created=utc_now()))
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, info.to_json(indent=None)
+        onnx.save(proto, str(tmp))
+    info.write_beside(out)
+    return info

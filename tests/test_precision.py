@@ -1,0 +1,159 @@
+"""Precision graphs (export.precision): FP16 keeps the numerically sensitive parts FP32, the TensorRT INT8 graph
+has Q/DQ exactly where TensorRT fuses them, the CPU INT8 graph runs in ONNX Runtime, all three pass the
+TensorRT operator check and run in sdk.Detector; the calibration is cached and reused."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from export.onnx_utils import TENSORRT_OPS, graph_report
+from export.precision import CNN_PARTS, calibration_cache_path, precision_path, write_precision_graph
+from export.runs import RunRecord
+from sdk import Detector
+from sdk.data import read_image
+from sdk.evaluate import resize_for_model
+from tests.conftest import DEMO_ROOT
+
+
+@pytest.fixture(scope="module")
+def graphs(exported_model, tmp_path_factory):
+    """The exported FP32 graph and its three precision graphs, calibrated on the run's held-back good images."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("precision")
+    fp32 = folder / "model.onnx"
+    shutil.copy(exported_model[1], fp32)
+    shutil.copy(exported_model[1].with_suffix(".json"), folder / "model.json")
+    run = RunRecord.read(exported_model[1].parent / "run")
+    calib = [str(p) for p in run.holdout_files]
+    infos = {p: write_precision_graph(fp32, p, precision_path(fp32, p), calib_files=calib)
+             for p in ("fp16", "int8", "cpu-int8")}
+    return fp32, infos, calib
+
+
+def _frames(size, n=6):
+    files = sorted((DEMO_ROOT / "ball_screw" / "test").glob("*/*.jpg"))[:: 32 // n][:n]
+    return np.stack([resize_for_model(read_image(f, "rgb"), size) for f in files])
+
+
+def _types(model) -> dict:
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    found = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    found.update({i.name: i.data_type for i in g.initializer})
+    return found
+
+
+def test_fp16_graph_keeps_the_sensitive_parts_fp32(graphs):
+    fp32, _, _ = graphs
+    model = onnx.load(str(precision_path(fp32, "fp16")))
+    types = _types(model)
+    for node in model.graph.node:
+        outs = [types.get(o) for o in node.output if types.get(o) in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        if node.op_type == "Cast" or not outs:
+            continue
+        want = TensorProto.FLOAT16 if node.name.startswith(CNN_PARTS) else TensorProto.FLOAT
+        assert set(outs) == {want}, (node.name, node.op_type, outs)
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.UINT8]
+    assert {o.type.tensor_type.elem_type for o in model.graph.output} == {TensorProto.FLOAT}
+    boundary = [n for n in model.graph.node if n.name.endswith(("_as_fp16_cast", "_as_fp32_cast"))]
+    assert 0 < len(boundary) <= 40  # a Cast only where a tensor crosses between FP16 and FP32 parts
+
+
+def test_fp16_and_int8_graphs_stay_close_to_fp32(graphs, exported_model):
+    """FP16 to a few hundredths; INT8 (a 4-step model calibrated on 4 images) the same maps up to noise. The
+    accuracy of each precision on the full test sets is measured in docs/deployment.md."""
+    fp32, _, _ = graphs
+    det32 = Detector(fp32)
+    x = _frames(det32.size)
+    m32, s32 = det32.infer(x)
+    spread = float(m32.max() - m32.min())
+    m, s = Detector(precision_path(fp32, "fp16")).infer(x)
+    assert m.dtype == np.float32 and np.abs(m - m32).max() <= 0.02 * spread and np.abs(s - s32).max() <= 0.05
+    for precision in ("int8", "cpu-int8"):
+        m, s = Detector(precision_path(fp32, precision)).infer(x)
+        assert m.dtype == np.float32 and s.dtype == np.float32 and np.isfinite(s).all()
+        assert np.corrcoef(m.ravel(), m32.ravel())[0, 1] > 0.9, precision
+
+
+def _producers(model) -> dict:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _consumers(model) -> dict:
+    found = {}
+    for n in model.graph.node:
+        for i in n.input:
+            found.setdefault(i, []).append(n)
+    return found
+
+
+def test_tensorrt_int8_graph_places_qdq_where_tensorrt_fuses(graphs):
+    fp32, _, _ = graphs
+    model = onnx.load(str(precision_path(fp32, "int8")))
+    producers, consumers = _producers(model), _consumers(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(CNN_PARTS)]
+    assert convs
+    for conv in convs:  # every CNN conv: a quantized input and per-channel int8 weights, symmetric
+        data, weight = producers[conv.input[0]], producers[conv.input[1]]
+        assert data.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear", conv.name
+        w_q, w_scale, w_zero = (inits[i] for i in weight.input)
+        assert w_q.dtype == np.int8 and w_scale.size == w_q.shape[0] and not w_zero.any(), conv.name
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # no dangling Q: each feeds DQs only, symmetric int8
+            assert {c.op_type for c in consumers[node.output[0]]} == {"DequantizeLinear"}
+            zero = inits[node.input[2]]
+            assert zero.dtype == np.int8 and not zero.any()
+        if node.op_type == "DequantizeLinear":  # every DQ feeds only the CNN's convs and adds (or a zero Pad
+            assert all(c.name.startswith(CNN_PARTS) and c.op_type in ("Conv", "Add", "Pad")  # TensorRT moves it past)
+                       for c in consumers[node.output[0]]), node.name
+            src = node.input[0]
+            assert src in inits or producers[src].op_type == "QuantizeLinear"
+    fp32_parts = [n for n in model.graph.node if not n.name.startswith(CNN_PARTS)
+                  and n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                   for n in fp32_parts for i in n.input)
+    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith(CNN_PARTS)]
+    assert adds and all(producers[i].op_type == "DequantizeLinear" for n in adds for i in n.input)
+
+
+def test_cpu_int8_graph_uses_asymmetric_uint8_activations(graphs):
+    fp32, _, _ = graphs
+    model = onnx.load(str(precision_path(fp32, "cpu-int8")))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zeros = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zeros and all(z.dtype == np.uint8 for z in zeros) and any(z.any() for z in zeros)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "cpu-int8"])
+def test_every_precision_graph_passes_the_tensorrt_operator_check_and_has_its_description(graphs, precision):
+    fp32, infos, calib = graphs
+    path = precision_path(fp32, precision)
+    model = onnx.load(str(path))
+    report = graph_report(model)
+    assert set(report["ops"]) <= TENSORRT_OPS and not report["unsupported_ops"]
+    onnx.checker.check_model(model)
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["precision"] == ("fp16" if precision == "fp16" else "int8")
+    assert side["provenance"]["source_model"] == "model.onnx" and side["provenance"]["versions"]["graph"] == precision
+    assert side["thresholds"]["good_only"]["n_images"] == len(calib)
+    assert json.loads({p.key: p.value for p in model.metadata_props}["cfrg"]) == side
+
+
+def test_int8_calibration_is_cached_and_reused(graphs, tmp_path):
+    fp32, _, _ = graphs
+    cache = calibration_cache_path(precision_path(fp32, "int8"), "fp32")
+    assert cache.is_file() and json.loads(cache.read_text())
+    again = tmp_path / "again.int8.onnx"
+    import shutil
+
+    shutil.copy(cache, calibration_cache_path(again, "fp32"))
+    write_precision_graph(fp32, "int8", again)  # no images: the cached ranges
+    scales = lambda path: sorted(float(numpy_helper.to_array(i).ravel()[0]) for i in onnx.load(str(path)).graph.initializer
+                                 if i.name.endswith("_scale"))
+    assert scales(again) == scales(precision_path(fp32, "int8"))
+    with pytest.raises(FileNotFoundError, match="--calib"):
+        write_precision_graph(fp32, "int8", tmp_path / "none.int8.onnx")
