@@ -114,6 +114,85 @@ def cmd_export(ns) -> int:
     return 0
 
 
+def cmd_build(ns) -> int:
+    """trtexec-style: the precision graph, then a TensorRT engine where TensorRT is installed."""
+    engine = factory("engine", "building an engine")
+    from .backends.onnxruntime import OnnxRuntimeBackend
+    from .files import atomic_write, check_output_folder, image_files
+    from .model_info import ModelInfo
+
+    onnx_path = Path(ns.onnx)
+    if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
+        raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
+    options = engine.BuildOptions(
+        onnx=onnx_path, save_engine=Path(ns.saveEngine) if ns.saveEngine else None, fp16=ns.fp16, int8=ns.int8,
+        best=ns.best, strongly_typed=ns.stronglyTyped, calib=Path(ns.calib) if ns.calib else None,
+        min_shapes=ns.minShapes, opt_shapes=ns.optShapes, max_shapes=ns.maxShapes,
+        workspace_mib=ns.memPoolSize or engine.WORKSPACE_MIB,
+        timing_cache=Path(ns.timingCacheFile) if ns.timingCacheFile else None,
+        optimization_level=ns.builderOptimizationLevel, dla_core=ns.useDLACore, gpu_fallback=ns.allowGPUFallback,
+        verbose=ns.verbose)
+    info = ModelInfo.read(onnx_path, OnnxRuntimeBackend(onnx_path))
+    if info.precision != "fp32":
+        raise ValueError(f"--onnx={onnx_path} is a {info.precision} graph; pass the FP32 model.onnx of `cfrg export`")
+    options.check((info.input.height, info.input.width))
+    calib_files = None
+    if options.calib is not None:
+        if options.calib.is_dir():
+            calib_files = [str(p) for p in image_files(options.calib)]
+            if not calib_files:
+                raise FileNotFoundError(f"--calib={options.calib}: the folder holds no images; give good images")
+        elif options.calib.suffix == ".json" and options.calib.is_file():
+            cache = factory("precision", "building an engine").calibration_cache_path(options.graph, "fp32")
+            if options.calib.resolve() != cache.resolve():
+                atomic_write(cache, options.calib.read_bytes())
+        else:
+            raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
+    check_output_folder(options.engine.parent)
+    trt = engine.tensorrt_module()
+    print(engine.plan_text(options, info, trt))
+    if ns.dry_run:
+        return 0
+    if options.precision != "fp32" and (calib_files or not options.graph.is_file()):
+        from export.precision import write_precision_graph
+
+        print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
+        write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files,
+                              progress=ns.progress)
+    if ns.data:
+        _report_precision_accuracy(onnx_path, options.graph, ns)
+    if trt is None:
+        print(f"no engine built: TensorRT is not installed here (`import tensorrt` failed). {options.graph} is "
+              f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
+              f"with the same command, or with the trtexec line above", file=sys.stderr)
+        return EXIT_NO_ENGINE
+    data, extra = engine.TensorRTBuilder(trt, options, info).build()
+    atomic_write(options.engine, data)
+    engine.engine_description(info, options, trt, extra).write_beside(options.engine)
+    print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
+          f"{options.engine.with_suffix('.json').name}")
+    return 0
+
+
+def _report_precision_accuracy(fp32: Path, graph: Path, ns) -> None:
+    """The four metrics of the FP32 graph and of the precision graph on a test split, and their differences."""
+    from .data import AnomalyDataset
+    from .detector import Detector
+    from .evaluate import METRIC_KEYS, evaluate, predict_dataset
+
+    test = AnomalyDataset(ns.data, ns.category, "test")
+    rows = {}
+    for path in dict.fromkeys((fp32, graph)):
+        det = Detector(path)
+        rows[path.name] = evaluate(predict_dataset(det.predictor(), test, det.size, progress=ns.progress), test)
+    print(f"accuracy on {ns.category}/test ({len(test)} images), percent:  " + "  ".join(METRIC_KEYS))
+    for name, result in rows.items():
+        print(f"  {name:<28}" + "".join(f"{100 * result[k]:>12.2f}" for k in METRIC_KEYS))
+    if len(rows) == 2:
+        (_, a), (_, b) = rows.items()
+        print(f"  {'difference':<28}" + "".join(f"{100 * (b[k] - a[k]):>+12.2f}" for k in METRIC_KEYS))
+
+
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
                queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
                infer_workers="auto") -> dict:
@@ -245,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfrg", description="CFRG visual anomaly detection",
                                      epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
                                             "3 bad data or source; 4 bad model file; 5 missing dependency; "
-                                            "6 output not writable; 7 not in this release; 130 interrupted")
+                                            "6 output not writable; 7 not in this release; 8 no engine built (no TensorRT); "
+                                            "130 interrupted")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,12 +382,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=checked_type(int, whole(1)), help="stop after N frames")
     _no_progress(p)
     p.set_defaults(func=cmd_run)
+    p = command("build", help="trtexec-style: FP16/INT8 precision graphs and a TensorRT engine",
+                description="Builds a TensorRT engine from model.onnx with trtexec's flag spellings. The precision "
+                            "comes from a precision graph written beside the model (model.fp16.onnx, the QDQ "
+                            "model.int8.onnx); where TensorRT is absent the graph is written and checked, and the "
+                            "command exits 8.")
+    p.add_argument("--onnx", required=True, help="the FP32 model.onnx of cfrg export")
+    p.add_argument("--saveEngine", help="engine path (default: model.engine beside the ONNX)")
+    p.add_argument("--fp16", action="store_true", help="FP16 CNNs (model.fp16.onnx), sensitive parts FP32")
+    p.add_argument("--int8", action="store_true", help="INT8 by explicit quantization (model.int8.onnx)")
+    p.add_argument("--best", action="store_true", help="INT8 where quantized, FP16 elsewhere in the CNNs")
+    p.add_argument("--stronglyTyped", action="store_true", help="precision from the graph only (TensorRT 11 always)")
+    p.add_argument("--calib", help="INT8 calibration: a folder of good images, or a .calib.json cache")
+    p.add_argument("--minShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:1x256x256x3")
+    p.add_argument("--optShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:4x256x256x3")
+    p.add_argument("--maxShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:8x256x256x3")
+    p.add_argument("--memPoolSize", type=_engine_arg("parse_mem_pool"), help="workspace:N (MiB; or K, M, G)")
+    p.add_argument("--timingCacheFile", help="timing cache, read and updated")
+    p.add_argument("--builderOptimizationLevel", type=int, help="0 to 5 (TensorRT's default 3)")
+    p.add_argument("--useDLACore", type=checked_type(int, whole(0)), help="DLA core (Jetson Orin: 0 or 1)")
+    p.add_argument("--allowGPUFallback", action="store_true", help="layers DLA cannot run go to the GPU")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalent trtexec line only")
+    p.add_argument("--data", help="dataset root: report the precision graph's accuracy against FP32")
+    p.add_argument("--category", help="category for --data")
+    _no_progress(p)
+    p.set_defaults(func=cmd_build)
     p = command("demo", help="train, export, stream and evaluate on the built-in ball_screw subset "
                                     "(needs PyTorch)")
     p.add_argument("--out", default="runs/demo")
     options.add_train_options(p, demo=True)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _engine_arg(name: str):
+    """An argparse type from export.engine's parsers (BuildError becomes the flag's error)."""
+    def parse(text: str):
+        engine = factory("engine", "building an engine")
+        try:
+            return getattr(engine, name)(text)
+        except engine.BuildError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _no_progress(p: argparse.ArgumentParser) -> None:
@@ -321,7 +440,8 @@ EXIT_DATA = 3  # a data set, image folder or source that is missing or malformed
 EXIT_MODEL = 4  # a model file (checkpoint, ONNX, model.json) that is missing, corrupt or mismatched
 EXIT_MISSING = 5  # a dependency is not installed (e.g. PyTorch for the factory commands)
 EXIT_OUTPUT = 6  # an output cannot be written
-EXIT_UNSUPPORTED = 7  # not available in this release (e.g. TensorRT engines)
+EXIT_UNSUPPORTED = 7  # not available in this release
+EXIT_NO_ENGINE = 8  # cfrg build prepared the precision graph, but TensorRT is not installed: no engine
 EXIT_INTERRUPTED = 130
 
 
@@ -341,7 +461,16 @@ def exit_code(exc: BaseException) -> int | None:
 
 
 def main(argv=None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if ns.command == "build":
+            print(f"cfrg build: error: unknown option {unknown[0]} (trtexec spellings: --onnx, --saveEngine, --fp16, "
+                  f"--int8, --best, --stronglyTyped, --calib, --minShapes, --optShapes, --maxShapes, --memPoolSize, "
+                  f"--timingCacheFile, --builderOptimizationLevel, --useDLACore, --allowGPUFallback, --verbose, "
+                  f"--dry-run; see cfrg build --help)", file=sys.stderr)
+            return EXIT_USAGE
+        parser.parse_args(argv)  # argparse's own error for the other commands
     try:
         return ns.func(ns)
     except KeyboardInterrupt as exc:

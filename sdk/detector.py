@@ -67,10 +67,11 @@ class Detector:
         frame = check_frame(frame)
         return frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
 
-    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Validated frames -> uint8 NHWC batch at the model size, in the model's colour order."""
+    def preprocess(self, frames: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+        """Validated frames -> uint8 NHWC batch at the model size, in the model's colour order (into `out`,
+        e.g. a backend's pinned input buffer, when given)."""
         frames = [self.check_frame(f) for f in frames]
-        batch = np.empty((len(frames), *self.size, 3), np.uint8)
+        batch = np.empty((len(frames), *self.size, 3), np.uint8) if out is None else out
         for i, f in enumerate(frames):
             preprocess(f, batch, index=i, color_in=self.color, color_out=self.model_colour)
         return batch
@@ -117,7 +118,8 @@ class Detector:
         if len(frames) == 0:
             return []
         t0 = time.perf_counter()
-        batch = self.preprocess(frames)
+        input_buffer = getattr(self.backend, "input_buffer", None)  # pinned memory the backend copies from
+        batch = self.preprocess(frames, input_buffer(self.input_name, len(frames)) if input_buffer else None)
         t1 = time.perf_counter()
         raw = self.infer(batch)
         t2 = time.perf_counter()

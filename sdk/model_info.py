@@ -13,7 +13,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "score_normalisation": {"method": "affine", "offset", "scale", "formula"},
      "precision": "fp32" | "fp16" | "int8",
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
-     "training": {...}, "model": {...}, "map_statistics": {...}}
+     "training": {...}, "model": {...}, "map_statistics": {...},
+     "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...}}  (engines)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -175,6 +176,7 @@ class ModelInfo:
     training: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     map_statistics: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)  # TensorRT engines: version, GPU, precision, shapes, source graph
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -193,6 +195,7 @@ class ModelInfo:
             "training": dict(self.training),
             "model": dict(self.model),
             "map_statistics": dict(self.map_statistics),
+            **({"engine": dict(self.engine)} if self.engine else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -237,7 +240,7 @@ class ModelInfo:
             for v in values:
                 _finite(v, f"'normalisation.{key}'", positive=key == "std")
         provenance = d.get("provenance", {})
-        for key in ("provenance", "training", "model", "map_statistics"):
+        for key in ("provenance", "training", "model", "map_statistics", "engine"):
             if not isinstance(d.get(key, {}), dict):
                 raise _Invalid(f"'{key}' must be an object")
         return cls(
@@ -253,6 +256,7 @@ class ModelInfo:
             training=dict(d.get("training", {})),
             model=dict(d.get("model", {})),
             map_statistics=dict(d.get("map_statistics", {})),
+            engine=dict(d.get("engine", {})),
         )
 
     # -- files -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Inference backends: named arrays in, named arrays out; one module per runtime, imported when used.
 
-    load_backend(path)   the backend for a model file, chosen by its suffix (.onnx, .engine / .plan)
+    load_backend(path)   the backend for a model file, chosen by its suffix (.onnx: onnxruntime.py,
+                         .engine / .plan: tensorrt.py)
     Backend              what every backend offers (sdk.Detector and sdk.Stream use nothing else)
     ModelFileError       a model file that is missing, corrupt or does not match its description
 """
@@ -34,6 +35,8 @@ class Backend(Protocol):
         """load_backend options for each of `workers` parallel sessions (e.g. threads)."""
         ...
 
+    # optional: input_buffer(name, batch) -> a host array the caller may fill in place before run(), or None
+
 
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 NAMES = ("auto", "onnxruntime", "tensorrt")
@@ -58,5 +61,6 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", **options) -> B
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, **options)
-    raise NotImplementedError("the TensorRT backend is not part of this release yet; "
-                              "use the .onnx model with backend='onnxruntime'")
+    from .tensorrt import TensorRTBackend
+
+    return TensorRTBackend(path, **options)
