@@ -3,6 +3,9 @@
 Field commands run with the runtime alone (numpy, opencv, onnxruntime), as on a Jetson that only deploys:
     cfrg run    stream a camera, video, folder or glob through an exported model to verdicts and masks
     cfrg eval   evaluate an exported model (or, with the factory, a checkpoint) on a test split
+    cfrg bench  inference latency and throughput of models on any backend
+    cfrg build  FP16/INT8 precision graphs and TensorRT engines, trtexec-style (needs onnx; TensorRT to
+                build the engine itself)
 Factory commands need PyTorch (pip install 'cfrg-inspect[train]') and load it only when they run:
     cfrg train  train CFRG on good images of one category
     cfrg export export a checkpoint to one ONNX graph + model.json
@@ -191,6 +194,21 @@ def _report_precision_accuracy(fp32: Path, graph: Path, ns) -> None:
     if len(rows) == 2:
         (_, a), (_, b) = rows.items()
         print(f"  {'difference':<28}" + "".join(f"{100 * (b[k] - a[k]):>+12.2f}" for k in METRIC_KEYS))
+
+
+def cmd_bench(ns) -> int:
+    from .bench import bench, format_report
+    from .files import check_output_folder, write_json
+
+    if ns.json:
+        check_output_folder(Path(ns.json).parent)
+    results = bench(ns.model, batch=ns.batch, iterations=ns.iterations, duration=ns.duration, warmup=ns.warmup,
+                    progress=ns.progress)
+    print(format_report(results))
+    if ns.json:
+        write_json(ns.json, results)
+        print(f"wrote {ns.json}")
+    return 0
 
 
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
@@ -408,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category for --data")
     _no_progress(p)
     p.set_defaults(func=cmd_build)
+    p = command("bench", help="inference latency percentiles and throughput of one or more models (any backend)")
+    p.add_argument("--model", action="append", required=True,
+                   help="model.onnx or model.engine; repeat to compare in one run (the first is the baseline)")
+    p.add_argument("--batch", type=checked_type(int, whole(1)), default=1)
+    p.add_argument("--iterations", type=checked_type(int, whole(1)), default=100, help="batches per model")
+    p.add_argument("--duration", type=checked_type(float, number(0)), default=0.0,
+                   help="seconds per model at most (0: only --iterations)")
+    p.add_argument("--warmup", type=checked_type(int, whole(0)), default=5, help="batches before timing")
+    p.add_argument("--json", help="also write the figures here")
+    _no_progress(p)
+    p.set_defaults(func=cmd_bench)
     p = command("demo", help="train, export, stream and evaluate on the built-in ball_screw subset "
                                     "(needs PyTorch)")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,90 @@
+"""`cfrg build` (trtexec flags, the plan, the precision graph, no engine without TensorRT) and `cfrg bench`."""
+import json
+import shutil
+
+import pytest
+
+from export.runs import RunRecord
+from sdk import cli
+from sdk.cli import main
+from tests.conftest import DEMO_ROOT
+
+
+@pytest.fixture()
+def model(exported_model, tmp_path):
+    shutil.copy(exported_model[1], tmp_path / "model.onnx")
+    shutil.copy(exported_model[1].with_suffix(".json"), tmp_path / "model.json")
+    calib = tmp_path / "good"
+    calib.mkdir()
+    for p in RunRecord.read(exported_model[1].parent / "run").holdout_files:
+        shutil.copy(p, calib / p.name)
+    return tmp_path / "model.onnx", calib
+
+
+def test_dry_run_prints_the_plan_and_the_trtexec_line_and_writes_nothing(model, capsys):
+    onnx_path, _ = model
+    before = sorted(p.name for p in onnx_path.parent.iterdir())
+    assert main(["build", "--onnx", str(onnx_path), "--int8", "--useDLACore=0", "--allowGPUFallback",
+                 "--maxShapes=frames:4x64x128x3", "--memPoolSize=workspace:2G", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "DLA core 0 with GPU fallback" in out and "max 4x64x128x3" in out and "2048 MiB" in out
+    assert "TensorRT 10.x" in out and "TensorRT 11.x" in out and "patch-memory search and its soft max" in out
+    flags_line, typed_line = [line for line in out.splitlines() if "trtexec: trtexec" in line]
+    assert "--int8 --fp16 --precisionConstraints=obey --layerPrecisions=" in flags_line
+    assert "/model/memory/MatMul:fp32" in flags_line and "/model/teacher/" not in flags_line.split("--layerPrec")[1]
+    assert "--stronglyTyped" in typed_line and "--useDLACore=0 --allowGPUFallback" in typed_line
+    assert sorted(p.name for p in onnx_path.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--fp16", "--stronglyTyped"], "--stronglyTyped cannot be combined"),
+    (["--fp16", "--calib", "x"], "--calib is for INT8"),
+    (["--fp16", "--allowGPUFallback"], "--allowGPUFallback needs --useDLACore"),
+    (["--useDLACore=0"], "DLA runs FP16 or INT8 only"),
+    (["--fp16", "--minShapes=frames:1x64x64x3"], "the model takes frames:Nx64x128x3"),
+    (["--fp16", "--minShapes=frames:4x64x128x3", "--maxShapes=frames:2x64x128x3"], "min <= opt <= max"),
+    (["--fp16", "--builderOptimizationLevel=9"], "give 0 to 5"),
+    (["--fp16", "--workspace=10"], "unknown option --workspace=10"),
+])
+def test_conflicting_or_unknown_flags_are_trtexec_like_errors(model, args, words, capsys):
+    onnx_path, _ = model
+    try:
+        code = main(["build", "--onnx", str(onnx_path), *args])
+        err = capsys.readouterr().err
+    except SystemExit as exc:
+        code, err = exc.code, capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and words in err and "Traceback" not in err
+
+
+def test_build_without_tensorrt_writes_the_precision_graph_and_says_why_no_engine(model, capsys):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here: tests/gpu builds real engines")
+    except ImportError:
+        pass
+    onnx_path, calib = model
+    code = main(["build", "--onnx", str(onnx_path), "--int8", f"--calib={calib}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_NO_ENGINE and "no engine built: TensorRT is not installed here" in err
+    graph = onnx_path.with_name("model.int8.onnx")
+    side = json.loads(graph.with_suffix(".json").read_text())
+    assert side["precision"] == "int8" and not onnx_path.with_suffix(".engine").exists()
+    assert onnx_path.with_name("model.int8.calib.json").is_file()  # reused by the next build
+    code = main(["build", "--onnx", str(onnx_path), "--fp16", "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_NO_ENGINE and "model.fp16.onnx" in out and "difference" in out
+
+
+def test_bench_compares_models_in_one_run(model, tmp_path, capsys):
+    onnx_path, calib = model
+    assert main(["build", "--onnx", str(onnx_path), "--fp16", "--no-progress"]) == cli.EXIT_NO_ENGINE
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(onnx_path), "--model", str(onnx_path.with_name("model.fp16.onnx")),
+                 "--batch", "2", "--iterations", "6", "--warmup", "1", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "latency ms: min" in text and "p99" in text and "speed-up against" in text
+    rows = json.loads(out.read_text())
+    assert [r["precision"] for r in rows] == ["fp32", "fp16"] and all(r["iterations"] == 6 for r in rows)
+    assert all(r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in rows)
