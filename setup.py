@@ -60,7 +60,8 @@ setup(
             "polygraphy>=0.49",
             "onnx-graphsurgeon>=0.5",
         ],
-        "gpu": ["tensorrt>=10.3", "cuda-python>=12.0"],
+        "build": ["onnx>=1.15"],  # cfrg build: the FP16 / INT8 precision graphs
+        "gpu": ["onnx>=1.15", "tensorrt>=10.3", "cuda-python>=12.0"],
     },
     ext_modules=native_extensions(),
     cmdclass={"build_ext": build_ext} if build_ext else {},

@@ -35,6 +35,7 @@ class BuildOptions:
     int8: bool = False
     best: bool = False
     strongly_typed: bool = False
+    cpu_int8: bool = False  # the ONNX Runtime CPU graph (model.cpu-int8.onnx) instead of an engine
     calib: Path | None = None
     min_shapes: tuple[int, ...] | None = None  # NHWC, batch first
     opt_shapes: tuple[int, ...] | None = None
@@ -48,6 +49,8 @@ class BuildOptions:
 
     @property
     def precision(self) -> str:
+        if self.cpu_int8:
+            return "cpu-int8"
         return "int8" if (self.int8 or self.best) else "fp16" if self.fp16 else "fp32"
 
     @property
@@ -64,7 +67,11 @@ class BuildOptions:
         if self.strongly_typed and (self.fp16 or self.int8 or self.best):
             raise BuildError("--stronglyTyped cannot be combined with --fp16, --int8 or --best: a strongly typed "
                              "network takes its precision from the graph (drop the flag, or --stronglyTyped)")
-        if self.calib is not None and self.precision != "int8":
+        if self.cpu_int8 and (self.fp16 or self.int8 or self.best or self.strongly_typed or self.save_engine
+                              or self.dla_core is not None):
+            raise BuildError("--cpuInt8 writes the ONNX Runtime CPU graph, no engine: drop --fp16, --int8, --best, "
+                             "--stronglyTyped, --saveEngine and --useDLACore")
+        if self.calib is not None and "int8" not in self.precision:
             raise BuildError("--calib is for INT8: add --int8 (or --best), or drop --calib")
         if self.gpu_fallback and self.dla_core is None:
             raise BuildError("--allowGPUFallback needs --useDLACore=N")
@@ -193,6 +200,11 @@ def plan_text(options: BuildOptions, info, trt=None) -> str:
         typed = options.strongly_typed
         targets = [("TensorRT 10.x, e.g. JetPack 6's 10.3 (builder flags + FP32 constraints)", typed),
                    ("TensorRT 11.x (strongly typed: precision from the graph)", True)]
+    if options.precision == "cpu-int8":
+        return "\n".join(["cfrg build plan",
+                          f"  source        {options.onnx} (fp32, {size[0]}x{size[1]} {info.input.colour_order})",
+                          f"  graph         {options.graph} (ONNX Runtime CPU: uint8 activations, int8 per-channel "
+                          f"weights on the CNNs; the other parts FP32)", "  engine        none (a CPU graph)"])
     lines = ["cfrg build plan",
              f"  source        {options.onnx} (fp32, {size[0]}x{size[1]} {info.input.colour_order})",
              f"  graph         {options.graph}" + ("" if options.precision == "fp32" else

@@ -157,6 +157,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                                   versions={**software_versions("torch", "onnx", "numpy"), "opset": OPSET},
                                   created=utc_now()),
             training={"category": run.category if run else None,
+                      "run_dir": str(checkpoint.parent.resolve()),
                       **{k: v for k, v in extra.get("train", {}).items() if k != "history"}},
             model=model.config.to_dict(),
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,

@@ -20,6 +20,7 @@ Needs onnx and onnxruntime (no torch).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,15 @@ import numpy as np
 CNN_PARTS = ("/model/teacher/", "/model/student/", "/model/recovery/", "/model/seg/")
 PRECISIONS = ("fp32", "fp16", "int8", "cpu-int8")
 SUFFIXES = {"fp16": ".fp16.onnx", "int8": ".int8.onnx", "cpu-int8": ".cpu-int8.onnx"}
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("cfrg build needs the onnx package for the precision graphs: "
+                          "pip install 'cfrg-inspect[build]' (or pip install onnx)") from exc
+    return onnx
 
 
 def precision_path(onnx_path: str | os.PathLike, precision: str) -> Path:
@@ -191,8 +201,13 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: s
     options = int8_options(target)
     op_types = set(options["op_types_to_quantize"])
     nodes = [n.name for n in cnn_nodes(proto) if n.op_type in op_types]
-    quantize_static(str(fp32_path), str(out_path), reader, nodes_to_quantize=nodes,
-                    calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache), **options)
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its advice to pre-process (shape inference) does not apply
+    try:
+        quantize_static(str(fp32_path), str(out_path), reader, nodes_to_quantize=nodes,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache), **options)
+    finally:
+        root.level = level
     quantized = onnx.load(str(out_path))
     keep_fp32_inputs(quantized, set(nodes))
     onnx.save(quantized, str(out_path))
@@ -245,6 +260,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
 
     if precision not in SUFFIXES:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(SUFFIXES)}")
+    require_onnx()
     fp32_path, out = Path(fp32_path), Path(out)
     source = ModelInfo.read(fp32_path, OnnxRuntimeBackend(fp32_path))
     if source.precision != "fp32":

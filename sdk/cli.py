@@ -129,7 +129,7 @@ def cmd_build(ns) -> int:
         raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
     options = engine.BuildOptions(
         onnx=onnx_path, save_engine=Path(ns.saveEngine) if ns.saveEngine else None, fp16=ns.fp16, int8=ns.int8,
-        best=ns.best, strongly_typed=ns.stronglyTyped, calib=Path(ns.calib) if ns.calib else None,
+        best=ns.best, strongly_typed=ns.stronglyTyped, cpu_int8=ns.cpuInt8, calib=Path(ns.calib) if ns.calib else None,
         min_shapes=ns.minShapes, opt_shapes=ns.optShapes, max_shapes=ns.maxShapes,
         workspace_mib=ns.memPoolSize or engine.WORKSPACE_MIB,
         timing_cache=Path(ns.timingCacheFile) if ns.timingCacheFile else None,
@@ -151,6 +151,8 @@ def cmd_build(ns) -> int:
                 atomic_write(cache, options.calib.read_bytes())
         else:
             raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
+    if calib_files is None and "int8" in options.precision and not options.graph.is_file():
+        calib_files = _held_back_images(info, onnx_path)
     check_output_folder(options.engine.parent)
     trt = engine.tensorrt_module()
     print(engine.plan_text(options, info, trt))
@@ -164,6 +166,9 @@ def cmd_build(ns) -> int:
                               progress=ns.progress)
     if ns.data:
         _report_precision_accuracy(onnx_path, options.graph, ns)
+    if options.precision == "cpu-int8":
+        print(f"wrote {options.graph} for ONNX Runtime on a CPU (cfrg run --model {options.graph})")
+        return 0
     if trt is None:
         print(f"no engine built: TensorRT is not installed here (`import tensorrt` failed). {options.graph} is "
               f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
@@ -175,6 +180,19 @@ def cmd_build(ns) -> int:
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
           f"{options.engine.with_suffix('.json').name}")
     return 0
+
+
+def _held_back_images(info, onnx_path: Path) -> list[str] | None:
+    """INT8 calibration by default: the good images held back at training, from the run the export recorded."""
+    from export.runs import RunRecord
+
+    run_dir = info.training.get("run_dir")
+    if not run_dir or not (Path(run_dir) / "config.json").is_file():
+        return None  # write_precision_graph then asks for --calib
+    files = [str(p) for p in RunRecord.read(run_dir).holdout_files if p.is_file()]
+    if files:
+        print(f"calibrating on the {len(files)} good images held back at training ({run_dir})")
+    return files or None
 
 
 def _report_precision_accuracy(fp32: Path, graph: Path, ns) -> None:
@@ -411,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="INT8 by explicit quantization (model.int8.onnx)")
     p.add_argument("--best", action="store_true", help="INT8 where quantized, FP16 elsewhere in the CNNs")
     p.add_argument("--stronglyTyped", action="store_true", help="precision from the graph only (TensorRT 11 always)")
-    p.add_argument("--calib", help="INT8 calibration: a folder of good images, or a .calib.json cache")
+    p.add_argument("--calib", help="INT8 calibration: a folder of good images, or a .calib.json cache (default: "
+                                   "the good images held back at training)")
+    p.add_argument("--cpuInt8", action="store_true",
+                   help="write model.cpu-int8.onnx for ONNX Runtime on a CPU (uint8 activations) instead of an engine")
     p.add_argument("--minShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:1x256x256x3")
     p.add_argument("--optShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:4x256x256x3")
     p.add_argument("--maxShapes", type=_engine_arg("parse_shapes"), help="e.g. frames:8x256x256x3")
