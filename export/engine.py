@@ -232,8 +232,8 @@ def plan_text(options: BuildOptions, info, trt=None) -> str:
 class TensorRTBuilder:
     """parse -> configure -> build -> serialize, each a step (as Polygraphy's loaders); needs tensorrt."""
 
-    def __init__(self, trt, options: BuildOptions, info, log=print):
-        self.trt, self.options, self.info, self.log = trt, options, info, log
+    def __init__(self, trt, options: BuildOptions, info, log=print, progress: bool = True):
+        self.trt, self.options, self.info, self.log, self.progress = trt, options, info, log, progress
         severity = trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING
         self.logger = trt.Logger(severity)
         self.typed = options.strongly_typed or not has_precision_flags(trt)
@@ -277,6 +277,8 @@ class TensorRTBuilder:
         shapes = o.shapes((self.info.input.height, self.info.input.width))
         profile.set_shape(INPUT, *shapes)
         config.add_optimization_profile(profile)
+        if self.progress and hasattr(trt, "IProgressMonitor"):
+            config.progress_monitor = build_progress(trt)
         cache = None
         if o.timing_cache is not None:
             data = o.timing_cache.read_bytes() if o.timing_cache.is_file() else b""
@@ -298,6 +300,33 @@ class TensorRTBuilder:
 
             atomic_write(self.options.timing_cache, bytes(cache.serialize()))
         return bytes(serialized), {"build_seconds": round(time.monotonic() - t0, 1)}
+
+
+def build_progress(trt):
+    """A trt.IProgressMonitor that shows TensorRT's build phases as progress bars."""
+    from tqdm import tqdm
+
+    class BuildProgress(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.bars = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=parent_phase is None,
+                                         position=len(self.bars))
+
+        def step_complete(self, phase_name, step):
+            bar = self.bars.get(phase_name)
+            if bar is not None:
+                bar.update(step + 1 - bar.n)
+            return True  # go on
+
+        def phase_finish(self, phase_name):
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return BuildProgress()
 
 
 def gpu_description() -> dict:

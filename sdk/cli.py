@@ -174,7 +174,7 @@ def cmd_build(ns) -> int:
               f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
               f"with the same command, or with the trtexec line above", file=sys.stderr)
         return EXIT_NO_ENGINE
-    data, extra = engine.TensorRTBuilder(trt, options, info).build()
+    data, extra = engine.TensorRTBuilder(trt, options, info, progress=ns.progress).build()
     atomic_write(options.engine, data)
     engine.engine_description(info, options, trt, extra).write_beside(options.engine)
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "

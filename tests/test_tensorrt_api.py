@@ -22,6 +22,7 @@ PYCUDA_ROOTS = {"cuda", "self.cuda", "self.context", "dev", "stream", "ptr"}
 SCOPES = [
     ("export/engine.py", None, TRT_ROOTS, "tensorrt"),
     ("export/engine.py", "gpu_description", CUDA_PYTHON_ROOTS, "cuda-python"),
+    ("export/engine.py", "build_progress", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "TensorRTBackend", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "_check_engine_description", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "CudaPython", CUDA_PYTHON_ROOTS, "cuda-python"),
@@ -50,6 +51,11 @@ def used_names(source: str, roots: set[str], scope: str | None = None) -> tuple[
         return any(text == r or text.startswith(r + ".") for r in roots)
 
     for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(rooted(b) or (isinstance(b, ast.Attribute) and rooted(b.value))
+                                                  for b in node.bases):  # overrides of a TensorRT interface
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and not item.name.startswith("_"):
+                    used.setdefault(item.name, item.lineno)
         if isinstance(node, ast.Attribute) and rooted(node.value):
             used.setdefault(node.attr, node.lineno)
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")
