@@ -94,11 +94,11 @@ class BuildOptions:
                              f"{shapes[2][0]}")
 
     def shapes(self, size: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max): min defaults to batch 1, opt to min, max to opt."""
         h, w = size
-        given = [s for s in (self.min_shapes, self.opt_shapes, self.max_shapes) if s is not None]
-        default = given[0] if len(given) == 1 else (1, h, w, 3)
-        return tuple(tuple(s if s is not None else default) for s in (self.min_shapes, self.opt_shapes,
-                                                                      self.max_shapes))
+        low = tuple(self.min_shapes or (1, h, w, 3))
+        opt = tuple(self.opt_shapes or low)
+        return low, opt, tuple(self.max_shapes or opt)
 
 
 def parse_shapes(text: str) -> tuple[int, ...]:
@@ -121,13 +121,13 @@ def parse_mem_pool(text: str) -> int:
 
 
 def fp32_layers(graph: Path) -> list[str]:
-    """The layers a flag build holds at FP32: every node outside the CNN parts but Q/DQ (ONNX node names are
-    TensorRT's layer names)."""
+    """The layers a flag build holds at FP32: every node outside the CNN parts but Q/DQ and Casts, whose types
+    the graph fixes (ONNX node names are TensorRT's layer names)."""
     import onnx
 
     model = onnx.load(str(graph), load_external_data=False)
     return [n.name for n in model.graph.node
-            if not n.name.startswith(CNN_PARTS) and n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+            if not n.name.startswith(CNN_PARTS) and n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast")]
 
 
 def trtexec_line(options: BuildOptions, size: tuple[int, int], strongly_typed: bool) -> str:
@@ -159,7 +159,8 @@ def trtexec_line(options: BuildOptions, size: tuple[int, int], strongly_typed: b
 
 PARTS = (
     ("input normalisation", "fp32"),
-    ("teacher, student, recovery, segmentation head", None),
+    ("teacher", "teacher"),
+    ("student, recovery branch, segmentation head", None),
     ("cosine discrepancies and per-position z-scores", "fp32"),
     ("patch-memory search and its soft max", "fp32"),
     ("global Gaussian", "fp32"),
@@ -224,6 +225,8 @@ def plan_text(options: BuildOptions, info, trt=None) -> str:
     for target, typed_here in targets:
         lines += [f"  target        {target}", "    part                                            precision"]
         for part, precision in PARTS:
+            if precision == "teacher":
+                precision = "fp16" if options.precision != "fp32" else "fp32"
             lines.append(f"    {part:<48}{precision or cnn_precision(options.precision, typed_here)}")
         lines.append(f"    trtexec: {trtexec_line(options, size, typed_here)}")
     return "\n".join(lines)

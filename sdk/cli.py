@@ -151,14 +151,15 @@ def cmd_build(ns) -> int:
                 atomic_write(cache, options.calib.read_bytes())
         else:
             raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
-    if calib_files is None and "int8" in options.precision and not options.graph.is_file():
+    current = options.precision == "fp32" or _made_from(options.graph, onnx_path)
+    if calib_files is None and "int8" in options.precision and not current:
         calib_files = _held_back_images(info, onnx_path)
     check_output_folder(options.engine.parent)
     trt = engine.tensorrt_module()
     print(engine.plan_text(options, info, trt))
     if ns.dry_run:
         return 0
-    if options.precision != "fp32" and (calib_files or not options.graph.is_file()):
+    if not current or calib_files:
         from export.precision import write_precision_graph
 
         print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
@@ -180,6 +181,18 @@ def cmd_build(ns) -> int:
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
           f"{options.engine.with_suffix('.json').name}")
     return 0
+
+
+def _made_from(graph: Path, onnx_path: Path) -> bool:
+    """The precision graph exists and was made from this very model.onnx (its provenance's sha256)."""
+    from .model_info import ModelInfo, file_sha256
+
+    if not graph.is_file():
+        return False
+    try:
+        return ModelInfo.read(graph).provenance.source_sha256 == file_sha256(onnx_path)
+    except ValueError:  # a damaged description: make the graph again
+        return False
 
 
 def _held_back_images(info, onnx_path: Path) -> list[str] | None:

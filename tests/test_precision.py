@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from export.onnx_utils import TENSORRT_OPS, graph_report
-from export.precision import CNN_PARTS, calibration_cache_path, precision_path, write_precision_graph
+from export.precision import CNN_PARTS, HEADS, calibration_cache_path, precision_path, write_precision_graph
 from export.runs import RunRecord
 from sdk import Detector
 from sdk.data import read_image
@@ -95,9 +95,12 @@ def test_tensorrt_int8_graph_places_qdq_where_tensorrt_fuses(graphs):
     model = onnx.load(str(precision_path(fp32, "int8")))
     producers, consumers = _producers(model), _consumers(model)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(CNN_PARTS)]
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(HEADS)]
     assert convs
-    for conv in convs:  # every CNN conv: a quantized input and per-channel int8 weights, symmetric
+    types = _types(model)
+    teacher = [n for n in model.graph.node if n.name.startswith("/model/teacher/") and n.op_type == "Conv"]
+    assert teacher and all(types[n.output[0]] == TensorProto.FLOAT16 for n in teacher)  # unquantized, FP16
+    for conv in convs:  # every head conv: a quantized input and per-channel int8 weights, symmetric
         data, weight = producers[conv.input[0]], producers[conv.input[1]]
         assert data.op_type == "DequantizeLinear" and weight.op_type == "DequantizeLinear", conv.name
         w_q, w_scale, w_zero = (inits[i] for i in weight.input)
@@ -107,8 +110,8 @@ def test_tensorrt_int8_graph_places_qdq_where_tensorrt_fuses(graphs):
             assert {c.op_type for c in consumers[node.output[0]]} == {"DequantizeLinear"}
             zero = inits[node.input[2]]
             assert zero.dtype == np.int8 and not zero.any()
-        if node.op_type == "DequantizeLinear":  # every DQ feeds only the CNN's convs and adds (or a zero Pad
-            assert all(c.name.startswith(CNN_PARTS) and c.op_type in ("Conv", "Add", "Pad")  # TensorRT moves it past)
+        if node.op_type == "DequantizeLinear":  # every DQ feeds only the heads' convs and adds
+            assert all(c.name.startswith(HEADS) and c.op_type in ("Conv", "Add")
                        for c in consumers[node.output[0]]), node.name
             src = node.input[0]
             assert src in inits or producers[src].op_type == "QuantizeLinear"
@@ -116,16 +119,29 @@ def test_tensorrt_int8_graph_places_qdq_where_tensorrt_fuses(graphs):
                   and n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
     assert not any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
                    for n in fp32_parts for i in n.input)
-    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith(CNN_PARTS)]
+    adds = [n for n in model.graph.node if n.op_type == "Add" and n.name.startswith(HEADS)]
     assert adds and all(producers[i].op_type == "DequantizeLinear" for n in adds for i in n.input)
 
 
-def test_cpu_int8_graph_uses_asymmetric_uint8_activations(graphs):
+def test_cpu_int8_graph_uses_asymmetric_uint8_activations_and_widens_the_heads_ranges(graphs):
     fp32, _, _ = graphs
     model = onnx.load(str(precision_path(fp32, "cpu-int8")))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    zeros = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    zeros = [inits[n.input[2]] for n in qs]
     assert zeros and all(z.dtype == np.uint8 for z in zeros) and any(z.any() for z in zeros)
+    assert any(n.input[0].startswith("/model/teacher/") for n in qs)  # the teacher is quantized on a CPU
+    cache = json.loads(calibration_cache_path(precision_path(fp32, "cpu-int8"), "fp32").read_text())["data"]
+    own_range = {o for n in model.graph.node if n.op_type in ("Conv", "Add", "Relu", "Clip") for o in n.output}
+    scales = {n.input[0]: float(inits[n.input[1]]) for n in qs}  # (Pad, Resize, Concat share their input's)
+    checked = {HEADS: 0, "/model/teacher/": 0}
+    for name, scale in scales.items():  # u8 scale = (high - low) / 255 over the range, widened 2x in the heads
+        if name in cache and name in own_range:
+            lo, hi = min(cache[name]["lowest"]["data"][0], 0.0), max(cache[name]["highest"]["data"][0], 0.0)
+            factor = 2.0 if name.startswith(HEADS) else 1.0
+            assert scale == pytest.approx(factor * (hi - lo) / 255, rel=1e-3), name
+            checked[HEADS if name.startswith(HEADS) else "/model/teacher/"] += name.startswith(CNN_PARTS)
+    assert min(checked.values()) >= 5, checked
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "cpu-int8"])
