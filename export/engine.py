@@ -219,7 +219,7 @@ def plan_text(options: BuildOptions, info, trt=None) -> str:
              + (f"; timing cache {options.timing_cache}" if options.timing_cache else "")
              + (f"; optimization level {options.optimization_level}" if options.optimization_level is not None
                 else ""),
-             f"  device        " + ("GPU" if options.dla_core is None else
+             "  device        " + ("GPU" if options.dla_core is None else
                                     f"DLA core {options.dla_core}" + (" with GPU fallback" if options.gpu_fallback
                                                                       else " (no GPU fallback)"))]
     for target, typed_here in targets:

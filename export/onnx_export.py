@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from sdk.files import IMAGE_EXTENSIONS, atomic_output, check_output_folder, image_files
-from sdk.model_info import (METADATA_KEY, OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, ScoreNormalisation, Threshold,
-                            file_sha256, software_versions, utc_now)
+from sdk.model_info import OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, file_sha256, software_versions, utc_now
 
 from .model import CFRG
-from .onnx_utils import fold_constants
+from .onnx_utils import fold_constants, save_with_description
 from .runs import RunRecord
 
 OPSET = 17  # parsed by TensorRT 8.6, 10.x (JetPack 6: 10.3) and 11
@@ -163,9 +162,6 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
                             "memory_size": model.config.memory_size, "memory_images": memory_images},
         )
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, info.to_json(indent=None)
-        onnx.save(proto, str(tmp))
+        save_with_description(proto, tmp, info)
     info.write_beside(out)
     return info

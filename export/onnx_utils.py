@@ -68,3 +68,15 @@ def graph_report(proto) -> dict:
              list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
     int64 = [name for name, t in types.items() if t == onnx.TensorProto.INT64]
     return {"ops": ops, "unsupported_ops": [o for o in ops if o not in TENSORRT_OPS], "int64_tensors": int64}
+
+
+def save_with_description(proto, path, info) -> None:
+    """Save the graph with its model description (sdk.model_info.ModelInfo) as the 'cfrg' metadata entry."""
+    import onnx
+
+    from sdk.model_info import METADATA_KEY
+
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json(indent=None)
+    onnx.save(proto, str(path))

@@ -292,9 +292,10 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
     from sdk.backends.onnxruntime import OnnxRuntimeBackend
     from sdk.evaluate import backend_predictor
     from sdk.files import atomic_output
-    from sdk.model_info import METADATA_KEY, ModelInfo, Provenance, file_sha256, software_versions, utc_now
+    from sdk.model_info import ModelInfo, Provenance, file_sha256, software_versions, utc_now
 
     from .calibrate import calibrate_thresholds, score_normalisation
+    from .onnx_utils import save_with_description
 
     if precision not in SUFFIXES:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(SUFFIXES)}")
@@ -330,9 +331,6 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
                                   versions={**software_versions("onnx", "onnxruntime", "numpy"),
                                             "graph": precision}, created=utc_now()))
         proto = onnx.load(str(tmp))
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, info.to_json(indent=None)
-        onnx.save(proto, str(tmp))
+        save_with_description(proto, tmp, info)
     info.write_beside(out)
     return info

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdk.backends import ModelFileError
 from sdk.data import AnomalyDataset
 from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model, spread_indices
 from sdk.files import atomic_output, check_output_folder, write_json

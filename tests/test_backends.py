@@ -18,9 +18,8 @@ def test_suffix_picks_the_runtime():
         backend_for("model.bin")
     with pytest.raises(ValueError, match="unknown backend 'tflite'"):
         backend_for("model.onnx", "tflite")
-    pytest.importorskip("numpy")
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: F401 - only whether it imports
     except ImportError:
         with pytest.raises(ImportError, match="TensorRT's Python bindings"):
             load_backend("model.engine")

@@ -6,7 +6,6 @@ The name lists in tests/data/api_names were read from the published wheels (and 
 tests/data/api_names/make_names.py, without importing them. This proves the names, not the behaviour:
 argument orders and semantics are tested by tests/gpu where TensorRT and a GPU exist."""
 import ast
-from pathlib import Path
 
 import pytest
 
