@@ -58,7 +58,7 @@ def cmd_train(ns) -> int:
 
 def cmd_eval(ns) -> int:
     from .data import AnomalyDataset
-    from .evaluate import evaluate, format_table, predict_dataset, save_overlays
+    from .evaluate import evaluate, format_table, predict_dataset, predict_frames, save_overlays
     from .files import check_output_folder, write_json
 
     model_path = Path(ns.model)
@@ -81,16 +81,22 @@ def cmd_eval(ns) -> int:
                              f"apply to .pt checkpoints: the map and score of {model_path.name} are built into the "
                              f"graph; export the checkpoint again instead")
         from .detector import Detector
-        det = Detector(model_path, backend=ns.backend)
-        predict, size = det.predictor(), det.size
+        det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))
+        predict, size = (det if ns.tile else det.predictor()), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
     for output in ([Path(ns.json).parent] if ns.json else []) + ([Path(ns.save_maps)] if ns.save_maps else []):
         check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
-    preds = predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress)
+    if ns.tile and model_path.suffix == ".pt":
+        raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
+    preds = (predict_frames(predict, test, batch_size=ns.batch_size, progress=ns.progress) if ns.tile else
+             predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress))
     seconds = time.perf_counter() - t0
     result = evaluate(preds, test, fpr_limit=ns.fpr_limit)
     result.update(model=str(model_path), category=ns.category, seconds_per_image=seconds / max(len(test), 1))
+    if ns.tile:
+        result["tiling"] = {"overlap": ns.tile_overlap, "scale": ns.tile_scale or "frame height to model height",
+                            "tile": list(size)}
     print(format_table(result))
     if ns.json:
         write_json(ns.json, result)
@@ -244,7 +250,7 @@ def cmd_bench(ns) -> int:
 
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
                queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
-               infer_workers="auto") -> dict:
+               infer_workers="auto", tiling: dict | None = None) -> dict:
     """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
 
     The model and the source are opened and the outputs checked before anything is written: a run that
@@ -256,7 +262,7 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
     from .sources import open_source
     from .stream import Stream
 
-    det = Detector(model, threshold=threshold, min_area=min_area)
+    det = Detector(model, threshold=threshold, min_area=min_area, **(tiling or {}))
     stream_source = open_source(source) if isinstance(source, (str, int, Path)) else source
     sinks = []
     try:
@@ -300,7 +306,7 @@ def cmd_run(ns) -> int:
     stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=ns.threshold, min_area=ns.min_area, progress=ns.progress,
-                       limit=ns.max_frames, infer_workers=ns.infer_workers)
+                       limit=ns.max_frames, infer_workers=ns.infer_workers, tiling=_tiling(ns))
     v = stats["verdicts"]
     print(f"{stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors, "
           f"{v['dropped']} dropped; {stats['fps']:.1f} frames/s end to end")
@@ -308,6 +314,23 @@ def cmd_run(ns) -> int:
         print(f"wrote {out / 'verdicts.jsonl'}" + ("" if ns.no_masks else f", {out / 'masks'}")
               + ("" if ns.no_overlays else f", {out / 'overlays'}"))
     return 0 if v["error"] == 0 else EXIT_FRAME_ERRORS
+
+
+def _tiling(ns) -> dict:
+    """Detector options of --tile, --tile-overlap, --tile-scale."""
+    if not ns.tile:
+        return {}
+    return {"tiling": True, "tile_overlap": ns.tile_overlap, "tile_scale": ns.tile_scale}
+
+
+def _tile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", action="store_true",
+                   help="tiled inference for frames much larger than the model input (line-scan strips): "
+                        "overlapping tiles of the model's size, maps stitched, the highest tile score")
+    p.add_argument("--tile-overlap", type=checked_type(int, whole(0)), default=32,
+                   help="overlap of neighbouring tiles in model pixels (default 32)")
+    p.add_argument("--tile-scale", type=checked_type(float, number(0, low_open=True)),
+                   help="model pixels per frame pixel (default: the frame's height fits the model's)")
 
 
 def workers_arg(text: str):
@@ -397,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpr-limit", type=checked_type(float, number(0, 1, low_open=True, high_open=False)),
                    default=0.3, help="AUPRO integration limit (default 0.3)")
     options.add_eval_options(p)
+    _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_eval)
     p = command("export", help="export a checkpoint to one ONNX graph + model.json (needs PyTorch)")
@@ -429,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-masks", action="store_true")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--max-frames", type=checked_type(int, whole(1)), help="stop after N frames")
+    _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_run)
     p = command("build", help="trtexec-style: FP16/INT8 precision graphs and a TensorRT engine",

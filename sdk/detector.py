@@ -16,6 +16,7 @@ from .model_info import ModelInfo
 from .native import check_color, check_frame
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
+from .tiling import make_tiles, stitch
 
 
 @dataclass
@@ -33,10 +34,30 @@ class Result:
     regions: list[Region]
     normalized_score: float = float("nan")  # 1.0 at the image threshold
     timings: dict = field(default_factory=dict)  # ms per stage
+    tiling: dict | None = None  # tiled inference: tile (h, w), overlap and scale in model pixels, tile count
 
     @property
     def is_defect(self) -> bool:
         return self.verdict == "defect"
+
+
+@dataclass
+class TiledBatch:
+    """Pre-processed tiles of several frames: tiles (N, h, w, 3) and, per frame, (first, count, origins,
+    scaled (h, w))."""
+
+    tiles: np.ndarray
+    layout: list
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+
+@dataclass
+class TiledRaw:
+    maps: np.ndarray
+    scores: np.ndarray
+    layout: list
 
 
 class Detector:
@@ -44,10 +65,15 @@ class Detector:
 
     frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `color` order ("bgr" as OpenCV delivers, or "rgb").
     threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
+    tiling: for frames much larger than the model input (line-scan strips, large sheets): each frame is
+    scaled by `tile_scale` (default: its height to the model's height), cut into overlapping tiles of the
+    model's size (`tile_overlap` model pixels), the tiles run as batches, their maps are stitched (max in
+    the overlaps) and the frame's score is its highest tile score. Results come at the frame's resolution.
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
-                 min_area: int = 0, color: str = "bgr", **backend_options):
+                 min_area: int = 0, color: str = "bgr", tiling: bool = False, tile_overlap: int = 32,
+                 tile_scale: float | None = None, **backend_options):
         self.path = Path(path)
         self._backend_choice, self._backend_options = backend, dict(backend_options)
         self.backend = load_backend(self.path, backend, **backend_options)
@@ -60,6 +86,16 @@ class Detector:
             raise ValueError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
         self.min_area = int(min_area)
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
+        self.tiling = bool(tiling)
+        if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, np.integer)) or not (
+                0 <= tile_overlap < min(self.size)):
+            raise ValueError(f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
+                             f"got {tile_overlap!r}")
+        if tile_scale is not None and not (isinstance(tile_scale, (int, float)) and math.isfinite(tile_scale)
+                                           and tile_scale > 0):
+            raise ValueError(f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
+                             f"got {tile_scale!r}")
+        self.tile_overlap, self.tile_scale = int(tile_overlap), tile_scale
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 
@@ -67,22 +103,54 @@ class Detector:
         frame = check_frame(frame)
         return frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
 
-    def preprocess(self, frames: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    def preprocess(self, frames: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray | TiledBatch:
         """Validated frames -> uint8 NHWC batch at the model size, in the model's colour order (into `out`,
-        e.g. a backend's pinned input buffer, when given)."""
+        e.g. a backend's pinned input buffer, when given); with tiling, the frames' tiles."""
         frames = [self.check_frame(f) for f in frames]
+        if self.tiling:
+            return self._tiles(frames)
         batch = np.empty((len(frames), *self.size, 3), np.uint8) if out is None else out
         for i, f in enumerate(frames):
             preprocess(f, batch, index=i, color_in=self.color, color_out=self.model_colour)
         return batch
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray | TiledBatch):
+        if isinstance(batch, TiledBatch):
+            step = getattr(self.backend, "max_batch", 8)  # tiles in batches the backend takes
+            parts = [self.infer(batch.tiles[s:s + step]) for s in range(0, len(batch.tiles), step)]
+            return TiledRaw(np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts]), batch.layout)
         out = self.backend.run({self.input_name: batch})
         return out["anomaly_map"], out["score"]
 
     def postprocess(self, frames: Sequence[np.ndarray], raw) -> list[Result]:
+        if isinstance(raw, TiledRaw):
+            return [self._tiled_result(np.asarray(f).shape[:2], raw, k) for k, f in enumerate(frames)]
         maps, scores = raw
         return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
+
+    def _scale_for(self, frame_hw) -> float:
+        return self.tile_scale if self.tile_scale is not None else self.size[0] / frame_hw[0]
+
+    def _tiles(self, frames: list[np.ndarray]) -> TiledBatch:
+        tiles, layout = [], []
+        for frame in frames:
+            scale = self._scale_for(frame.shape[:2])
+            scaled_hw = (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale)))
+            scaled = np.empty((1, *scaled_hw, 3), np.uint8)
+            preprocess(frame, scaled, index=0, color_in=self.color, color_out=self.model_colour)
+            frame_tiles, origins = make_tiles(scaled[0], self.size, self.tile_overlap)
+            layout.append((sum(len(t) for t in tiles), len(frame_tiles), origins, scaled_hw))
+            tiles.append(frame_tiles)
+        return TiledBatch(np.ascontiguousarray(np.concatenate(tiles)), layout)
+
+    def _tiled_result(self, frame_hw, raw: TiledRaw, k: int) -> Result:
+        first, count, origins, scaled_hw = raw.layout[k]
+        maps = np.ascontiguousarray(raw.maps[first:first + count], dtype=np.float32)
+        amap = stitch(maps, origins, scaled_hw, mode="max")
+        result = self._result(frame_hw, amap, float(raw.scores[first:first + count].max()))
+        result.tiling = {"tile": list(self.size), "overlap": self.tile_overlap, "tiles": count,
+                         "scale": round(self._scale_for(frame_hw), 6)}
+        return result
 
     def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:
         if not (math.isfinite(score) and np.isfinite(amap).all()):
@@ -118,7 +186,7 @@ class Detector:
         if len(frames) == 0:
             return []
         t0 = time.perf_counter()
-        input_buffer = getattr(self.backend, "input_buffer", None)  # pinned memory the backend copies from
+        input_buffer = None if self.tiling else getattr(self.backend, "input_buffer", None)  # pinned memory
         batch = self.preprocess(frames, input_buffer(self.input_name, len(frames)) if input_buffer else None)
         t1 = time.perf_counter()
         raw = self.infer(batch)

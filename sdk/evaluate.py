@@ -89,6 +89,30 @@ def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Seq
                        paths=[s.path for s in samples], frame_shapes=shapes)
 
 
+def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progress: bool = True,
+                   limit: int | None = None) -> Predictions:
+    """Run an sdk.Detector (color="rgb"; e.g. tiled) on each image at its own resolution; keeps the
+    frame-size maps it returns."""
+    from tqdm import tqdm
+
+    index = spread_indices(len(dataset), limit)
+    maps, scores, shapes = [], [], []
+    bar = tqdm(total=len(index), desc="predict", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start:start + batch_size]
+        images = [dataset.load_image(i, color="rgb") for i in chunk]
+        for image, result in zip(images, detector.batch(images)):
+            shapes.append(image.shape[:2])
+            maps.append(result.anomaly_map)
+            scores.append(result.score)
+        bar.update(len(chunk))
+    bar.close()
+    samples = [dataset[i] for i in index]
+    return Predictions(labels=np.array([s.label for s in samples]), scores=np.array(scores, dtype=np.float64),
+                       defect_types=[s.defect_type for s in samples], maps=maps,
+                       paths=[s.path for s in samples], frame_shapes=shapes)
+
+
 def spread_indices(total: int, limit: int | None = None) -> list[int]:
     """min(limit, total) indices spread evenly over range(total) (all of them without a limit)."""
     n = total if limit is None else min(limit, total)

@@ -139,6 +139,7 @@ def record_to_dict(record: Any) -> dict:
         "verdict": None if res is None else res.verdict,
         "regions": [] if res is None else _jsonable(getattr(res, "regions", []) or []),
         "timings": {} if res is None else _jsonable(getattr(res, "timings", {}) or {}),
+        "tiling": None if res is None else _jsonable(getattr(res, "tiling", None)),
         "error": record.error,
         "source": None if frame is None else frame.source,
         "source_frame_id": None if frame is None else frame.frame_id,
