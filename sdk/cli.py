@@ -95,7 +95,7 @@ def cmd_eval(ns) -> int:
     result = evaluate(preds, test, fpr_limit=ns.fpr_limit)
     result.update(model=str(model_path), category=ns.category, seconds_per_image=seconds / max(len(test), 1))
     if ns.tile:
-        result["tiling"] = {"overlap": ns.tile_overlap, "scale": ns.tile_scale or "frame height to model height",
+        result["tiling"] = {"overlap": ns.tile_overlap, "scale": ns.tile_scale or "short side fits the model",
                             "tile": list(size)}
     print(format_table(result))
     if ns.json:
@@ -330,7 +330,7 @@ def _tile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=checked_type(int, whole(0)), default=32,
                    help="overlap of neighbouring tiles in model pixels (default 32)")
     p.add_argument("--tile-scale", type=checked_type(float, number(0, low_open=True)),
-                   help="model pixels per frame pixel (default: the frame's height fits the model's)")
+                   help="model pixels per frame pixel (default: the frame's short side fits the model's)")
 
 
 def workers_arg(text: str):

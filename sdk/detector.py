@@ -66,7 +66,7 @@ class Detector:
     frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `color` order ("bgr" as OpenCV delivers, or "rgb").
     threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
     tiling: for frames much larger than the model input (line-scan strips, large sheets): each frame is
-    scaled by `tile_scale` (default: its height to the model's height), cut into overlapping tiles of the
+    scaled by `tile_scale` (default: so that its short side fits the model's), cut into overlapping tiles of the
     model's size (`tile_overlap` model pixels), the tiles run as batches, their maps are stitched (max in
     the overlaps) and the frame's score is its highest tile score. Results come at the frame's resolution.
     """
@@ -129,7 +129,9 @@ class Detector:
         return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
 
     def _scale_for(self, frame_hw) -> float:
-        return self.tile_scale if self.tile_scale is not None else self.size[0] / frame_hw[0]
+        if self.tile_scale is not None:
+            return self.tile_scale
+        return max(self.size[0] / frame_hw[0], self.size[1] / frame_hw[1])  # the short side fits the model
 
     def _tiles(self, frames: list[np.ndarray]) -> TiledBatch:
         tiles, layout = [], []
