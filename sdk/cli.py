@@ -61,19 +61,23 @@ def cmd_eval(ns) -> int:
     from .evaluate import evaluate, format_table, predict_dataset, predict_frames, save_overlays
     from .files import check_output_folder, write_json
 
+    from .backends import ModelFileError
+
     model_path = Path(ns.model)
     if not model_path.exists():
-        raise FileNotFoundError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
-                                f"or a model.onnx from `cfrg export`")
+        raise ModelFileError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
+                             f"or a model.onnx from `cfrg export`")
+    if ns.tile and model_path.suffix == ".pt":
+        raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
     other_fusion = (ns.map_normalisation or ns.memory_size is not None or ns.memory_pool is not None
                     or ns.image_score or ns.global_score is not None)
     if model_path.suffix == ".pt":
         training = factory("train", "evaluating a .pt checkpoint")
         model = training.load_model(model_path)
         if other_fusion:
-            model = training.with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size, ns.data,
-                                    progress=ns.progress, image_score=ns.image_score,
-                                    memory_pool=ns.memory_pool, global_score=ns.global_score)
+            model = training.with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size,
+                                             ns.data, progress=ns.progress, image_score=ns.image_score,
+                                             memory_pool=ns.memory_pool, global_score=ns.global_score)
         predict, size = training.torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
@@ -87,8 +91,6 @@ def cmd_eval(ns) -> int:
     for output in ([Path(ns.json).parent] if ns.json else []) + ([Path(ns.save_maps)] if ns.save_maps else []):
         check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
-    if ns.tile and model_path.suffix == ".pt":
-        raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
     preds = (predict_frames(predict, test, batch_size=ns.batch_size, progress=ns.progress) if ns.tile else
              predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress))
     seconds = time.perf_counter() - t0
