@@ -15,8 +15,25 @@ from sdk.values import Check, checked_type, multiple_of, number, odd, optional, 
 
 from .config import IMAGE_SCORES, MAP_NORMALISATIONS, TEACHERS, CFRGConfig
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'256' -> (256, 256); 'HxW' e.g. '192x448' -> (192, 448). Sides must be multiples of 32."""
+AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the latency of the 256x256 default
+
+
+def auto_image_size(sizes: list[tuple[int, int]], pixels: int = AUTO_SIZE_PIXELS) -> tuple[int, int]:
+    """(height, width), multiples of 32, with the training images' median aspect ratio and about `pixels`
+    pixels: long or tall parts are not squashed into a square."""
+    if not sizes:
+        raise ValueError("no training images to take the input size's aspect ratio from")
+    aspect = float(sorted(w / h for h, w in sizes)[len(sizes) // 2])  # width / height
+    height = max(32, round((pixels / aspect) ** 0.5 / 32) * 32)
+    width = max(32, round(pixels / height / 32) * 32)
+    return height, width
+
+
+def parse_size(text: str) -> tuple[int, int] | str:
+    """'256' -> (256, 256); 'HxW' e.g. '192x448' -> (192, 448); 'auto' (from the training images' aspect
+    ratio at training). Sides must be multiples of 32."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
@@ -29,9 +46,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def image_size_check(v) -> Optional[str]:
-    ok = (isinstance(v, (tuple, list)) and len(v) == 2
+    ok = v == "auto" or (isinstance(v, (tuple, list)) and len(v) == 2
           and all(isinstance(p, int) and not isinstance(p, bool) and p >= 32 and p % 32 == 0 for p in v))
-    return None if ok else "give (height, width), each side a multiple of 32 and >= 32"
+    return None if ok else "give (height, width), each side a multiple of 32 and >= 32, or 'auto'"
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
@@ -57,7 +74,9 @@ class TrainArgs:
     data: str = option(help="dataset root in MVTec AD / 3CAD layout", demo=None)
     category: str = option(help="category folder under the root", demo=None)
     out: str = option(help="output folder for model.pt and config.json", demo=None)
-    image_size: tuple[int, int] = option(_RECIPE.image_size, "N or HxW, multiples of 32 (default 256)",
+    image_size: tuple[int, int] | str = option(_RECIPE.image_size, "N or HxW, multiples of 32 (default 256), or "
+                                               "auto: the training images' median aspect ratio at about 256x256 "
+                                               "pixels",
                                          type=parse_size, check=image_size_check)
     teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
     teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
@@ -126,8 +145,12 @@ class TrainArgs:
         if self.steps == 0 and self.time_budget <= 0:
             raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
 
-    def model_config(self) -> CFRGConfig:
-        return CFRGConfig(image_size=tuple(self.image_size), teacher=self.teacher, use_recovery=self.use_recovery,
+    def model_config(self, image_size: tuple[int, int] | None = None) -> CFRGConfig:
+        """The model's configuration; `image_size` resolves --image-size auto."""
+        size = image_size or self.image_size
+        if size == "auto":
+            raise ValueError("--image-size auto is resolved from the training images: pass image_size")
+        return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,

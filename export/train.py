@@ -23,7 +23,7 @@ from sdk.model_info import software_versions
 
 from .config import CFRGConfig
 from .model import CFRG, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
-from .options import TrainArgs
+from .options import TrainArgs, auto_image_size
 from .runs import RunRecord
 from .synthesis import DefectSynthesizer
 
@@ -307,6 +307,17 @@ def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | Non
     return train_set, test_set
 
 
+def resolve_image_size(args: TrainArgs, train_set: AnomalyDataset) -> tuple[int, int]:
+    """The input size: as given, or for --image-size auto from the training images' aspect ratio (up to 64
+    images spread over the set)."""
+    if args.image_size != "auto":
+        return tuple(args.image_size)
+    index = spread_indices(len(train_set), 64)
+    size = auto_image_size([train_set.load_image(i).shape[:2] for i in index])
+    print(f"--image-size auto: {size[0]}x{size[1]} from the training images' aspect ratio")
+    return size
+
+
 def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CFRGConfig,
                  args: TrainArgs) -> tuple[int, float, list]:
     """Load OUT/last.pt into the model and optimiser; returns (step, seconds trained, evaluation history)."""
@@ -365,7 +376,7 @@ def train(args: TrainArgs) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = args.model_config()
+    config = args.model_config(resolve_image_size(args, train_set))
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=1e-4)
     last = Path(args.out) / "last.pt"

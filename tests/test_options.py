@@ -87,3 +87,17 @@ def test_atomic_output_keeps_the_old_file_on_failure_and_leaves_no_temporary(tmp
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # as a plain open() would make it
+
+
+def test_auto_image_size_follows_the_training_images_aspect_ratio():
+    from export.options import auto_image_size, parse_size
+
+    assert parse_size("auto") == "auto" and parse_size("AUTO") == "auto"
+    assert auto_image_size([(460, 1130)] * 3 + [(100, 100)]) == (160, 416)  # ball_screw: wide, the median aspect
+    assert auto_image_size([(800, 600)]) == (288, 224)  # tire: tall
+    assert auto_image_size([(128, 128)]) == (256, 256)  # paper: square, the default's pixels
+    for h, w in [(460, 1130), (800, 600), (300, 9000)]:
+        size = auto_image_size([(h, w)])
+        assert size[0] % 32 == 0 and size[1] % 32 == 0 and 0.8 < size[0] * size[1] / 65536 < 1.25
+    with pytest.raises(ValueError, match="no training images"):
+        auto_image_size([])

@@ -192,3 +192,10 @@ def test_train_cli_memory_options_reach_the_model_config():
     ns = parser.parse_args(base + ["--memory-pool", "5", "--no-global-score"])
     assert train_args_from(ns).memory_pool == 5
     assert not train_args_from(ns).global_score
+
+
+def test_image_size_auto_takes_the_training_images_aspect_ratio(tmp_path):
+    cfg = train(tiny_args(tmp_path, image_size="auto", steps=2, final_eval=False))
+    model, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert model.config.image_size == (160, 416)  # ball_screw's 1130x460 images
+    assert cfg["model"]["image_size"] == [160, 416] and cfg["train"]["image_size"] == "auto"
