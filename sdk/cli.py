@@ -161,7 +161,7 @@ def cmd_build(ns) -> int:
             raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
     current = options.precision == "fp32" or _made_from(options.graph, onnx_path)
     if calib_files is None and "int8" in options.precision and not current:
-        calib_files = _held_back_images(info, onnx_path)
+        calib_files = _held_back_images(info)
     check_output_folder(options.engine.parent)
     trt = engine.tensorrt_module()
     print(engine.plan_text(options, info, trt))
@@ -203,7 +203,7 @@ def _made_from(graph: Path, onnx_path: Path) -> bool:
         return False
 
 
-def _held_back_images(info, onnx_path: Path) -> list[str] | None:
+def _held_back_images(info) -> list[str] | None:
     """INT8 calibration by default: the good images held back at training, from the run the export recorded."""
     from export.runs import RunRecord
 

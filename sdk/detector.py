@@ -17,6 +17,7 @@ from .native import check_color, check_frame
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
 from .tiling import make_tiles, stitch
+from .values import number, optional, whole
 
 
 @dataclass
@@ -44,13 +45,10 @@ class Result:
 @dataclass
 class TiledBatch:
     """Pre-processed tiles of several frames: tiles (N, h, w, 3) and, per frame, (first, count, origins,
-    scaled (h, w))."""
+    scaled (h, w), scale)."""
 
     tiles: np.ndarray
     layout: list
-
-    def __len__(self) -> int:
-        return len(self.layout)
 
 
 @dataclass
@@ -82,17 +80,16 @@ class Detector:
         self.input_name = self.info.input.name
         self.size = (self.info.input.height, self.info.input.width)
         self.model_colour = self.info.input.colour_order.lower()
-        if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+        if whole(0)(int(min_area) if isinstance(min_area, np.integer) else min_area):
             raise ValueError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
         self.min_area = int(min_area)
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
         self.tiling = bool(tiling)
-        if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, np.integer)) or not (
-                0 <= tile_overlap < min(self.size)):
+        if whole(0)(int(tile_overlap) if isinstance(tile_overlap, np.integer) else tile_overlap) or not (
+                tile_overlap < min(self.size)):
             raise ValueError(f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
                              f"got {tile_overlap!r}")
-        if tile_scale is not None and not (isinstance(tile_scale, (int, float)) and math.isfinite(tile_scale)
-                                           and tile_scale > 0):
+        if optional(number(0, low_open=True))(tile_scale):
             raise ValueError(f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
                              f"got {tile_scale!r}")
         self.tile_overlap, self.tile_scale = int(tile_overlap), tile_scale
@@ -134,24 +131,25 @@ class Detector:
         return max(self.size[0] / frame_hw[0], self.size[1] / frame_hw[1])  # the short side fits the model
 
     def _tiles(self, frames: list[np.ndarray]) -> TiledBatch:
-        tiles, layout = [], []
+        tiles, layout, first = [], [], 0
         for frame in frames:
             scale = self._scale_for(frame.shape[:2])
             scaled_hw = (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale)))
             scaled = np.empty((1, *scaled_hw, 3), np.uint8)
             preprocess(frame, scaled, index=0, color_in=self.color, color_out=self.model_colour)
             frame_tiles, origins = make_tiles(scaled[0], self.size, self.tile_overlap)
-            layout.append((sum(len(t) for t in tiles), len(frame_tiles), origins, scaled_hw))
+            layout.append((first, len(frame_tiles), origins, scaled_hw, scale))
+            first += len(frame_tiles)
             tiles.append(frame_tiles)
         return TiledBatch(np.ascontiguousarray(np.concatenate(tiles)), layout)
 
     def _tiled_result(self, frame_hw, raw: TiledRaw, k: int) -> Result:
-        first, count, origins, scaled_hw = raw.layout[k]
+        first, count, origins, scaled_hw, scale = raw.layout[k]
         maps = np.ascontiguousarray(raw.maps[first:first + count], dtype=np.float32)
         amap = stitch(maps, origins, scaled_hw, mode="max")
         result = self._result(frame_hw, amap, float(raw.scores[first:first + count].max()))
         result.tiling = {"tile": list(self.size), "overlap": self.tile_overlap, "tiles": count,
-                         "scale": round(self._scale_for(frame_hw), 6)}
+                         "scale": round(scale, 6)}
         return result
 
     def _result(self, frame_hw, amap: np.ndarray, score: float) -> Result:

@@ -65,34 +65,29 @@ class Predictions:
 def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Sequence[int],
                     batch_size: int = 8, progress: bool = True, limit: int | None = None) -> Predictions:
     """Run the predictor over a split in batches; keeps model-size maps only."""
-    from tqdm import tqdm
 
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    index = spread_indices(len(dataset), n)
-    maps, scores, shapes = [], [], []
-    bar = tqdm(total=n, desc="predict", unit="img", disable=not progress, leave=False)
-    for start in range(0, n, batch_size):
-        chunk = index[start:start + batch_size]
-        frames = []
-        for i in chunk:
-            img = dataset.load_image(i, color="rgb")
-            shapes.append(img.shape[:2])
-            frames.append(resize_for_model(img, image_size))
-        m, s = predict(np.stack(frames))
-        maps.extend(np.asarray(m, dtype=np.float32).reshape(len(chunk), *m.shape[-2:]))
-        scores.extend(np.asarray(s, dtype=np.float64).reshape(-1))
-        bar.update(len(chunk))
-    bar.close()
-    samples = [dataset[i] for i in index]
-    return Predictions(labels=np.array([s.label for s in samples]), scores=np.array(scores),
-                       defect_types=[s.defect_type for s in samples], maps=maps,
-                       paths=[s.path for s in samples], frame_shapes=shapes)
+    def run(images):
+        m, s = predict(np.stack([resize_for_model(img, image_size) for img in images]))
+        return (list(np.asarray(m, dtype=np.float32).reshape(len(images), *m.shape[-2:])),
+                np.asarray(s, dtype=np.float64).reshape(-1).tolist())
+
+    return _predict(run, dataset, batch_size, progress, limit)
 
 
 def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progress: bool = True,
                    limit: int | None = None) -> Predictions:
     """Run an sdk.Detector (color="rgb"; e.g. tiled) on each image at its own resolution; keeps the
     frame-size maps it returns."""
+
+    def run(images):
+        results = detector.batch(images)
+        return [r.anomaly_map for r in results], [r.score for r in results]
+
+    return _predict(run, dataset, batch_size, progress, limit)
+
+
+def _predict(run, dataset: AnomalyDataset, batch_size: int, progress: bool, limit: int | None) -> Predictions:
+    """Batches of RGB images of a split (all, or `limit` spread over it) through run(images) -> (maps, scores)."""
     from tqdm import tqdm
 
     index = spread_indices(len(dataset), limit)
@@ -101,10 +96,10 @@ def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progr
     for start in range(0, len(index), batch_size):
         chunk = index[start:start + batch_size]
         images = [dataset.load_image(i, color="rgb") for i in chunk]
-        for image, result in zip(images, detector.batch(images)):
-            shapes.append(image.shape[:2])
-            maps.append(result.anomaly_map)
-            scores.append(result.score)
+        shapes.extend(img.shape[:2] for img in images)
+        m, s = run(images)
+        maps.extend(m)
+        scores.extend(s)
         bar.update(len(chunk))
     bar.close()
     samples = [dataset[i] for i in index]

@@ -198,6 +198,7 @@ class _ImageDirSink(Sink):
         super().__init__()
         self.directory = Path(directory)
         check_output_folder(self.directory)  # created at the first write: a failed run leaves no empty folder
+        self._made = False
         self.pattern = pattern
         try:
             pattern.format(frame_id=0, stem="x")
@@ -213,7 +214,9 @@ class _ImageDirSink(Sink):
             stem = Path(src).stem + (f"_pass{meta['pass']}" if meta.get("pass") else "")
         else:  # frames of a video share its path
             stem = f"{Path(src).stem}_{record.frame_id:06d}"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._made = True
         return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem)
 
 
@@ -350,21 +353,21 @@ class VideoSink(Sink):
         self.written += 1
 
     def close(self) -> None:
-        if self.closed:
-            return
-        super().close()
-        if self._writer is not None:
-            self._writer.release()
-        if self.written:
-            replace_with_temp(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
-            log.warning("%s: no frame had an image; no video written", self.path)
+        self._end(publish=True)
 
     def discard(self) -> None:
+        self._end(publish=False)
+
+    def _end(self, publish: bool) -> None:
+        """Release the writer; move the video into place (close) or remove it (discard, or no frame)."""
         if self.closed:
             return
-        super().discard()
+        self.closed = True
         if self._writer is not None:
             self._writer.release()
+        if publish and self.written:
+            replace_with_temp(self._tmp, self.path)
+            return
         self._tmp.unlink(missing_ok=True)
+        if publish:
+            log.warning("%s: no frame had an image; no video written", self.path)
