@@ -333,16 +333,14 @@ def build_progress(trt):
 
 
 def gpu_description() -> dict:
-    """Name and compute capability of CUDA device 0 (through cuda-python), or {} where it cannot be read."""
+    """Name and compute capability of CUDA device 0, read as the TensorRT backend reads them (cuda-python or
+    pycuda), or {} where no CUDA binding or device answers."""
+    from sdk.backends.tensorrt import CudaError, cuda_runtime
+
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
+        return cuda_runtime().device()
+    except (ImportError, CudaError):
         return {}
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        return {}
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"gpu": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
 
 
 def engine_description(info, options: BuildOptions, trt, extra: dict):

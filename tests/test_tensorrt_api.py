@@ -20,7 +20,6 @@ PYCUDA_ROOTS = {"cuda", "self.cuda", "self.context", "dev", "stream", "ptr"}
 # where each kind of object lives: (file, the class or function holding the code, its roots, the name lists)
 SCOPES = [
     ("export/engine.py", None, TRT_ROOTS, "tensorrt"),
-    ("export/engine.py", "gpu_description", CUDA_PYTHON_ROOTS, "cuda-python"),
     ("export/engine.py", "build_progress", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "TensorRTBackend", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "_check_engine_description", TRT_ROOTS, "tensorrt"),
