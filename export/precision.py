@@ -55,11 +55,6 @@ def calibration_cache_path(onnx_path: str | os.PathLike, precision: str) -> Path
     return precision_path(onnx_path, precision).with_suffix(".calib.json")
 
 
-def cnn_nodes(proto) -> list:
-    """The nodes of the CNN parts (by the exporter's module-path node names)."""
-    return [n for n in proto.graph.node if n.name.startswith(CNN_PARTS)]
-
-
 def check_cnn_parts(proto, source: str) -> None:
     found = {part for part in CNN_PARTS if any(n.name.startswith(part) for n in proto.graph.node)}
     if "/model/teacher/" not in found or "/model/student/" not in found:
