@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 TEACHERS = ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2")
 MAP_NORMALISATIONS = ("position", "none")
 IMAGE_SCORES = ("combined", "max")
+# the output map: the CFRG map or the paper's plain map, each fused with the patch memory or alone
+PIXEL_MAPS = ("fused", "plain_fused", "cfrg", "plain")
 
 
 @dataclass
@@ -28,6 +30,7 @@ class CFRGConfig:
     image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
     global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
+    pixel_map: str = "fused"  # PIXEL_MAPS
 
     def to_dict(self) -> dict:
         d = asdict(self)

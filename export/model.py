@@ -33,7 +33,7 @@ from sdk.backends import ModelFileError
 from sdk.files import atomic_output
 
 from .backbones import build_teacher
-from .config import IMAGE_SCORES, MAP_NORMALISATIONS, CFRGConfig
+from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -194,7 +194,7 @@ class PatchMemory(nn.Module):
     candidates_per_slot = 16  # the coreset is chosen among up to this many random patches per bank slot
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 9,
-                 stride: int = 16, score_temperature: float | None = None):
+                 stride: int = 16, score_temperature: float | None = None, plain_stats: bool = False):
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"memory_stride must be 8 or 16, got {stride}")
@@ -216,6 +216,10 @@ class PatchMemory(nn.Module):
         self.register_buffer("map_mean", torch.zeros(()))  # the other (CFRG) map's statistics on good images
         self.register_buffer("map_std", torch.ones(()))
         self.register_buffer("images", torch.zeros(()))  # good images the bank came from (0: not built)
+        self.plain_stats = plain_stats
+        if plain_stats:  # the paper's plain map's statistics on good images (pixel map "plain_fused")
+            self.register_buffer("plain_mean", torch.zeros(()))
+            self.register_buffer("plain_std", torch.ones(()))
         if score_temperature is not None:  # good-image mean and std of the two branch scores
             self.register_buffer("score_mean", torch.zeros(2))
             self.register_buffer("score_std", torch.ones(2))
@@ -254,32 +258,44 @@ class PatchMemory(nn.Module):
         return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft], 1)
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
-        """(map, score): the per-pixel max of the z-scored CFRG map and the smoothed, z-scored memory
-        distance; the sum of the z-scored branch scores (or, without a score temperature, the map's max)."""
+        """(map, score, memory map): the per-pixel max of the z-scored CFRG map and the memory map (the smoothed,
+        z-scored memory distance at input resolution); the sum of the z-scored branch scores (or, without a
+        score temperature, the map's max)."""
         map_z, memory_z = (amap - self.map_mean) / self.map_std, self(t_feats)
-        fused = torch.maximum(map_z, blur(upsample(memory_z, self.stride)))
+        memory_map = blur(upsample(memory_z, self.stride))
+        fused = torch.maximum(map_z, memory_map)
         if self.score_temperature is None:
-            return fused, fused.flatten(1).amax(1)
-        return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1)
+            return fused, fused.flatten(1).amax(1), memory_map
+        return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1), memory_map
+
+    def fuse_plain(self, plain: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
+        """The per-pixel max of the z-scored plain map and the memory map."""
+        return torch.maximum((plain - self.plain_mean) / self.plain_std, memory_map)
 
     @torch.no_grad()
     def calibrate(self, batches) -> None:
-        """z-score statistics of the CFRG map, of the memory distances and (combined score) of the two branch
-        scores, from good images: `batches` yields (CFRG map (N,1,H,W), nearest-patch distance (N,1,h,w))."""
-        sums = torch.zeros(4, dtype=torch.float64)  # map sum, map sum of squares, distance sum, sum of squares
+        """z-score statistics of the CFRG map, of the memory distances, (combined score) of the two branch
+        scores and (plain_stats) of the plain map, from good images: `batches` yields (CFRG map (N,1,H,W),
+        nearest-patch distance (N,1,h,w), plain map (N,1,H,W) or None)."""
+        sums = torch.zeros(6, dtype=torch.float64)  # sum and sum of squares: map, distance, plain map
         n_map = n_dist = 0
         map_peaks, distances = [], []  # per image, for the branch-score statistics once the z-scores are known
-        for amap, dist in batches:
+        for amap, dist, plain in batches:
             amap, dist = amap.double(), dist.double()
-            sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum()])
+            plain = plain.double() if self.plain_stats else torch.zeros(())
+            sums += torch.stack([amap.sum(), (amap * amap).sum(), dist.sum(), (dist * dist).sum(), plain.sum(),
+                                 (plain * plain).sum()])
             n_map += amap.numel()
             n_dist += dist.numel()
             map_peaks.append(amap.flatten(1).amax(1))
             distances.append(dist.float())
         if n_map == 0:
             raise ValueError("the patch memory's statistics need at least one good image")
-        for (mean, std), (s1, s2, n) in zip(((self.map_mean, self.map_std), (self.dist_mean, self.dist_std)),
-                                            ((sums[0], sums[1], n_map), (sums[2], sums[3], n_dist))):
+        pairs = [((self.map_mean, self.map_std), (sums[0], sums[1], n_map)),
+                 ((self.dist_mean, self.dist_std), (sums[2], sums[3], n_dist))]
+        if self.plain_stats:
+            pairs.append(((self.plain_mean, self.plain_std), (sums[4], sums[5], n_map)))
+        for (mean, std), (s1, s2, n) in pairs:
             m = s1 / n
             mean.fill_(float(m))
             std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
@@ -435,13 +451,19 @@ class CFRG(nn.Module):
                 self.register_buffer(f"map_mean{k}", torch.zeros(1, n_comp, h // s, w // s))
                 self.register_buffer(f"map_std{k}", torch.ones(1, n_comp, h // s, w // s))
             self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not calibrated yet
+        if config.pixel_map not in PIXEL_MAPS:
+            raise ValueError(f"pixel_map must be one of {PIXEL_MAPS}, got {config.pixel_map!r}")
         if config.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0 (0: no patch memory), got {config.memory_size}")
         if config.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {config.image_score!r}")
+        if config.pixel_map == "plain_fused" and not config.memory_size:
+            raise ValueError("pixel_map 'plain_fused' fuses the plain map with the patch memory and this model has "
+                             "none: give a memory size, or pixel_map 'plain'")
         self.memory = (PatchMemory(channels, self.strides, config.memory_size, config.memory_pool,
                                    config.memory_stride,
-                                   config.score_temperature if config.image_score == "combined" else None)
+                                   config.score_temperature if config.image_score == "combined" else None,
+                                   plain_stats=config.pixel_map == "plain_fused")
                        if config.memory_size else None)
         self.global_gaussian = (GlobalGaussian(channels) if self.memory is not None and config.global_score
                                 and config.image_score == "combined" else None)
@@ -482,10 +504,11 @@ class CFRG(nn.Module):
         parts = [heads["d_student"]] + ([heads["d_recovery"]] if self.recovery is not None else [])
         return [list(scale) for scale in zip(*parts)]
 
-    def anomaly_map(self, x: torch.Tensor, heads: dict) -> torch.Tensor:
-        """(N,1,H,W) smoothed map at input resolution."""
+    def anomaly_map(self, x: torch.Tensor, heads: dict, normalisation: str | None = None) -> torch.Tensor:
+        """(N,1,H,W) smoothed map at input resolution, normalised as configured (or as `normalisation` says:
+        "none" is the paper's plain sum, which needs no statistics)."""
         seg_weight = 1.0
-        if self.config.map_normalisation == "none":
+        if (normalisation or self.config.map_normalisation) == "none":
             coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
             amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
         else:
@@ -540,13 +563,37 @@ class CFRG(nn.Module):
     def forward(self, x: torch.Tensor):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""
         t_feats = self.teacher_features(x)
-        amap = self.anomaly_map(x, self.heads(x, t_feats))
+        heads = self.heads(x, t_feats)
+        amap = self.anomaly_map(x, heads)
+        fused, score, memory_map = self.fuse(amap, t_feats)
+        return self.pixel_map(x, heads, amap, fused, memory_map), score
+
+    def fuse(self, amap: torch.Tensor, t_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor | None]:
+        """(the map fused with the patch memory, the image score, the memory map (None without a memory)) of one
+        CFRG map."""
         if self.memory is None:
-            return amap, amap.flatten(1).amax(1)
-        amap, score = self.memory.fuse(amap, t_feats, self.blur)
+            return amap, amap.flatten(1).amax(1), None
+        fused, score, memory_map = self.memory.fuse(amap, t_feats, self.blur)
         if self.global_gaussian is not None:
             score = score + self.global_gaussian(t_feats)
-        return amap, score
+        return fused, score, memory_map
+
+    def plain_map(self, x: torch.Tensor, heads: dict, amap: torch.Tensor) -> torch.Tensor:
+        return amap if self.config.map_normalisation == "none" else self.anomaly_map(x, heads, "none")
+
+    def pixel_map(self, x: torch.Tensor, heads: dict, amap: torch.Tensor, fused: torch.Tensor,
+                  memory_map: torch.Tensor | None) -> torch.Tensor:
+        """The output map config.pixel_map names (PIXEL_MAPS): the CFRG map fused with the patch memory, the
+        paper's plain map fused with it, the CFRG map alone, or the plain map alone. The image score is the
+        same for all."""
+        kind = self.config.pixel_map
+        if kind == "fused":
+            return fused
+        if kind == "cfrg":
+            return amap
+        plain = self.plain_map(x, heads, amap)
+        return self.memory.fuse_plain(plain, memory_map) if kind == "plain_fused" else plain
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

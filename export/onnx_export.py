@@ -144,7 +144,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                                                         f"{cat}/{defect_split}", progress)
         info = ModelInfo(
             input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),
-            outputs={"anomaly_map": "float32 (N, H, W) at the input size", "score": _score_description(model)},
+            outputs={"anomaly_map": f"float32 (N, H, W) at the input size: the {model.config.pixel_map} pixel map",
+                     "score": _score_description(model)},
             normalisation={"inside_graph": True, "scale": 1 / 255.0, "mean": list(model.teacher.mean),
                            "std": list(model.teacher.std)},
             thresholds=thresholds,

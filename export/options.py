@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from sdk.values import Check, checked_type, multiple_of, number, odd, optional, whole
 
-from .config import IMAGE_SCORES, MAP_NORMALISATIONS, TEACHERS, CFRGConfig
+from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, TEACHERS, CFRGConfig
 
 AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the latency of the 256x256 default
 
@@ -128,6 +128,11 @@ class TrainArgs:
         "statistics, z-scored on held-out good images (default on)", action="toggle",
         eval_help="checkpoints with a combined image score: evaluate the same weights with (or without) its global "
                   "branch, rebuilt from the run's good images (default: the trained one)")
+    pixel_map: str = option(
+        _RECIPE.pixel_map, "output pixel map: 'fused' (the CFRG map and the patch memory, per-pixel max of their "
+        "z-scores), 'plain_fused' (the paper's plain map and the patch memory), 'cfrg' or 'plain' (either map "
+        "alone); the image score is the same for all (default fused)", choices=PIXEL_MAPS,
+        eval_help="checkpoints: evaluate the same weights with this pixel map (default: the trained one)")
     threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
@@ -154,7 +159,8 @@ class TrainArgs:
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
-                          global_score=self.global_score)
+                          global_score=self.global_score,
+                          pixel_map=self.pixel_map)
 
 
 EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))
@@ -162,6 +168,12 @@ EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_h
 
 def flag_of(f) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def flag_names(names) -> list[str]:
+    """The command-line flags of TrainArgs fields, by field name."""
+    by_name = {f.name: f for f in fields(TrainArgs)}
+    return [flag_of(by_name[n]) for n in names]
 
 
 def add_train_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:

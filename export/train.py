@@ -213,11 +213,13 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
                       disable=not progress, leave=False):
             x = _to_tensor(stat_images[s:s + batch])
             t_feats = model.teacher_features(x)
-            amap = model.anomaly_map(x, model.heads(x, t_feats))
+            heads = model.heads(x, t_feats)
+            amap = model.anomaly_map(x, heads)
             own = source.view(1, -1, 1, 1) == torch.from_numpy(stat_ids[s:s + batch]).view(-1, 1, 1, 1)
             if held_descriptors is not None:
                 held_descriptors.append(GlobalGaussian.describe(t_feats))
-            yield amap, memory.nearest_sq(memory.embed(t_feats), exclude=own).sqrt()
+            plain = model.plain_map(x, heads, amap) if memory.plain_stats else None
+            yield amap, memory.nearest_sq(memory.embed(t_feats), exclude=own).sqrt(), plain
 
     memory.calibrate(maps_and_distances())
     if model.global_gaussian is not None:  # from every training image: it needs more than its dimensions
@@ -453,14 +455,31 @@ def train(args: TrainArgs) -> dict:
     return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)
 
 
+def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                  int]:
+    """A run's good training images and held-back good images (None when it held none back) at `size`, and its
+    seed: its config.json says which images, `data` says where they live now."""
+    run = RunRecord.read(run_dir, data)
+    train_set = AnomalyDataset(run.data, run.category, "train")
+    if run.data_fingerprint and train_set.fingerprint() != run.data_fingerprint:
+        raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
+                         f"on (data fingerprint); pass --data with the run's data set")
+    train_idx, holdout_idx = split_holdout(len(train_set), run.holdout_fraction)
+    images = load_train_images(train_set, size, progress, train_idx)
+    holdout = load_train_images(train_set, size, False, holdout_idx) if holdout_idx else None
+    return images, holdout, run.seed
+
+
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
-                    memory_pool: int | None = None, global_score: bool | None = None) -> CFRG:
+                    memory_pool: int | None = None, global_score: bool | None = None,
+                    pixel_map: str | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size and
-    pooling, image score and its global branch). Map statistics, the memory and the global branch are rebuilt
-    from the run's own good images: its config.json says which, `data` says where they live now."""
+    pooling, image score and its global branch, pixel map). Map statistics, the memory
+    and the global branch are rebuilt from the run's own good images: its config.json says which, `data` says
+    where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
-               "memory_pool": memory_pool, "global_score": global_score}
+               "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:
@@ -474,25 +493,20 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
         raise ValueError("global_score is a branch of the combined image score and this model's image score is "
                          f"{config.image_score!r}: add --image-score combined")
     new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
+    # the pixel map alone keeps the memory and the score, unless the plain map's statistics come or go
+    new_memory = bool(set(changes) - {"pixel_map"}) or "plain_fused" in (old["pixel_map"], config.pixel_map)
     new = CFRG(config, pretrained_teacher=False)
-    rebuilt = ("memory.", "global_gaussian.") + (("map_",) if new_stats else ())  # memory stats depend on the map
+    rebuilt = (("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
     missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
-    if (new_stats and config.map_normalisation == "position") or config.memory_size:
-        run = RunRecord.read(run_dir, data)
-        train_set = AnomalyDataset(run.data, run.category, "train")
-        if run.data_fingerprint and train_set.fingerprint() != run.data_fingerprint:
-            raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
-                             f"on (data fingerprint); pass --data with the run's data set")
-        train_idx, holdout_idx = split_holdout(len(train_set), run.holdout_fraction)
-        images = load_train_images(train_set, config.image_size, progress, train_idx)
-        new.eval()
+    new.eval()
+    if (new_stats and config.map_normalisation == "position") or (config.memory_size and new_memory):
+        images, holdout, seed = run_images(run_dir, data, config.image_size, progress)
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
-        if config.memory_size:
-            holdout = load_train_images(train_set, config.image_size, False, holdout_idx) if holdout_idx else None
-            calibrate_memory(new, images, holdout, progress=progress, seed=run.seed)
+        if config.memory_size and new_memory:  # memory statistics depend on the map
+            calibrate_memory(new, images, holdout, progress=progress, seed=seed)
     return new.to(memory_format=torch.channels_last).eval()
 
 

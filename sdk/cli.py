@@ -69,21 +69,20 @@ def cmd_eval(ns) -> int:
                              f"or a model.onnx from `cfrg export`")
     if ns.tile and model_path.suffix == ".pt":
         raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
-    other_fusion = (ns.map_normalisation or ns.memory_size is not None or ns.memory_pool is not None
-                    or ns.image_score or ns.global_score is not None)
+    from export.options import EVAL_OPTIONS, flag_names
+
+    other_fusion = {k: getattr(ns, k) for k in EVAL_OPTIONS if getattr(ns, k) is not None}
     if model_path.suffix == ".pt":
         training = factory("train", "evaluating a .pt checkpoint")
         model = training.load_model(model_path)
         if other_fusion:
-            model = training.with_map_fusion(model, model_path.parent, ns.map_normalisation, ns.memory_size,
-                                             ns.data, progress=ns.progress, image_score=ns.image_score,
-                                             memory_pool=ns.memory_pool, global_score=ns.global_score)
+            model = training.with_map_fusion(model, model_path.parent, data=ns.data, progress=ns.progress,
+                                             **other_fusion)
         predict, size = training.torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
-            raise ValueError(f"--map-normalisation, --memory-size, --memory-pool, --image-score and --global-score "
-                             f"apply to .pt checkpoints: the map and score of {model_path.name} are built into the "
-                             f"graph; export the checkpoint again instead")
+            raise ValueError(f"{', '.join(flag_names(EVAL_OPTIONS))} apply to .pt checkpoints: the map and score of "
+                             f"{model_path.name} are built into the graph; export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))
         predict, size = (det if ns.tile else det.predictor()), det.size
