@@ -6,11 +6,15 @@ splits, and write one table (per set, the mean and the worst set, the four metri
     python benchmarks/quality.py eval --data ../shared/data --runs runs/quality/default [--tag NAME]
         [-- EXTRA cfrg eval FLAGS, e.g. --memory-size 0 --map-normalisation none]
     python benchmarks/quality.py table --runs runs/quality/default [--tag NAME] [--out table.md]
+    python benchmarks/quality.py compare --runs runs/quality/default [--tag NAME] --peer runs/quality/peer/patchcore
+        --peer runs/quality/peer/padim
+    python benchmarks/quality.py loso --runs runs/quality/default --tag BASELINE --candidates TAG1,TAG2
 
 `train` runs `cfrg train` per category (one torch thread each, --parallel at once; a category whose
 model.pt exists is kept), and its final evaluation is the `default` tag. `eval` re-evaluates the saved
 checkpoints with other map or score options without retraining (a new tag). Screen with short budgets,
-decide with 30 minutes.
+decide with 30 minutes. `compare` puts the peer (benchmarks/peer_anomalib.py) beside a tag, per set, with
+issue 13's bar; `loso` is the leave-one-set-out check of replacing a baseline tag by a candidate.
 """
 from __future__ import annotations
 
@@ -75,9 +79,12 @@ def cmd_train(args, extra: list[str]) -> None:
 
 def cmd_eval(args, extra: list[str]) -> None:
     runs = Path(args.runs)
+    kept = [c for c in categories(args) if (runs / c / f"eval_{args.tag}.json").is_file() and not args.again]
+    for c in kept:
+        print(f"{c}: kept {runs / c / f'eval_{args.tag}.json'} (--again evaluates it again)")
     todo = [(c, CFRG + ["eval", "--model", str(runs / c / "model.pt"), "--data", args.data, "--category", c,
                         "--json", str(runs / c / f"eval_{args.tag}.json"), "--no-progress", *extra],
-             runs / c / f"eval_{args.tag}.log") for c in categories(args)]
+             runs / c / f"eval_{args.tag}.log") for c in categories(args) if c not in kept]
     (runs / f"eval_{args.tag}_command.txt").write_text(shlex.join(["cfrg", "eval", *extra]) + "\n")
     run_all(todo, args.parallel)
 
@@ -97,25 +104,102 @@ def table(runs: Path, tag: str) -> str:
     return "\n".join(lines)
 
 
+def results(runs: Path, tag: str) -> dict[str, list[float]]:
+    """Per set, the four metrics in percent (METRIC_KEYS order) of RUNS/<set>/eval_<tag>.json."""
+    return {p.parent.name: [100 * json.loads(p.read_text())[k] for k in METRIC_KEYS]
+            for p in sorted(runs.glob(f"*/eval_{tag}.json"))}
+
+
+def compare(runs: Path, tag: str, peers: list[Path]) -> str:
+    """Ours beside the better peer on each metric, per set and on the mean, with the bar of issue 13: at least
+    equal on pixel AUROC, AUPRO and pixel AP, within 1 point on image AUROC, per set; ahead on all four on the mean."""
+    ours = results(runs, tag)
+    theirs = {p.name: results(p, "default") for p in peers}
+    sets = [s for s in ours if all(s in t for t in theirs.values())]
+    if not sets or not theirs:
+        return f"no sets with both eval_{tag}.json under {runs} and the peers' eval_default.json"
+    lines = [f"| set | ours ({tag}) I / P / PRO / AP | best peer I / P / PRO / AP | bar met |", "| --- | --- | --- | --- |"]
+
+    def best(values):  # per metric, the better peer and its name
+        return [max((v[k], name) for name, v in values.items()) for k in range(4)]
+
+    def row(name, mine, peer, per_set=True):
+        if per_set:  # the rounding of the table decides nothing: compare the measured values
+            ok = [mine[0] >= peer[0][0] - 1.0] + [mine[k] >= peer[k][0] for k in (1, 2, 3)]
+        else:
+            ok = [mine[k] > peer[k][0] for k in range(4)]
+        misses = [label for label, good in zip(("I-AUROC", "P-AUROC", "AUPRO", "AP"), ok) if not good]
+        lines.append(f"| {name} | " + " / ".join(f"{v:.1f}" for v in mine) + " | " +
+                     " / ".join(f"{v:.1f} ({n})" for v, n in peer) + " | " +
+                     ("yes" if not misses else "no: " + ", ".join(misses)) + " |")
+
+    for s in sets:
+        row(s, ours[s], best({n: t[s] for n, t in theirs.items()}))
+    mean = [sum(ours[s][k] for s in sets) / len(sets) for k in range(4)]
+    peer_means = {n: [sum(t[s][k] for s in sets) / len(sets) for k in range(4)] for n, t in theirs.items()}
+    row("**mean**", mean, best(peer_means), per_set=False)
+    return "\n".join(lines)
+
+
+def leave_one_out(runs: Path, baseline: str, candidates: list[str]) -> str:
+    """For each set left out: the recipe the other sets choose (a candidate replaces the baseline only when the
+    mean and the worst of the per-set mean of the four metrics both gain; among such, the higher mean wins),
+    and what that choice does on the left-out set."""
+    tags = [baseline, *candidates]
+    found = {t: results(runs, t) for t in tags}
+    sets = sorted(set.intersection(*(set(r) for r in found.values())))
+    summary = {t: {s: sum(found[t][s]) / 4 for s in sets} for t in tags}
+
+    def choose(among: list[str]) -> str:
+        base = [summary[baseline][s] for s in among]
+        best, best_mean = baseline, sum(base) / len(base)
+        for t in candidates:
+            vals = [summary[t][s] for s in among]
+            if sum(vals) / len(vals) > sum(base) / len(base) and min(vals) > min(base) and \
+                    sum(vals) / len(vals) > best_mean:
+                best, best_mean = t, sum(vals) / len(vals)
+        return best
+
+    lines = [f"all {len(sets)} sets choose: {choose(sets)}", "",
+             "| left out | the others choose | its mean of 4 on the left-out set | baseline's |", "| --- | --- | --- | --- |"]
+    held_out = []
+    for s in sets:
+        pick = choose([o for o in sets if o != s])
+        held_out.append((summary[pick][s], summary[baseline][s]))
+        lines.append(f"| {s} | {pick} | {summary[pick][s]:.1f} | {summary[baseline][s]:.1f} |")
+    mine, base = (sum(v) / len(v) for v in zip(*held_out))
+    lines.append(f"| **mean over the sets left out** | | **{mine:.2f}** | **{base:.2f}** |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["train", "eval", "table"])
+    p.add_argument("command", choices=["train", "eval", "table", "compare", "loso"])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--runs", required=True)
     p.add_argument("--categories", help="comma-separated (default: every category under --data)")
     p.add_argument("--time-budget", type=float, default=30.0)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--tag", default="default")
+    p.add_argument("--again", action="store_true", help="eval: evaluate sets whose eval_TAG.json exists again")
     p.add_argument("--out", help="write the table here too")
+    p.add_argument("--peer", action="append", default=[],
+                   help="compare: a peer's runs folder (benchmarks/peer_anomalib.py), repeatable")
+    p.add_argument("--candidates", default="", help="loso: comma-separated tags that may replace --tag")
     args = p.parse_args(argv)
     if args.command == "train":
         cmd_train(args, extra)
     elif args.command == "eval":
         cmd_eval(args, extra)
-    text = table(Path(args.runs), args.tag)
+    if args.command == "compare":
+        text = compare(Path(args.runs), args.tag, [Path(x) for x in args.peer])
+    elif args.command == "loso":
+        text = leave_one_out(Path(args.runs), args.tag, [t for t in args.candidates.split(",") if t])
+    else:  # one table per tag (comma-separated)
+        text = "\n\n".join(table(Path(args.runs), tag) for tag in args.tag.split(","))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
