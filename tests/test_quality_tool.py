@@ -1,0 +1,44 @@
+"""benchmarks/quality.py's decisions: the peer bar (compare) and the leave-one-set-out rule (loso), on
+eval JSON files written the way `cfrg eval --json` writes them."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import quality  # noqa: E402
+
+
+def write(runs: Path, tag: str, table: dict[str, list[float]]) -> None:
+    for name, values in table.items():
+        (runs / name).mkdir(parents=True, exist_ok=True)
+        result = dict(zip(("image_auroc", "pixel_auroc", "aupro", "pixel_ap"), (v / 100 for v in values)))
+        (runs / name / f"eval_{tag}.json").write_text(json.dumps(result))
+
+
+def test_compare_applies_the_bar_per_set_and_on_the_mean(tmp_path):
+    ours, a, b = tmp_path / "ours", tmp_path / "patchcore", tmp_path / "padim"
+    write(ours, "default", {"x": [90.5, 98, 90, 50], "y": [99, 97, 80, 40]})
+    write(a, "default", {"x": [91.0, 97, 85, 45], "y": [99, 98, 70, 30]})  # x: I-AUROC within 1 point
+    write(b, "default", {"x": [80, 96, 91, 20], "y": [90, 90, 60, 10]})  # x: PaDiM's AUPRO is higher
+    text = quality.compare(ours, "default", [a, b])
+    rows = {line.split(" | ")[0].strip("| *"): line for line in text.splitlines()[2:]}
+    assert rows["x"].endswith("no: AUPRO |") and "91.0 (padim)" in rows["x"]
+    assert rows["y"].endswith("no: P-AUROC |")
+    assert rows["mean"].endswith("no: I-AUROC, P-AUROC |")  # 94.75 against 95.0; 97.5 against 97.5 is not ahead
+
+
+def test_loso_keeps_the_baseline_unless_mean_and_worst_both_gain(tmp_path):
+    runs = tmp_path / "runs"
+    base = {"a": [90] * 4, "b": [80] * 4, "c": [60] * 4}
+    write(runs, "base", base)
+    write(runs, "lifts_worst", {"a": [88] * 4, "b": [80] * 4, "c": [70] * 4})  # mean and worst up on all three
+    write(runs, "mean_only", {"a": [99] * 4, "b": [80] * 4, "c": [59] * 4})  # mean up, worst down: never chosen
+    text = quality.leave_one_out(runs, "base", ["lifts_worst", "mean_only"])
+    assert text.splitlines()[0] == "all 3 sets choose: lifts_worst"
+    rows = {line.split(" | ")[0].strip("| *"): [c.strip("| *") for c in line.split(" | ")]
+            for line in text.splitlines()[4:]}
+    assert rows["a"][1:] == ["lifts_worst", "88.0", "90.0"]  # b and c choose it; it costs a
+    assert rows["b"][1:] == ["lifts_worst", "80.0", "80.0"]
+    assert rows["c"][1:] == ["base", "60.0", "60.0"]  # a and b: its mean falls; mean_only's worst does not rise
+    assert rows["mean over the sets left out"][-2:] == ["76.00", "76.67"]
