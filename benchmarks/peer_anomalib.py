@@ -31,7 +31,6 @@ from sdk.files import write_json  # noqa: E402
 
 try:
     import numpy as np
-    import timm
     import torch
     from anomalib.models.image.padim.torch_model import PadimModel
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel

@@ -90,10 +90,7 @@ def cmd_eval(args, extra: list[str]) -> None:
 
 
 def table(runs: Path, tag: str) -> str:
-    rows = {}
-    for path in sorted(runs.glob(f"*/eval_{tag}.json")):
-        result = json.loads(path.read_text())
-        rows[path.parent.name] = [100 * result[k] for k in METRIC_KEYS]
+    rows = results(runs, tag)
     if not rows:
         return f"no eval_{tag}.json under {runs}"
     lines = [f"| set ({tag}) | I-AUROC | P-AUROC | AUPRO | pixel AP |", "| --- | --- | --- | --- | --- |"]

@@ -159,8 +159,7 @@ class TrainArgs:
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
-                          global_score=self.global_score,
-                          pixel_map=self.pixel_map)
+                          global_score=self.global_score, pixel_map=self.pixel_map)
 
 
 EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))

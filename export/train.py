@@ -455,10 +455,11 @@ def train(args: TrainArgs) -> dict:
     return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)
 
 
-def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool) -> tuple[np.ndarray, np.ndarray | None,
-                                                                                  int]:
-    """A run's good training images and held-back good images (None when it held none back) at `size`, and its
-    seed: its config.json says which images, `data` says where they live now."""
+def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
+               holdout: bool = True) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A run's good training images and (`holdout`) its held-back good images (None when it held none back or
+    they are not asked for) at `size`, and its seed: its config.json says which images, `data` says where they
+    live now."""
     run = RunRecord.read(run_dir, data)
     train_set = AnomalyDataset(run.data, run.category, "train")
     if run.data_fingerprint and train_set.fingerprint() != run.data_fingerprint:
@@ -466,8 +467,8 @@ def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool) -
                          f"on (data fingerprint); pass --data with the run's data set")
     train_idx, holdout_idx = split_holdout(len(train_set), run.holdout_fraction)
     images = load_train_images(train_set, size, progress, train_idx)
-    holdout = load_train_images(train_set, size, False, holdout_idx) if holdout_idx else None
-    return images, holdout, run.seed
+    held = load_train_images(train_set, size, False, holdout_idx) if holdout_idx and holdout else None
+    return images, held, run.seed
 
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
@@ -501,11 +502,12 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
     new.eval()
-    if (new_stats and config.map_normalisation == "position") or (config.memory_size and new_memory):
-        images, holdout, seed = run_images(run_dir, data, config.image_size, progress)
+    rebuild_memory = bool(config.memory_size and new_memory)
+    if (new_stats and config.map_normalisation == "position") or rebuild_memory:
+        images, holdout, seed = run_images(run_dir, data, config.image_size, progress, holdout=rebuild_memory)
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
-        if config.memory_size and new_memory:  # memory statistics depend on the map
+        if rebuild_memory:  # memory statistics depend on the map
             calibrate_memory(new, images, holdout, progress=progress, seed=seed)
     return new.to(memory_format=torch.channels_last).eval()
 

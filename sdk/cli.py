@@ -69,9 +69,8 @@ def cmd_eval(ns) -> int:
                              f"or a model.onnx from `cfrg export`")
     if ns.tile and model_path.suffix == ".pt":
         raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
-    from export.options import EVAL_OPTIONS, flag_names
-
-    other_fusion = {k: getattr(ns, k) for k in EVAL_OPTIONS if getattr(ns, k) is not None}
+    eval_options = _options().EVAL_OPTIONS
+    other_fusion = {k: getattr(ns, k) for k in eval_options if getattr(ns, k) is not None}
     if model_path.suffix == ".pt":
         training = factory("train", "evaluating a .pt checkpoint")
         model = training.load_model(model_path)
@@ -81,7 +80,7 @@ def cmd_eval(ns) -> int:
         predict, size = training.torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
-            raise ValueError(f"{', '.join(flag_names(EVAL_OPTIONS))} apply to .pt checkpoints: the map and score of "
+            raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "
                              f"{model_path.name} are built into the graph; export the checkpoint again instead")
         from .detector import Detector
         det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))

@@ -42,6 +42,11 @@ class Result:
         return self.verdict == "defect"
 
 
+def _python_int(value):
+    """A NumPy integer as a Python int (for the whole-number checks); anything else unchanged."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 @dataclass
 class TiledBatch:
     """Pre-processed tiles of several frames: tiles (N, h, w, 3) and, per frame, (first, count, origins,
@@ -80,12 +85,12 @@ class Detector:
         self.input_name = self.info.input.name
         self.size = (self.info.input.height, self.info.input.width)
         self.model_colour = self.info.input.colour_order.lower()
-        if whole(0)(int(min_area) if isinstance(min_area, np.integer) else min_area):
+        if whole(0)(_python_int(min_area)):
             raise ValueError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
         self.min_area = int(min_area)
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
         self.tiling = bool(tiling)
-        if whole(0)(int(tile_overlap) if isinstance(tile_overlap, np.integer) else tile_overlap) or not (
+        if whole(0)(_python_int(tile_overlap)) or not (
                 tile_overlap < min(self.size)):
             raise ValueError(f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
                              f"got {tile_overlap!r}")
