@@ -1,0 +1,283 @@
+"""Research: pixel-map and image-score variants of trained runs, from cached per-image components.
+
+`cache` runs each run's model once over its good training images, its held-back good images and its test
+split, and keeps the raw parts the maps are made of (student and recovery discrepancies per scale, the
+segmentation logit, nearest-patch distances, the global branch) in RUNS/<set>/components.pt. `table` then
+rebuilds variants from them in seconds and scores them at model resolution (masks resized to the model's
+input), so many variants can be compared across the five sets before one is built into the model.
+
+    python benchmarks/map_variants.py cache --runs runs/quality/default30 [--categories a,b]
+    python benchmarks/map_variants.py table --runs runs/quality/default30 [--variants a,b] [--scores map+mem+glob]
+
+A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
+- bases: `cfrg` (discrepancies z-scored per position, as map_normalisation "position"), `plain` (their plain
+  sum; the paper's uses the recovery discrepancies only), `memory` (the patch-memory map); `fused` and
+  `plain_fused` are the first two max-fused with the memory map, as in the model.
+- options: kinds=ds+dr|dr|ds (student and/or recovery discrepancies), seg=W (weight of sigmoid(seg)),
+  sigma=S (smoothing), shrink=K and mean=position|global|poolN (per-position statistics: std shrink toward
+  the global one, a global mean, or statistics max-pooled over N cells), norm=std|max|qP (how both maps are
+  put on one scale before the max), mw=W (weight of the memory map), fuse=max|sum.
+- scores: branches summed after z-scoring on good images: map (the map's max), mem (the memory's soft max),
+  glob (the global Gaussian); `map+mem+glob` is the model's combined score.
+The good images are the held-back ones when there are 8, else the training images (memory distances with
+each image's own patches left out, as in the model).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from export.runs import RunRecord  # noqa: E402
+from export.model import GaussianBlur, upsample as up  # noqa: E402
+from export.train import _to_tensor, load_model, run_images  # noqa: E402
+from sdk import metrics  # noqa: E402
+from sdk.data import AnomalyDataset  # noqa: E402
+from sdk.evaluate import resize_for_model  # noqa: E402
+
+
+@torch.no_grad()
+def components(model, images: np.ndarray, batch: int = 16) -> dict:
+    out: dict = {}
+    for s in range(0, len(images), batch):
+        x = _to_tensor(images[s:s + batch])
+        t = model.teacher_features(x)
+        h = model.heads(x, t)
+        parts = {f"ds{k}": d for k, d in enumerate(h["d_student"])}
+        parts.update({f"dr{k}": d for k, d in enumerate(h["d_recovery"])})
+        parts["seg"] = h["seg_logit"]
+        parts["mem"] = model.memory.nearest_sq(model.memory.embed(t)).sqrt()
+        parts["glob"] = (model.global_gaussian(t) if model.global_gaussian is not None else torch.zeros(len(x)))
+        for k, v in parts.items():
+            out.setdefault(k, []).append(v.float())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def leave_one_out_distances(model, images: np.ndarray) -> torch.Tensor:
+    """Each good training image's nearest-patch distances to the other images' patches (all of them: for the
+    small sets this is used on, the memory holds every patch)."""
+    emb = torch.cat([model.memory.embed(model.teacher_features(_to_tensor(images[s:s + 16])))
+                     for s in range(0, len(images), 16)])
+    n, d, h, w = emb.shape
+    bank = emb.permute(0, 2, 3, 1).reshape(-1, d)
+    owner = torch.arange(n).repeat_interleave(h * w)
+    out = []
+    for i in range(n):
+        q = emb[i].permute(1, 2, 0).reshape(-1, d)
+        dist = torch.cdist(q, bank)
+        dist[:, owner == i] = float("inf")
+        out.append(dist.amin(1).view(1, 1, h, w))
+    return torch.cat(out)
+
+
+def memory_stats(model) -> dict:
+    """The trained memory's z-score statistics (measured with each training image's own patches left out when
+    there were too few held-back images: the cached training distances cannot redo that)."""
+    m = model.memory
+    return {"dist_mean": float(m.dist_mean), "dist_std": float(m.dist_std),
+            "mem_score_mean": float(m.score_mean[1]), "mem_score_std": float(m.score_std[1])}
+
+
+def cache(run: Path) -> None:
+    model = load_model(run / "model.pt").eval()
+    size = model.config.image_size
+    images, holdout, _ = run_images(run, None, size, False)
+    rec = RunRecord.read(run, None)
+    test = AnomalyDataset(rec.data, rec.category, "test")
+    test_images = np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
+    masks = np.stack([cv2.resize(test.load_mask(i).astype(np.uint8), (size[1], size[0]),
+                                 interpolation=cv2.INTER_NEAREST) for i in range(len(test))]).astype(bool)
+    train = components(model, images)
+    if holdout is None or len(holdout) < 8:
+        train["mem_loo"] = leave_one_out_distances(model, images)
+    torch.save({"train": train,
+                "holdout": components(model, holdout) if holdout is not None else None,
+                "test": components(model, test_images), "masks": torch.from_numpy(masks),
+                "labels": torch.tensor([test[i].label for i in range(len(test))]),
+                "strides": model.strides, "sigma": model.config.gaussian_sigma,
+                "seg_weight": model.config.seg_weight, "memory_stride": model.memory.stride,
+                "temperature": model.config.score_temperature, **memory_stats(model)}, run / "components.pt")
+    print(f"{run.name}: cached {len(images)} train, {0 if holdout is None else len(holdout)} held back, "
+          f"{len(test)} test", flush=True)
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.cat([GaussianBlur(sigma)(x[s:s + 64]) for s in range(0, len(x), 64)])
+
+
+class Variants:
+    """Maps and scores of one set's cached components."""
+
+    def __init__(self, c: dict):
+        self.c = c
+        self.strides = c["strides"]
+        train = c["train"]
+        self.n_scales = len(self.strides)
+        self.stats = {}
+        for kind in ("ds", "dr"):
+            for k in range(self.n_scales):
+                d = train[f"{kind}{k}"].double()
+                self.stats[f"{kind}{k}"] = (d.mean(0, keepdim=True), d.var(0, keepdim=True),
+                                            d.var(0, keepdim=True).mean() + 0 * d.mean())
+        # the good images the fusion statistics come from: held back if there are 8, else training
+        self.good = c["holdout"] if c["holdout"] is not None and len(c["holdout"]["mem"]) >= 8 else c["train"]
+
+    def z(self, part: dict, key: str, shrink: float, mean_kind: str = "position") -> torch.Tensor:
+        mean, var, gvar = self.stats[key]
+        if mean_kind.startswith("pool"):  # position statistics tolerant to a shift of a few cells
+            k = int(mean_kind[4:])
+            mean = torch.nn.functional.max_pool2d(mean, k, 1, k // 2)
+            var = torch.nn.functional.max_pool2d(var, k, 1, k // 2)
+            m = mean
+        else:
+            m = mean if mean_kind == "position" else mean.mean()
+        if shrink == float("inf"):
+            return ((part[key].double() - m) / gvar.sqrt()).float()
+        return ((part[key].double() - m) / torch.sqrt(var + shrink ** 2 * gvar + 1e-8)).float()
+
+    def cfrg(self, part: dict, shrink: float = 0.5, kinds=("ds", "dr"), seg_weight: float | None = None,
+             scales=None, mean_kind: str = "position") -> torch.Tensor:
+        scales = range(self.n_scales) if scales is None else scales
+        n = len(kinds) * len(scales)
+        amap = sum(up(sum(self.z(part, f"{kind}{k}", shrink, mean_kind) for kind in kinds), self.strides[k]) for k in scales) / n
+        sw = self.c["seg_weight"] if seg_weight is None else seg_weight
+        if sw:
+            amap = amap + sw * torch.sigmoid(up(part["seg"], self.strides[0]))
+        return blur(amap, self.c["sigma"])
+
+    def plain(self, part: dict, kinds=("dr",), seg: float = 1.0) -> torch.Tensor:
+        amap = sum(up(part[f"{kind}{k}"], self.strides[k]) for kind in kinds for k in range(self.n_scales))
+        if seg:
+            amap = amap + seg * torch.sigmoid(up(part["seg"], self.strides[0]))
+        return blur(amap, self.c["sigma"])
+
+    def memory(self, part: dict) -> torch.Tensor:
+        return blur(up(part["mem"], self.c["memory_stride"]), self.c["sigma"])
+
+
+def zscore_on(good_map: torch.Tensor, test_map: torch.Tensor, norm: str = "std") -> torch.Tensor:
+    g = good_map.double()
+    if norm == "std":
+        scale = g.std() + 1e-6
+    elif norm == "max":  # good images' mean peak maps to 1
+        scale = g.flatten(1).amax(1).mean() - g.mean()
+    elif norm.startswith("q"):  # a high quantile of good pixels maps to 1
+        flat = g.flatten()
+        flat = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+        scale = torch.quantile(flat, float(norm[1:])) - g.mean()
+    else:
+        raise ValueError(norm)
+    return ((test_map.double() - g.mean()) / scale).float()
+
+
+def soft_max(m: torch.Tensor, t: float) -> torch.Tensor:
+    m = m.flatten(1)
+    peak = m.amax(1, keepdim=True)
+    return (peak + t * torch.log(torch.exp((m - peak) / t).mean(1, keepdim=True)))[:, 0]
+
+
+def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
+    """(test pixel map, {branch: (good scores, test scores)}) of a named variant."""
+    good, test = v.good, v.c["test"]
+    spec = dict(p.split("=") for p in name.split(":")[1:]) if ":" in name else {}
+    base = name.split(":")[0]
+    shrink = float(spec.get("shrink", 0.5))
+    kinds = tuple(spec.get("kinds", "ds+dr").split("+"))
+    sw = float(spec["seg"]) if "seg" in spec else None
+
+    def the_map(part):
+        if base in ("cfrg", "fused"):
+            return v.cfrg(part, shrink, kinds, sw, mean_kind=spec.get("mean", "position"))
+        if base in ("plain", "plain_fused"):
+            return v.plain(part, kinds if "kinds" in spec else ("dr",), float(spec.get("seg", 1.0)))
+        if base == "memory":
+            return v.memory(part)
+        raise ValueError(name)
+
+    if "sigma" in spec:
+        v.c = {**v.c, "sigma": float(spec["sigma"])}
+    gm, tm = the_map(good), the_map(test)
+    tz = zscore_on(gm, tm)
+    gz = zscore_on(gm, gm)
+    c = v.c
+    mem_z = {k: (part["mem"] - c["dist_mean"]) / c["dist_std"] for k, part in (("good", good), ("test", test))}
+    mem_score = (soft_max(mem_z["test"], c["temperature"]) - c["mem_score_mean"]) / c["mem_score_std"]
+    branches = {"map": (gz.flatten(1).amax(1), tz.flatten(1).amax(1)),
+                "mem": (None, mem_score),  # z-scored with the trained statistics
+                "glob": (None, test["glob"])}  # z-scored in the model (0: not in use)
+    if base.endswith("fused"):
+        good_mem = good.get("mem_loo", good["mem"])
+        gmm, tmm = v.memory({"mem": good_mem}), v.memory({"mem": test["mem"]})
+        norm = spec.get("norm", "std")
+        if norm == "std":  # the trained statistics, as in the model
+            gmm, tmm = [(m - c["dist_mean"]) / c["dist_std"] for m in (gmm, tmm)]
+        else:
+            gmm, tmm = zscore_on(gmm, gmm, norm), zscore_on(gmm, tmm, norm)
+            gz, tz = zscore_on(gm, gm, norm), zscore_on(gm, tm, norm)
+        gmm, tmm = gmm * float(spec.get("mw", 1.0)), tmm * float(spec.get("mw", 1.0))
+        fuse = spec.get("fuse", "max")
+        tz = torch.maximum(tz, tmm) if fuse == "max" else (tz + tmm)
+        gz = torch.maximum(gz, gmm) if fuse == "max" else (gz + gmm)
+        branches["fusedmax"] = (gz.flatten(1).amax(1), tz.flatten(1).amax(1))
+    return tz, branches
+
+
+def combined(branches: dict, use: list[str]) -> np.ndarray:
+    total = 0
+    for b in use:
+        g, t = branches[b]
+        total = total + (t if g is None else (t - g.mean()) / (g.std() + 1e-6))
+    return np.asarray(total, dtype=np.float64)
+
+
+def evaluate(c: dict, tmap: torch.Tensor, score: np.ndarray) -> list[float]:
+    masks = [m.numpy() for m in c["masks"]]
+    maps = [m[0].numpy() for m in tmap]
+    labels = c["labels"].numpy()
+    return [100 * metrics.image_auroc(labels, score), 100 * metrics.pixel_auroc(masks, maps),
+            100 * metrics.aupro(masks, maps), 100 * metrics.pixel_ap(masks, maps)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("cache", "table"))
+    p.add_argument("--runs", required=True)
+    p.add_argument("--categories")
+    p.add_argument("--variants", default="fused,cfrg,plain,plain_fused,memory")
+    p.add_argument("--scores", default="map+mem+glob", help="comma-separated branch sets, e.g. map+mem+glob")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    runs = Path(args.runs)
+    cats = args.categories.split(",") if args.categories else sorted(d.parent.name for d in runs.glob("*/model.pt"))
+    if args.command == "cache":
+        for cat in cats:
+            cache(runs / cat)
+        return
+    rows = {}
+    for cat in cats:
+        c = torch.load(runs / cat / "components.pt", weights_only=False)
+        for name in args.variants.split(","):
+            v = Variants(c)
+            tmap, branches = build(v, name)
+            for sc in args.scores.split(","):
+                m = evaluate(c, tmap, combined(branches, sc.split("+")))
+                rows.setdefault((name, sc), {})[cat] = m
+                print(f"{cat:14s} {name:40s} {sc:18s} " + " ".join(f"{x:5.1f}" for x in m), flush=True)
+    print()
+    print("| variant | score | " + " | ".join(cats) + " | mean | worst of 4-mean |")
+    for (name, sc), per in rows.items():
+        means = [np.mean(per[c]) for c in cats]
+        allm = np.mean([per[c] for c in cats], 0)
+        print(f"| {name} | {sc} | " + " | ".join("/".join(f"{x:.1f}" for x in per[c]) for c in cats)
+              + " | " + "/".join(f"{x:.1f}" for x in allm) + f" | {min(means):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
