@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 TEACHERS = ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2")
-MAP_NORMALISATIONS = ("position", "none")
+MAP_NORMALISATIONS = ("sum", "position", "none")
 IMAGE_SCORES = ("combined", "max")
 # the output map: the CFRG map or the paper's plain map, each fused with the patch memory or alone
 PIXEL_MAPS = ("fused", "plain_fused", "cfrg", "plain")
@@ -22,8 +22,8 @@ class CFRGConfig:
     use_segmentation: bool = True
     gaussian_sigma: float = 4.0
     colour_order: str = "RGB"
-    map_normalisation: str = "position"  # "position" or "none" (the paper's plain sum)
-    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
+    map_normalisation: str = "sum"  # MAP_NORMALISATIONS: "sum" (every discrepancy), "position", "none" (paper)
+    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only; else 1)
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
     memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)

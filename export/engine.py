@@ -161,7 +161,7 @@ PARTS = (
     ("input normalisation", "fp32"),
     ("teacher", "teacher"),
     ("student, recovery branch, segmentation head", None),
-    ("cosine discrepancies and per-position z-scores", "fp32"),
+    ("cosine discrepancies and the CFRG map", "fp32"),
     ("patch-memory search and its soft max", "fp32"),
     ("global Gaussian", "fp32"),
     ("Gaussian smoothing and image score", "fp32"),

@@ -6,7 +6,9 @@
 - segmentation head: teacher features weighted by student and recovery discrepancies -> logit map
 Test time (map_normalisation "none", the paper's): map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg),
 Gaussian sigma 4; score = max(map) (without a patch memory).
-map_normalisation "position" (default): each student and recovery discrepancy is z-scored per position
+map_normalisation "sum" (default): the same with the student discrepancies added,
+sum_s up(1 - cos(T_s, S_s) + 1 - cos(T_s, R_s)) + sigmoid(seg).
+map_normalisation "position": each student and recovery discrepancy is z-scored per position
 with statistics of good training images (calibrate_map), the z-scores are averaged over components and
 scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
 memory_size > 0 (default) adds a patch memory (PatchMemory): the distance of each locally pooled stride-8/16
@@ -508,9 +510,12 @@ class CFRG(nn.Module):
         """(N,1,H,W) smoothed map at input resolution, normalised as configured (or as `normalisation` says:
         "none" is the paper's plain sum, which needs no statistics)."""
         seg_weight = 1.0
-        if (normalisation or self.config.map_normalisation) == "none":
+        kind = normalisation or self.config.map_normalisation
+        if kind == "none":
             coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
             amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
+        elif kind == "sum":
+            amap = sum(upsample(sum(ds), s) for ds, s in zip(self.discrepancies(heads), self.strides))
         else:
             seg_weight = self.config.seg_weight
             scales = self.discrepancies(heads)
@@ -533,7 +538,8 @@ class CFRG(nn.Module):
         in a small training set do not turn into hair triggers. Returns the number of images used.
         """
         if self.config.map_normalisation != "position":
-            raise ValueError("calibrate_map: this model's map_normalisation is 'none'; it has no map statistics")
+            raise ValueError(f"calibrate_map: this model's map_normalisation is {self.config.map_normalisation!r}; "
+                             "only 'position' has map statistics")
         was_training = self.training
         self.eval()
         s1 = s2 = None

@@ -104,9 +104,15 @@ class TrainArgs:
     recovery_width: int = option(_RECIPE.recovery_width, "recovery branch width (default 128)", type=int,
                                  check=multiple_of(4, 4))
     map_normalisation: str = option(
-        _RECIPE.map_normalisation, "anomaly map fusion: 'position' z-scores each discrepancy per position with "
-        "good-image statistics (default); 'none' is the paper's plain sum", choices=MAP_NORMALISATIONS,
+        _RECIPE.map_normalisation, "anomaly map: 'sum' adds every student and recovery discrepancy and the "
+        "segmentation (default); 'position' z-scores each discrepancy per position with good-image statistics; "
+        "'none' is the paper's sum of the recovery discrepancies and the segmentation", choices=MAP_NORMALISATIONS,
         eval_help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
+    gaussian_sigma: float = option(
+        _RECIPE.gaussian_sigma, "sigma, in input pixels, of the Gaussian that smooths the maps (default 4)",
+        type=float, check=number(0, low_open=True),
+        eval_help="checkpoints: evaluate the same weights with the maps smoothed at this sigma (the memory's "
+                  "statistics rebuilt; default: the trained one)")
     memory_size: int = option(
         _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
         type=int, check=whole(0),
@@ -158,6 +164,7 @@ class TrainArgs:
         return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
+                          gaussian_sigma=self.gaussian_sigma,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
                           global_score=self.global_score, pixel_map=self.pixel_map)
 

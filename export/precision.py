@@ -12,9 +12,9 @@ calibration, so both precisions are prepared here, in ONNX, where ONNX Runtime r
 
 The numerically sensitive parts stay FP32 in all of them: the input normalisation, the cosine
 discrepancies, the patch-memory distance search and its soft max (|a|^2 - 2ab + |b|^2 cancels in FP16),
-the global Gaussian, the per-position z-scores, the Gaussian smoothing and the score. Inputs and outputs
-keep their types, so sdk.Detector runs every graph alike. INT8 is calibrated on good images only, and the
-calibration ranges are cached beside the graph (model.int8.calib.json) and reused.
+the global Gaussian, the CFRG map (its sum or per-position z-scores), the Gaussian smoothing and the
+score. Inputs and outputs keep their types, so sdk.Detector runs every graph alike. INT8 is calibrated on
+good images only, and the calibration ranges are cached beside the graph (model.int8.calib.json) and reused.
 
 Needs onnx and onnxruntime (no torch).
 """

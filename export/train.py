@@ -159,7 +159,7 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
     """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
     from tqdm import tqdm
 
-    if model.config.map_normalisation == "none":
+    if model.config.map_normalisation != "position":
         return 0
     index = np.array(spread_indices(len(images), limit))
     bar = tqdm(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
@@ -474,13 +474,14 @@ def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
                     memory_pool: int | None = None, global_score: bool | None = None,
-                    pixel_map: str | None = None) -> CFRG:
-    """The same trained weights with another anomaly-map fusion (map normalisation, patch memory size and
-    pooling, image score and its global branch, pixel map). Map statistics, the memory
+                    pixel_map: str | None = None, gaussian_sigma: float | None = None) -> CFRG:
+    """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, patch memory size
+    and pooling, image score and its global branch, pixel map). Map statistics, the memory
     and the global branch are rebuilt from the run's own good images: its config.json says which, `data` says
     where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
-               "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map}
+               "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
+               "gaussian_sigma": gaussian_sigma}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from export.onnx_export import export_checkpoint
 from export.onnx_utils import TENSORRT_OPS, graph_report
@@ -127,7 +126,8 @@ def test_export_without_calibration_images_is_a_clear_error(tmp_path):
 def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path):
     from export.model import CFRG, CFRGConfig, save_checkpoint
 
-    save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False), tmp_path / "model.pt")
+    save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64), map_normalisation="position"), pretrained_teacher=False),
+                    tmp_path / "model.pt")
     with pytest.raises(ValueError, match="per-position statistics"):
         export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
     assert not (tmp_path / "m.onnx").exists()
@@ -136,8 +136,7 @@ def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path
 def test_export_of_a_checkpoint_with_an_empty_patch_memory_is_a_clear_error(tmp_path):
     from export.model import CFRG, CFRGConfig, save_checkpoint
 
-    model = CFRG(CFRGConfig(image_size=(64, 64), memory_size=50), pretrained_teacher=False)
-    model.map_stats_images.fill_(4.0)  # map statistics present, memory never filled
+    model = CFRG(CFRGConfig(image_size=(64, 64), memory_size=50), pretrained_teacher=False)  # memory never filled
     save_checkpoint(model, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="patch memory was never filled"):
         export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)

@@ -10,7 +10,7 @@ from sdk.backends import ModelFileError
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CFRG(CFRGConfig(image_size=(128, 160))).eval()
+    return CFRG(CFRGConfig(image_size=(128, 160), map_normalisation="position")).eval()
 
 
 def test_map_shape_range_and_score_is_max():
@@ -41,7 +41,8 @@ def test_calibrate_map_matches_per_position_statistics():
     from export.train import _to_tensor, calibrate_map
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False, memory_size=0)).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False, memory_size=0,
+                        map_normalisation="position")).eval()
     images = _demo_images(12, (64, 128))
     assert calibrate_map(m, images, batch=5) == 12 and int(m.map_stats_images) == 12
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
     from export.train import _to_tensor, calibrate_map
 
     torch.manual_seed(0)
-    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=0)).eval()
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=0, map_normalisation="position")).eval()
     x = _to_tensor(_demo_images(8, (64, 128)))
     with torch.no_grad():
         before, _ = m(x)
@@ -74,6 +75,30 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
     assert not torch.allclose(before, after)
     # with the images' own statistics the discrepancy part averages to 0: what is left is the segmentation
     assert abs((after - m.config.seg_weight * seg).mean().item()) < 1e-3
+
+
+def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
+    """map_normalisation "sum": sum over scales of the upsampled student and recovery discrepancies, plus
+    sigmoid(seg), smoothed; no per-position statistics (nothing to calibrate, no buffers)."""
+    from export.model import upsample
+    from export.train import _to_tensor, calibrate_map
+
+    torch.manual_seed(0)
+    m = CFRG(CFRGConfig(image_size=(64, 128), map_normalisation="sum", memory_size=0)).eval()
+    images = _demo_images(4, (64, 128))
+    assert calibrate_map(m, images) == 0 and not hasattr(m, "map_mean0")
+    x = _to_tensor(images)
+    with torch.no_grad():
+        heads = m.heads(x, m.teacher_features(x))
+        parts = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], m.strides))
+        expected = m.blur(parts + torch.sigmoid(upsample(heads["seg_logit"], m.strides[0])))
+        amap, score = m(x)
+        paper = m.anomaly_map(x, heads, "none")
+    torch.testing.assert_close(amap, expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(score, amap.flatten(1).amax(1))
+    assert (amap > paper).all()  # the paper's map leaves the student discrepancies out
+    with pytest.raises(ValueError, match="only 'position' has map statistics"):
+        m.calibrate_map(iter([x]))
 
 
 def test_checkpoint_from_before_map_normalisation_loads_with_the_paper_map(tmp_path):
@@ -398,7 +423,7 @@ def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with
     assert not combined.global_score  # combined score from before its global branch
     assert CFRG(combined, pretrained_teacher=False).global_gaussian is None
     new = CFRGConfig.from_dict(CFRGConfig().to_dict())
-    assert (new.map_normalisation, new.memory_size, new.image_score) == ("position", 10000, "combined")
+    assert (new.map_normalisation, new.memory_size, new.image_score) == ("sum", 10000, "combined")
     assert new.global_score
 
 

@@ -1,5 +1,5 @@
-"""The output pixel map (fused, plain_fused, cfrg, plain): the image score is the same for all, each is the map
-its name says, each trains, re-evaluates and exports with ONNX Runtime parity."""
+"""The output pixel map (fused, plain_fused, cfrg, plain) and the CFRG map's kind: the image score is the same for
+every pixel map, each is the map its name says, each trains, re-evaluates and exports with ONNX Runtime parity."""
 import json
 import shutil
 
@@ -62,8 +62,10 @@ def test_training_with_plain_fused_writes_it_into_the_checkpoint(tmp_path):
     assert float(model.memory.plain_std) > 0 and float(model.memory.plain_std) != 1.0
 
 
-@pytest.mark.parametrize("pixel_map", ["plain_fused", "plain"])
-def test_each_pixel_map_exports_with_onnx_runtime_parity(trained_run, tmp_path, pixel_map):
+@pytest.mark.parametrize("change", [{"pixel_map": "plain_fused"}, {"pixel_map": "plain"},
+                                    {"map_normalisation": "position"}])
+def test_each_pixel_map_exports_with_onnx_runtime_parity(trained_run, tmp_path, change):
+    """The default (map "sum", fused) is exported in test_export.py; here the other maps."""
     pytest.importorskip("onnx")
     from export.model import save_checkpoint
     from export.onnx_export import export_checkpoint
@@ -73,7 +75,7 @@ def test_each_pixel_map_exports_with_onnx_runtime_parity(trained_run, tmp_path, 
     from sdk.evaluate import backend_predictor, predict_dataset
 
     trained, _ = load_checkpoint(trained_run / "model.pt")
-    model = with_map_fusion(trained, trained_run, pixel_map=pixel_map, progress=False)
+    model = with_map_fusion(trained, trained_run, progress=False, **change)
     shutil.copy(trained_run / "config.json", tmp_path / "config.json")
     save_checkpoint(model, tmp_path / "model.pt")
     info = export_checkpoint(tmp_path / "model.pt", tmp_path / "model.onnx", progress=False)
@@ -97,3 +99,22 @@ def test_cli_eval_with_another_pixel_map(trained_run, tmp_path):
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(trained_run / "model.pt"), "--data", str(DEMO_ROOT), "--category",
               "ball_screw", "--pixel-map", "auto"])
+
+
+def test_eval_with_another_smoothing_rebuilds_the_memory_statistics_and_keeps_the_bank(trained_run):
+    """--gaussian-sigma on a checkpoint: the same weights and memory bank, the map smoothed at the new sigma
+    (the blur is not part of training), the memory's z-score statistics measured again on that map."""
+    from export.model import GaussianBlur
+
+    trained, _ = load_checkpoint(trained_run / "model.pt")
+    sharper = with_map_fusion(trained, trained_run, gaussian_sigma=2.0, progress=False)
+    assert sharper.config.gaussian_sigma == 2.0 and trained.config.gaussian_sigma == 4.0
+    assert torch.equal(sharper.memory.bank, trained.memory.bank)
+    assert float(sharper.memory.map_std) != float(trained.memory.map_std)
+    x = torch.rand(2, 3, *trained.config.image_size)
+    with torch.no_grad():
+        heads = sharper.heads(x, sharper.teacher_features(x))
+        raw = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], sharper.strides))
+        raw = raw + torch.sigmoid(upsample(heads["seg_logit"], sharper.strides[0]))
+        torch.testing.assert_close(sharper.anomaly_map(x, heads), GaussianBlur(2.0)(raw), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(trained.anomaly_map(x, heads), GaussianBlur(4.0)(raw), rtol=1e-5, atol=1e-5)

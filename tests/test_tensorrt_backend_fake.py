@@ -185,7 +185,8 @@ def test_replicas_share_the_engine_with_a_context_each(fake_tensorrt, engine_fil
         records = list(stream)
     ref = Detector(exported_model[1])
     assert [r.status for r in records] == ["ok"] * 6
-    assert [r.score for r in records] == pytest.approx([ref(f).score for f in _frames(6)], abs=1e-5)
+    # batches of 2 against single frames: float32 rounding, relative to scores of ~100
+    assert [r.score for r in records] == pytest.approx([ref(f).score for f in _frames(6)], rel=1e-6, abs=1e-5)
 
 
 @pytest.mark.parametrize("change,words", [({"tensorrt": "11.0.0"}, "built with TensorRT 11.0.0, this machine has 10.3"),
