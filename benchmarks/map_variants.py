@@ -19,7 +19,7 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   put on one scale before the max), mw=W (weight of the memory map), fuse=max|sum.
 - scores: branches summed after z-scoring on good images: map (the map's max), mem (the memory's soft max),
   glob (the global Gaussian); `map+mem+glob` is the model's combined score.
-The good images are the held-back ones when there are 8, else the training images (memory distances with
+The good images are the held-back ones when there are at least 8, else the training images (memory distances with
 each image's own patches left out, as in the model).
 """
 from __future__ import annotations

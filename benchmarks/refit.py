@@ -2,7 +2,7 @@
 the same weights, the statistics and memory rebuilt from the run's own good images (export.train.with_map_fusion).
 Used to export and time a candidate default without retraining.
 
-    python benchmarks/refit.py RUN OUT [-- EVAL FLAGS, e.g. --map-normalisation sum]
+    python benchmarks/refit.py RUN OUT [EVAL FLAGS, e.g. --map-normalisation sum]
     cfrg export OUT/model.pt -o OUT/model.onnx
 """
 from __future__ import annotations
