@@ -185,6 +185,13 @@ def greedy_coreset(x: torch.Tensor, k: int, proj_dim: int = 64, seed: int = 0,
     return chosen
 
 
+def soft_max(x: torch.Tensor, t: float) -> torch.Tensor:
+    """(N, 1): the log-mean-exp at temperature t of each sample's values, computed from their peak."""
+    m = x.flatten(1)
+    peak = m.amax(1, keepdim=True)
+    return peak + t * torch.log(torch.exp((m - peak) * (1.0 / t)).mean(1, keepdim=True))
+
+
 class PatchMemory(nn.Module):
     """Distance of each pooled stride-8/16 teacher feature to its nearest good training patch, z-scored,
     on the stride-`stride` grid.
@@ -253,11 +260,7 @@ class PatchMemory(nn.Module):
         """(N, 2): the max of the z-scored CFRG map; the log-mean-exp at score_temperature of the z-scored
         memory distances on the memory's grid (between their max and their mean: a wide texture change
         counts, not only its peak; on the coarse grid the sum of exponentials stays small enough for FP16)."""
-        t = self.score_temperature
-        m = memory_z.flatten(1)
-        peak = m.amax(1, keepdim=True)
-        soft = peak + t * torch.log(torch.exp((m - peak) * (1.0 / t)).mean(1, keepdim=True))
-        return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft], 1)
+        return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft_max(memory_z, self.score_temperature)], 1)
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
         """(map, score, memory map): the per-pixel max of the z-scored CFRG map and the memory map (the smoothed,
