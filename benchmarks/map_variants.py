@@ -25,6 +25,7 @@ each image's own patches left out, as in the model).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.runs import RunRecord  # noqa: E402
-from export.model import GaussianBlur, upsample as up  # noqa: E402
+from export.model import GaussianBlur, soft_max, upsample as up  # noqa: E402
 from export.train import _to_tensor, load_model, run_images  # noqa: E402
 from sdk import metrics  # noqa: E402
 from sdk.data import AnomalyDataset  # noqa: E402
@@ -124,9 +125,11 @@ class Variants:
         for kind in ("ds", "dr"):
             for k in range(self.n_scales):
                 d = train[f"{kind}{k}"].double()
+                # per position: mean and variance over images; global: the variance about the global mean, over
+                # images and positions (as CFRG.calibrate_map)
                 self.stats[f"{kind}{k}"] = (d.mean(0, keepdim=True), d.var(0, keepdim=True),
-                                            d.var(0, keepdim=True).mean() + 0 * d.mean())
-        # the good images the fusion statistics come from: held back if there are 8, else training
+                                            d.var(unbiased=False))
+        # the good images the fusion statistics come from: held back if there are at least 8, else training
         self.good = c["holdout"] if c["holdout"] is not None and len(c["holdout"]["mem"]) >= 8 else c["train"]
 
     def z(self, part: dict, key: str, shrink: float, mean_kind: str = "position") -> torch.Tensor:
@@ -177,12 +180,6 @@ def zscore_on(good_map: torch.Tensor, test_map: torch.Tensor, norm: str = "std")
     return ((test_map.double() - g.mean()) / scale).float()
 
 
-def soft_max(m: torch.Tensor, t: float) -> torch.Tensor:
-    m = m.flatten(1)
-    peak = m.amax(1, keepdim=True)
-    return (peak + t * torch.log(torch.exp((m - peak) / t).mean(1, keepdim=True)))[:, 0]
-
-
 def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
     """(test pixel map, {branch: (good scores, test scores)}) of a named variant."""
     good, test = v.good, v.c["test"]
@@ -201,14 +198,15 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
             return v.memory(part)
         raise ValueError(name)
 
-    if "sigma" in spec:
+    if "sigma" in spec:  # a copy with another smoothing; the statistics are shared
+        v = copy.copy(v)
         v.c = {**v.c, "sigma": float(spec["sigma"])}
     gm, tm = the_map(good), the_map(test)
     tz = zscore_on(gm, tm)
     gz = zscore_on(gm, gm)
     c = v.c
     mem_z = {k: (part["mem"] - c["dist_mean"]) / c["dist_std"] for k, part in (("good", good), ("test", test))}
-    mem_score = (soft_max(mem_z["test"], c["temperature"]) - c["mem_score_mean"]) / c["mem_score_std"]
+    mem_score = (soft_max(mem_z["test"], c["temperature"])[:, 0] - c["mem_score_mean"]) / c["mem_score_std"]
     branches = {"map": (gz.flatten(1).amax(1), tz.flatten(1).amax(1)),
                 "mem": (None, mem_score),  # z-scored with the trained statistics
                 "glob": (None, test["glob"])}  # z-scored in the model (0: not in use)
@@ -263,8 +261,8 @@ def main() -> None:
     rows = {}
     for cat in cats:
         c = torch.load(runs / cat / "components.pt", weights_only=False)
+        v = Variants(c)
         for name in args.variants.split(","):
-            v = Variants(c)
             tmap, branches = build(v, name)
             for sc in args.scores.split(","):
                 m = evaluate(c, tmap, combined(branches, sc.split("+")))
