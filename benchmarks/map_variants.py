@@ -14,9 +14,10 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   sum; the paper's uses the recovery discrepancies only), `memory` (the patch-memory map); `fused` and
   `plain_fused` are the first two max-fused with the memory map, as in the model.
 - options: kinds=ds+dr|dr|ds (student and/or recovery discrepancies), seg=W (weight of sigmoid(seg)),
-  sigma=S (smoothing), shrink=K and mean=position|global|poolN (per-position statistics: std shrink toward
-  the global one, a global mean, or statistics max-pooled over N cells), norm=std|max|qP (how both maps are
-  put on one scale before the max), mw=W (weight of the memory map), fuse=max|sum.
+  sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
+  (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
+  cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
+  map), fuse=max|sum.
 - scores: branches summed after z-scoring on good images: map (the map's max), mem (the memory's soft max),
   glob (the global Gaussian); `map+mem+glob` is the model's combined score.
 The good images are the held-back ones when there are at least 8, else the training images (memory distances with
@@ -102,7 +103,7 @@ def cache(run: Path) -> None:
                 "holdout": components(model, holdout) if holdout is not None else None,
                 "test": components(model, test_images), "masks": torch.from_numpy(masks),
                 "labels": torch.tensor([test[i].label for i in range(len(test))]),
-                "strides": model.strides, "sigma": model.config.gaussian_sigma,
+                "strides": model.strides, "sigma": model.config.gaussian_sigma, "seg_sigma": model.config.seg_sigma,
                 "seg_weight": model.config.seg_weight, "memory_stride": model.memory.stride,
                 "temperature": model.config.score_temperature, **memory_stats(model)}, run / "components.pt")
     print(f"{run.name}: cached {len(images)} train, {0 if holdout is None else len(holdout)} held back, "
@@ -150,16 +151,22 @@ class Variants:
         scales = range(self.n_scales) if scales is None else scales
         n = len(kinds) * len(scales)
         amap = sum(up(sum(self.z(part, f"{kind}{k}", shrink, mean_kind) for kind in kinds), self.strides[k]) for k in scales) / n
-        sw = self.c["seg_weight"] if seg_weight is None else seg_weight
-        if sw:
-            amap = amap + sw * torch.sigmoid(up(part["seg"], self.strides[0]))
-        return blur(amap, self.c["sigma"])
+        return self.smoothed(amap, part, self.c["seg_weight"] if seg_weight is None else seg_weight)
 
     def plain(self, part: dict, kinds=("dr",), seg: float = 1.0) -> torch.Tensor:
         amap = sum(up(part[f"{kind}{k}"], self.strides[k]) for kind in kinds for k in range(self.n_scales))
-        if seg:
-            amap = amap + seg * torch.sigmoid(up(part["seg"], self.strides[0]))
-        return blur(amap, self.c["sigma"])
+        return self.smoothed(amap, part, seg)
+
+    def smoothed(self, amap: torch.Tensor, part: dict, seg_weight: float) -> torch.Tensor:
+        """The discrepancies smoothed plus the weighted sigmoid(seg) smoothed at seg_sigma, as CFRG.anomaly_map."""
+        sigma = self.c["sigma"]
+        if not seg_weight:
+            return blur(amap, sigma)
+        seg = seg_weight * torch.sigmoid(up(part["seg"], self.strides[0]))
+        seg_sigma = self.c.get("seg_sigma", sigma)  # caches from before seg_sigma: smoothed with the map
+        if seg_sigma == sigma:
+            return blur(amap + seg, sigma)
+        return blur(amap, sigma) + (blur(seg, seg_sigma) if seg_sigma > 0 else seg)
 
     def memory(self, part: dict) -> torch.Tensor:
         return blur(up(part["mem"], self.c["memory_stride"]), self.c["sigma"])
@@ -198,9 +205,10 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
             return v.memory(part)
         raise ValueError(name)
 
-    if "sigma" in spec:  # a copy with another smoothing; the statistics are shared
+    smoothing = {key: float(spec[opt]) for opt, key in (("sigma", "sigma"), ("segsigma", "seg_sigma")) if opt in spec}
+    if smoothing:  # a copy with other smoothing; the statistics are shared
         v = copy.copy(v)
-        v.c = {**v.c, "sigma": float(spec["sigma"])}
+        v.c = {**v.c, **smoothing}
     gm, tm = the_map(good), the_map(test)
     tz = zscore_on(gm, tm)
     gz = zscore_on(gm, gm)

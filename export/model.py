@@ -447,6 +447,7 @@ class CFRG(nn.Module):
         n_weights = 1 + int(config.use_recovery)
         self.seg = SegHead(channels, config.seg_width, n_weights) if config.use_segmentation else None
         self.blur = GaussianBlur(config.gaussian_sigma)
+        self.seg_blur = GaussianBlur(config.seg_sigma) if config.seg_sigma > 0 else nn.Identity()
         if config.map_normalisation not in MAP_NORMALISATIONS:
             raise ValueError(f"map_normalisation must be one of {MAP_NORMALISATIONS}, got {config.map_normalisation!r}")
         if config.map_normalisation == "position":  # per-position discrepancy statistics on good images
@@ -526,9 +527,12 @@ class CFRG(nn.Module):
             amap = sum(upsample(sum((d - mean[:, c:c + 1]) / std[:, c:c + 1] for c, d in enumerate(ds)), s)
                        for ds, s, mean, std in zip(scales, self.strides, self.map_stats("mean"), self.map_stats("std")))
             amap = amap * (1.0 / n)
-        if self.seg is not None:
-            amap = amap + seg_weight * torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
-        return self.blur(amap)
+        if self.seg is None:
+            return self.blur(amap)
+        seg = seg_weight * torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
+        if self.config.seg_sigma == self.config.gaussian_sigma:  # one blur of the sum (checkpoints from before)
+            return self.blur(amap + seg)
+        return self.blur(amap) + self.seg_blur(seg)
 
     def map_stats(self, kind: str) -> list[torch.Tensor]:
         return [getattr(self, f"map_{kind}{k}") for k in range(len(self.strides))]

@@ -19,14 +19,24 @@ AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the laten
 
 
 def auto_image_size(sizes: list[tuple[int, int]], pixels: int = AUTO_SIZE_PIXELS) -> tuple[int, int]:
-    """(height, width), multiples of 32, with the training images' median aspect ratio and about `pixels`
-    pixels: long or tall parts are not squashed into a square."""
-    if not sizes:
-        raise ValueError("no training images to take the input size's aspect ratio from")
-    aspect = float(sorted(w / h for h, w in sizes)[len(sizes) // 2])  # width / height
+    """(height, width), multiples of 32, of about `pixels` pixels: the training images' median aspect ratio when
+    they share one shape (long or tall parts are not squashed into a square), else square (crops of many shapes
+    have no one ratio to keep)."""
+    aspect = shared_aspect(sizes) or 1.0
     height = max(32, round((pixels / aspect) ** 0.5 / 32) * 32)
     width = max(32, round(pixels / height / 32) * 32)
     return height, width
+
+
+def shared_aspect(sizes: list[tuple[int, int]], share: float = 0.8, tolerance: float = 0.1) -> float | None:
+    """The median aspect ratio (width / height) of the images (height, width) when at least `share` of them
+    are within `tolerance` of it, else None."""
+    if not sizes:
+        raise ValueError("no training images to take the input size's aspect ratio from")
+    aspects = sorted(w / h for h, w in sizes)
+    median = aspects[len(aspects) // 2]
+    near = sum(abs(a / median - 1) <= tolerance for a in aspects)
+    return float(median) if near >= share * len(aspects) else None
 
 
 def parse_size(text: str) -> tuple[int, int] | str:
@@ -74,9 +84,9 @@ class TrainArgs:
     data: str = option(help="dataset root in MVTec AD / 3CAD layout", demo=None)
     category: str = option(help="category folder under the root", demo=None)
     out: str = option(help="output folder for model.pt and config.json", demo=None)
-    image_size: tuple[int, int] | str = option(_RECIPE.image_size, "N or HxW, multiples of 32 (default 256), or "
-                                               "auto: the training images' median aspect ratio at about 256x256 "
-                                               "pixels",
+    image_size: tuple[int, int] | str = option("auto", "N or HxW, multiples of 32, or auto (default): about "
+                                               "256x256 pixels at the training images' aspect ratio when they "
+                                               "share one, else 256x256",
                                          type=parse_size, check=image_size_check)
     teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
     teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
@@ -113,6 +123,11 @@ class TrainArgs:
         type=float, check=number(0, low_open=True),
         eval_help="checkpoints: evaluate the same weights with the maps smoothed at this sigma (the memory's "
                   "statistics rebuilt; default: the trained one)")
+    seg_sigma: float = option(
+        _RECIPE.seg_sigma, "sigma, in input pixels, of the Gaussian that smooths the segmentation's probability "
+        "in the map (default 0: not smoothed)", type=float, check=number(0),
+        eval_help="checkpoints: evaluate the same weights with the segmentation's probability smoothed at this "
+                  "sigma (0: not smoothed; the memory's statistics rebuilt; default: the trained one)")
     memory_size: int = option(
         _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
         type=int, check=whole(0),
@@ -164,7 +179,7 @@ class TrainArgs:
         return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
-                          gaussian_sigma=self.gaussian_sigma,
+                          gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
                           global_score=self.global_score, pixel_map=self.pixel_map)
 

@@ -23,7 +23,7 @@ from sdk.model_info import software_versions
 
 from .config import CFRGConfig
 from .model import CFRG, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
-from .options import TrainArgs, auto_image_size
+from .options import TrainArgs, auto_image_size, shared_aspect
 from .runs import RunRecord
 from .synthesis import DefectSynthesizer
 
@@ -314,9 +314,11 @@ def resolve_image_size(args: TrainArgs, train_set: AnomalyDataset) -> tuple[int,
     images spread over the set)."""
     if args.image_size != "auto":
         return tuple(args.image_size)
-    index = spread_indices(len(train_set), 64)
-    size = auto_image_size([train_set.load_image(i).shape[:2] for i in index])
-    print(f"--image-size auto: {size[0]}x{size[1]} from the training images' aspect ratio")
+    sizes = [train_set.load_image(i).shape[:2] for i in spread_indices(len(train_set), 64)]
+    size = auto_image_size(sizes)
+    why = ("the training images' aspect ratio" if shared_aspect(sizes) else
+           "square: the training images' aspect ratios vary, so no one shape is kept")
+    print(f"--image-size auto: {size[0]}x{size[1]} ({why})")
     return size
 
 
@@ -474,14 +476,15 @@ def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
                     memory_pool: int | None = None, global_score: bool | None = None,
-                    pixel_map: str | None = None, gaussian_sigma: float | None = None) -> CFRG:
+                    pixel_map: str | None = None, gaussian_sigma: float | None = None,
+                    seg_sigma: float | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, patch memory size
     and pooling, image score and its global branch, pixel map). Map statistics, the memory
     and the global branch are rebuilt from the run's own good images: its config.json says which, `data` says
     where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
-               "gaussian_sigma": gaussian_sigma}
+               "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:

@@ -70,16 +70,17 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
         heads = m.heads(x, m.teacher_features(x))
         calibrate_map(m, _demo_images(8, (64, 128)))
         after, _ = m(x)
-        seg = m.blur(torch.sigmoid(torch.nn.functional.interpolate(heads["seg_logit"], scale_factor=4.0,
-                                                                    mode="bilinear", align_corners=False)))
+        seg = torch.sigmoid(torch.nn.functional.interpolate(heads["seg_logit"], scale_factor=4.0, mode="bilinear",
+                                                            align_corners=False))  # seg_sigma 0: not smoothed
     assert not torch.allclose(before, after)
     # with the images' own statistics the discrepancy part averages to 0: what is left is the segmentation
     assert abs((after - m.config.seg_weight * seg).mean().item()) < 1e-3
 
 
 def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
-    """map_normalisation "sum": sum over scales of the upsampled student and recovery discrepancies, plus
-    sigmoid(seg), smoothed; no per-position statistics (nothing to calibrate, no buffers)."""
+    """map_normalisation "sum": sum over scales of the upsampled student and recovery discrepancies, smoothed,
+    plus sigmoid(seg) (seg_sigma 0: not smoothed again); no per-position statistics (nothing to calibrate, no
+    buffers)."""
     from export.model import upsample
     from export.train import _to_tensor, calibrate_map
 
@@ -91,10 +92,16 @@ def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
     with torch.no_grad():
         heads = m.heads(x, m.teacher_features(x))
         parts = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], m.strides))
-        expected = m.blur(parts + torch.sigmoid(upsample(heads["seg_logit"], m.strides[0])))
+        seg = torch.sigmoid(upsample(heads["seg_logit"], m.strides[0]))
+        expected = m.blur(parts) + seg
         amap, score = m(x)
         paper = m.anomaly_map(x, heads, "none")
+        m.config.seg_sigma = m.config.gaussian_sigma  # as checkpoints from before seg_sigma: one blur of the sum
+        smoothed_seg = m.anomaly_map(x, heads)
     torch.testing.assert_close(amap, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(smoothed_seg, m.blur(parts + seg), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(smoothed_seg, amap, atol=1e-3)
+    assert CFRGConfig.from_dict({"gaussian_sigma": 3.0}).seg_sigma == 3.0 and CFRGConfig().seg_sigma == 0
     assert torch.allclose(score, amap.flatten(1).amax(1))
     assert (amap > paper).all()  # the paper's map leaves the student discrepancies out
     with pytest.raises(ValueError, match="only 'position' has map statistics"):

@@ -39,9 +39,9 @@ def test_the_demo_takes_the_same_options_with_its_own_budget():
 
 def test_recipe_defaults_come_from_the_model_config():
     args, config = TrainArgs("d", "c", "o"), CFRGConfig()
-    assert args.model_config() == config
-    assert set(EVAL_OPTIONS) == {"map_normalisation", "gaussian_sigma", "memory_size", "memory_pool", "image_score",
-                                 "global_score", "pixel_map"}
+    assert args.model_config(config.image_size) == config  # the size: auto, resolved from the training images
+    assert set(EVAL_OPTIONS) == {"map_normalisation", "gaussian_sigma", "seg_sigma", "memory_size", "memory_pool",
+                                 "image_score", "global_score", "pixel_map"}
     actions = _actions("eval")
     assert all(actions[name].default is None for name in EVAL_OPTIONS)
 
@@ -94,7 +94,7 @@ def test_auto_image_size_follows_the_training_images_aspect_ratio():
     from export.options import auto_image_size, parse_size
 
     assert parse_size("auto") == "auto" and parse_size("AUTO") == "auto"
-    assert auto_image_size([(460, 1130)] * 3 + [(100, 100)]) == (160, 416)  # ball_screw: wide, the median aspect
+    assert auto_image_size([(460, 1130)] * 4 + [(100, 100)]) == (160, 416)  # ball_screw: wide, the median aspect
     assert auto_image_size([(800, 600)]) == (288, 224)  # tire: tall
     assert auto_image_size([(128, 128)]) == (256, 256)  # paper: square, the default's pixels
     for h, w in [(460, 1130), (800, 600), (300, 9000)]:
@@ -102,3 +102,16 @@ def test_auto_image_size_follows_the_training_images_aspect_ratio():
         assert size[0] % 32 == 0 and size[1] % 32 == 0 and 0.8 < size[0] * size[1] / 65536 < 1.25
     with pytest.raises(ValueError, match="no training images"):
         auto_image_size([])
+
+
+def test_auto_image_size_is_square_when_the_training_images_have_no_one_shape():
+    """Crops of many shapes (magnetic_tile's ROIs, 0.6 to 1.6 times as wide as high) are not all squashed to
+    their median ratio; at least 80% of the images within 10% of the median count as one shape."""
+    from export.options import TrainArgs, auto_image_size, shared_aspect
+
+    assert TrainArgs.__dataclass_fields__["image_size"].default == "auto"
+    crops = [(300, w) for w in range(180, 500, 10)]
+    assert shared_aspect(crops) is None and auto_image_size(crops) == (256, 256)
+    assert shared_aspect([(460, 1130)] * 3 + [(100, 100)]) is None  # one in four off: not one shape
+    assert shared_aspect([(460, 1130)] * 4 + [(100, 100)]) == pytest.approx(1130 / 460)
+    assert shared_aspect([(460, 1130), (470, 1130), (450, 1130), (460, 1100)]) == pytest.approx(1130 / 460)

@@ -28,17 +28,29 @@ def test_compare_applies_the_bar_per_set_and_on_the_mean(tmp_path):
     assert rows["mean"].endswith("no: I-AUROC, P-AUROC |")  # 94.75 against 95.0; 97.5 against 97.5 is not ahead
 
 
-def test_loso_keeps_the_baseline_unless_mean_and_worst_both_gain(tmp_path):
+def test_loso_takes_a_candidate_when_the_mean_gains_and_the_worst_gains_or_no_set_loses(tmp_path):
     runs = tmp_path / "runs"
     base = {"a": [90] * 4, "b": [80] * 4, "c": [60] * 4}
     write(runs, "base", base)
     write(runs, "lifts_worst", {"a": [88] * 4, "b": [80] * 4, "c": [70] * 4})  # mean and worst up on all three
-    write(runs, "mean_only", {"a": [99] * 4, "b": [80] * 4, "c": [59] * 4})  # mean up, worst down: never chosen
+    write(runs, "mean_only", {"a": [99] * 4, "b": [80] * 4, "c": [59] * 4})  # mean up, worst down (c)
     text = quality.leave_one_out(runs, "base", ["lifts_worst", "mean_only"])
     assert text.splitlines()[0] == "all 3 sets choose: lifts_worst"
     rows = {line.split(" | ")[0].strip("| *"): [c.strip("| *") for c in line.split(" | ")]
             for line in text.splitlines()[4:]}
     assert rows["a"][1:] == ["lifts_worst", "88.0", "90.0"]  # b and c choose it; it costs a
     assert rows["b"][1:] == ["lifts_worst", "80.0", "80.0"]
-    assert rows["c"][1:] == ["base", "60.0", "60.0"]  # a and b: its mean falls; mean_only's worst does not rise
-    assert rows["mean over the sets left out"][-2:] == ["76.00", "76.67"]
+    # a and b: lifts_worst's mean falls; mean_only lifts a and costs b nothing, so they take it, and it costs c
+    assert rows["c"][1:] == ["mean_only", "59.0", "60.0"]
+    assert rows["mean over the sets left out"][-2:] == ["75.67", "76.67"]
+
+
+def test_loso_takes_a_choice_that_lifts_some_sets_and_costs_none(tmp_path):
+    runs = tmp_path / "runs"
+    write(runs, "base", {"a": [90] * 4, "b": [80] * 4, "c": [60] * 4})
+    write(runs, "lifts_two", {"a": [92] * 4, "b": [81] * 4, "c": [60] * 4})  # the worst set (c) unchanged
+    write(runs, "costs_one", {"a": [95] * 4, "b": [79.9] * 4, "c": [60] * 4})  # b loses a little, worst unchanged
+    text = quality.leave_one_out(runs, "base", ["lifts_two", "costs_one"])
+    assert text.splitlines()[0] == "all 3 sets choose: lifts_two"
+    rows = {line.split(" | ")[0].strip("| *"): line.split(" | ")[1] for line in text.splitlines()[4:]}
+    assert [rows[s] for s in "abc"] == ["lifts_two", "costs_one", "lifts_two"]
