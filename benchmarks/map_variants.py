@@ -163,8 +163,8 @@ class Variants:
         if not seg_weight:
             return blur(amap, sigma)
         seg = seg_weight * torch.sigmoid(up(part["seg"], self.strides[0]))
-        seg_sigma = self.c.get("seg_sigma", sigma)  # caches from before seg_sigma: smoothed with the map
-        if seg_sigma == sigma:
+        seg_sigma = self.c.get("seg_sigma")  # None (and caches from before seg_sigma): smoothed with the map
+        if seg_sigma is None:
             return blur(amap + seg, sigma)
         return blur(amap, sigma) + (blur(seg, seg_sigma) if seg_sigma > 0 else seg)
 

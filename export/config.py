@@ -21,7 +21,9 @@ class CFRGConfig:
     use_recovery: bool = True
     use_segmentation: bool = True
     gaussian_sigma: float = 4.0
-    seg_sigma: float = 0.0  # smoothing of the segmentation's probability in the map (0: none, it is already smooth)
+    # smoothing of the segmentation's probability in the map (0: none, it is already smooth; None: smoothed with
+    # the discrepancies, one blur of the sum, as checkpoints from before the option)
+    seg_sigma: float | None = 0.0
     colour_order: str = "RGB"
     map_normalisation: str = "sum"  # MAP_NORMALISATIONS: "sum" (every discrepancy), "position", "none" (paper)
     seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only; else 1)
@@ -46,7 +48,7 @@ class CFRGConfig:
         d.setdefault("memory_size", 0)  # and from before the patch memory
         d.setdefault("image_score", "max")  # and from before the combined image score
         d.setdefault("global_score", False)  # and from before its global branch
-        d.setdefault("seg_sigma", d.get("gaussian_sigma", cls.gaussian_sigma))  # before: smoothed with the map
+        d.setdefault("seg_sigma", None)  # and from before seg_sigma: smoothed with the discrepancies
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)

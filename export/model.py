@@ -447,7 +447,7 @@ class CFRG(nn.Module):
         n_weights = 1 + int(config.use_recovery)
         self.seg = SegHead(channels, config.seg_width, n_weights) if config.use_segmentation else None
         self.blur = GaussianBlur(config.gaussian_sigma)
-        self.seg_blur = GaussianBlur(config.seg_sigma) if config.seg_sigma > 0 else nn.Identity()
+        self.seg_blur = GaussianBlur(config.seg_sigma) if config.seg_sigma else nn.Identity()
         if config.map_normalisation not in MAP_NORMALISATIONS:
             raise ValueError(f"map_normalisation must be one of {MAP_NORMALISATIONS}, got {config.map_normalisation!r}")
         if config.map_normalisation == "position":  # per-position discrepancy statistics on good images
@@ -530,7 +530,7 @@ class CFRG(nn.Module):
         if self.seg is None:
             return self.blur(amap)
         seg = seg_weight * torch.sigmoid(upsample(heads["seg_logit"], self.strides[0]))
-        if self.config.seg_sigma == self.config.gaussian_sigma:  # one blur of the sum (checkpoints from before)
+        if self.config.seg_sigma is None:  # smoothed with the discrepancies (checkpoints from before the option)
             return self.blur(amap + seg)
         return self.blur(amap) + self.seg_blur(seg)
 
