@@ -26,7 +26,8 @@ class CFRGConfig:
     seg_sigma: float | None = 0.0
     colour_order: str = "RGB"
     map_normalisation: str = "sum"  # MAP_NORMALISATIONS: "sum" (every discrepancy), "position", "none" (paper)
-    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only; else 1)
+    seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
+    sum_seg_weight: float = 1.0  # weight of sigmoid(seg) in the "sum" map
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
     memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)

@@ -7,7 +7,7 @@
 Test time (map_normalisation "none", the paper's): map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg),
 Gaussian sigma 4; score = max(map) (without a patch memory).
 map_normalisation "sum" (default): the same with the student discrepancies added,
-sum_s up(1 - cos(T_s, S_s) + 1 - cos(T_s, R_s)) + sigmoid(seg).
+sum_s up(1 - cos(T_s, S_s) + 1 - cos(T_s, R_s)) + sum_seg_weight * sigmoid(seg).
 map_normalisation "position": each student and recovery discrepancy is z-scored per position
 with statistics of good training images (calibrate_map), the z-scores are averaged over components and
 scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
@@ -519,6 +519,7 @@ class CFRG(nn.Module):
             coarse = heads["d_recovery"] if self.recovery is not None else heads["d_student"]
             amap = sum(upsample(d, s) for d, s in zip(coarse, self.strides))
         elif kind == "sum":
+            seg_weight = self.config.sum_seg_weight
             amap = sum(upsample(sum(ds), s) for ds, s in zip(self.discrepancies(heads), self.strides))
         else:
             seg_weight = self.config.seg_weight

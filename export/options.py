@@ -128,6 +128,11 @@ class TrainArgs:
         "in the map (default 0: not smoothed)", type=float, check=number(0),
         eval_help="checkpoints: evaluate the same weights with the segmentation's probability smoothed at this "
                   "sigma (0: not smoothed; the memory's statistics rebuilt; default: the trained one)")
+    sum_seg_weight: float = option(
+        _RECIPE.sum_seg_weight, "weight of the segmentation's probability in the 'sum' map (default 1)", type=float,
+        check=number(0),
+        eval_help="checkpoints: evaluate the same weights with the segmentation's probability weighted so in the "
+                  "'sum' map (the memory's statistics rebuilt; default: the trained one)")
     memory_size: int = option(
         _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
         type=int, check=whole(0),
@@ -180,6 +185,7 @@ class TrainArgs:
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
                           gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
+                          sum_seg_weight=self.sum_seg_weight,
                           memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
                           global_score=self.global_score, pixel_map=self.pixel_map)
 

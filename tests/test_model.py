@@ -98,7 +98,10 @@ def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
         paper = m.anomaly_map(x, heads, "none")
         m.config.seg_sigma = None  # as checkpoints from before seg_sigma: one blur of the sum
         smoothed_seg = m.anomaly_map(x, heads)
+        m.config.seg_sigma, m.config.sum_seg_weight = 0.0, 1.5
+        weighted_seg = m.anomaly_map(x, heads)
     torch.testing.assert_close(amap, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weighted_seg, m.blur(parts) + 1.5 * seg, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(smoothed_seg, m.blur(parts + seg), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(smoothed_seg, amap, atol=1e-3)
     assert CFRGConfig.from_dict({"gaussian_sigma": 3.0}).seg_sigma is None and CFRGConfig().seg_sigma == 0

@@ -101,18 +101,20 @@ def test_cli_eval_with_another_pixel_map(trained_run, tmp_path):
               "ball_screw", "--pixel-map", "auto"])
 
 
-def test_eval_with_another_smoothing_rebuilds_the_memory_statistics_and_keeps_the_bank(trained_run):
-    """--gaussian-sigma and --seg-sigma on a checkpoint: the same weights and memory bank, the discrepancies
-    (and the segmentation's probability) smoothed at the new sigma (the blur is not part of training), the
-    memory's z-score statistics measured again on that map."""
+def test_eval_with_another_smoothing_or_seg_weight_rebuilds_the_memory_statistics_and_keeps_the_bank(trained_run):
+    """--gaussian-sigma, --seg-sigma and --sum-seg-weight on a checkpoint: the same weights and memory bank, the
+    discrepancies (and the segmentation's probability) smoothed at the new sigma or the segmentation weighted
+    anew (neither is part of training), the memory's z-score statistics measured again on that map."""
     from export.model import GaussianBlur
 
     trained, _ = load_checkpoint(trained_run / "model.pt")
     sharper = with_map_fusion(trained, trained_run, gaussian_sigma=2.0, progress=False)
     smoothed_seg = with_map_fusion(trained, trained_run, seg_sigma=4.0, progress=False)
+    heavier_seg = with_map_fusion(trained, trained_run, sum_seg_weight=2.0, progress=False)
     assert sharper.config.gaussian_sigma == 2.0 and trained.config.gaussian_sigma == 4.0
     assert trained.config.seg_sigma == 0 and smoothed_seg.config.seg_sigma == 4.0
-    for other in (sharper, smoothed_seg):
+    assert trained.config.sum_seg_weight == 1 and heavier_seg.config.sum_seg_weight == 2.0
+    for other in (sharper, smoothed_seg, heavier_seg):
         assert torch.equal(other.memory.bank, trained.memory.bank)
         assert float(other.memory.map_std) != float(trained.memory.map_std)
     x = torch.rand(2, 3, *trained.config.image_size)
@@ -123,4 +125,6 @@ def test_eval_with_another_smoothing_rebuilds_the_memory_statistics_and_keeps_th
         torch.testing.assert_close(sharper.anomaly_map(x, heads), GaussianBlur(2.0)(raw) + seg, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(trained.anomaly_map(x, heads), GaussianBlur(4.0)(raw) + seg, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(smoothed_seg.anomaly_map(x, heads), GaussianBlur(4.0)(raw + seg), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(heavier_seg.anomaly_map(x, heads), GaussianBlur(4.0)(raw) + 2.0 * seg, rtol=1e-5,
                                    atol=1e-5)
