@@ -20,14 +20,14 @@ class CFRGConfig:
     seg_width: int = 32
     use_recovery: bool = True
     use_segmentation: bool = True
-    gaussian_sigma: float = 4.0
+    gaussian_sigma: float = 3.0
     # smoothing of the segmentation's probability in the map (0: none, it is already smooth; None: smoothed with
     # the discrepancies, one blur of the sum, as checkpoints from before the option)
     seg_sigma: float | None = 0.0
     colour_order: str = "RGB"
     map_normalisation: str = "sum"  # MAP_NORMALISATIONS: "sum" (every discrepancy), "position", "none" (paper)
     seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
-    sum_seg_weight: float = 1.0  # weight of sigmoid(seg) in the "sum" map
+    sum_seg_weight: float = 1.5  # weight of sigmoid(seg) in the "sum" map
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
     memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
@@ -50,6 +50,8 @@ class CFRGConfig:
         d.setdefault("image_score", "max")  # and from before the combined image score
         d.setdefault("global_score", False)  # and from before its global branch
         d.setdefault("seg_sigma", None)  # and from before seg_sigma: smoothed with the discrepancies
+        d.setdefault("gaussian_sigma", 4.0)  # the default until sum_seg_weight came
+        d.setdefault("sum_seg_weight", 1.0)  # and from before sum_seg_weight
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)

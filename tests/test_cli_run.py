@@ -53,7 +53,9 @@ def test_stream_with_real_detector_matches_single_calls(tmp_path, exported_model
     assert len(records) == len(frames) == 6
     for rec, frame in zip(records, frames):
         assert rec.status == "ok"
-        assert rec.result.score == pytest.approx(det(frame).score, rel=1e-5, abs=1e-5)  # a sum of z-scores: near 0
+        # batch 2 against batch 1: float32 convolutions may differ in the last bits, and the score is a sum of
+        # z-scores (divided by small good-image spreads), so 1e-4
+        assert rec.result.score == pytest.approx(det(frame).score, rel=1e-4, abs=1e-4)
         assert rec.result.mask.shape == frame.shape[:2]
 
 

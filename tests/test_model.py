@@ -93,18 +93,21 @@ def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
         heads = m.heads(x, m.teacher_features(x))
         parts = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], m.strides))
         seg = torch.sigmoid(upsample(heads["seg_logit"], m.strides[0]))
-        expected = m.blur(parts) + seg
+        expected = m.blur(parts) + 1.5 * seg  # sum_seg_weight 1.5
         amap, score = m(x)
         paper = m.anomaly_map(x, heads, "none")
         m.config.seg_sigma = None  # as checkpoints from before seg_sigma: one blur of the sum
         smoothed_seg = m.anomaly_map(x, heads)
-        m.config.seg_sigma, m.config.sum_seg_weight = 0.0, 1.5
+        m.config.seg_sigma, m.config.sum_seg_weight = 0.0, 2.0
         weighted_seg = m.anomaly_map(x, heads)
     torch.testing.assert_close(amap, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(weighted_seg, m.blur(parts) + 1.5 * seg, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(smoothed_seg, m.blur(parts + seg), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weighted_seg, m.blur(parts) + 2.0 * seg, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(smoothed_seg, m.blur(parts + 1.5 * seg), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(smoothed_seg, amap, atol=1e-3)
     assert CFRGConfig.from_dict({"gaussian_sigma": 3.0}).seg_sigma is None and CFRGConfig().seg_sigma == 0
+    old = CFRGConfig.from_dict({})  # a checkpoint from before sum_seg_weight keeps its map
+    assert (old.gaussian_sigma, old.sum_seg_weight) == (4.0, 1.0)
+    assert (CFRGConfig().gaussian_sigma, CFRGConfig().sum_seg_weight) == (3.0, 1.5)
     assert torch.allclose(score, amap.flatten(1).amax(1))
     assert (amap > paper).all()  # the paper's map leaves the student discrepancies out
     with pytest.raises(ValueError, match="only 'position' has map statistics"):

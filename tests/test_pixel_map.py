@@ -111,9 +111,9 @@ def test_eval_with_another_smoothing_or_seg_weight_rebuilds_the_memory_statistic
     sharper = with_map_fusion(trained, trained_run, gaussian_sigma=2.0, progress=False)
     smoothed_seg = with_map_fusion(trained, trained_run, seg_sigma=4.0, progress=False)
     heavier_seg = with_map_fusion(trained, trained_run, sum_seg_weight=2.0, progress=False)
-    assert sharper.config.gaussian_sigma == 2.0 and trained.config.gaussian_sigma == 4.0
+    assert sharper.config.gaussian_sigma == 2.0 and trained.config.gaussian_sigma == 3.0
     assert trained.config.seg_sigma == 0 and smoothed_seg.config.seg_sigma == 4.0
-    assert trained.config.sum_seg_weight == 1 and heavier_seg.config.sum_seg_weight == 2.0
+    assert trained.config.sum_seg_weight == 1.5 and heavier_seg.config.sum_seg_weight == 2.0
     for other in (sharper, smoothed_seg, heavier_seg):
         assert torch.equal(other.memory.bank, trained.memory.bank)
         assert float(other.memory.map_std) != float(trained.memory.map_std)
@@ -122,9 +122,9 @@ def test_eval_with_another_smoothing_or_seg_weight_rebuilds_the_memory_statistic
         heads = sharper.heads(x, sharper.teacher_features(x))
         raw = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], sharper.strides))
         seg = torch.sigmoid(upsample(heads["seg_logit"], sharper.strides[0]))
-        torch.testing.assert_close(sharper.anomaly_map(x, heads), GaussianBlur(2.0)(raw) + seg, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(trained.anomaly_map(x, heads), GaussianBlur(4.0)(raw) + seg, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(smoothed_seg.anomaly_map(x, heads), GaussianBlur(4.0)(raw + seg), rtol=1e-5,
-                                   atol=1e-5)
-        torch.testing.assert_close(heavier_seg.anomaly_map(x, heads), GaussianBlur(4.0)(raw) + 2.0 * seg, rtol=1e-5,
-                                   atol=1e-5)
+        close = dict(rtol=1e-5, atol=1e-5)  # the default: sigma 3, segmentation weight 1.5, not smoothed
+        torch.testing.assert_close(sharper.anomaly_map(x, heads), GaussianBlur(2.0)(raw) + 1.5 * seg, **close)
+        torch.testing.assert_close(trained.anomaly_map(x, heads), GaussianBlur(3.0)(raw) + 1.5 * seg, **close)
+        torch.testing.assert_close(smoothed_seg.anomaly_map(x, heads),
+                                   GaussianBlur(3.0)(raw) + GaussianBlur(4.0)(1.5 * seg), **close)
+        torch.testing.assert_close(heavier_seg.anomaly_map(x, heads), GaussianBlur(3.0)(raw) + 2.0 * seg, **close)
