@@ -119,7 +119,8 @@ class TrainArgs:
         "'none' is the paper's sum of the recovery discrepancies and the segmentation", choices=MAP_NORMALISATIONS,
         eval_help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
     gaussian_sigma: float = option(
-        _RECIPE.gaussian_sigma, f"sigma, in input pixels, of the Gaussian that smooths the maps (default {_RECIPE.gaussian_sigma:g})",
+        _RECIPE.gaussian_sigma,
+        f"sigma, in input pixels, of the Gaussian that smooths the maps (default {_RECIPE.gaussian_sigma:g})",
         type=float, check=number(0, low_open=True),
         eval_help="checkpoints: evaluate the same weights with the maps smoothed at this sigma (the memory's "
                   "statistics rebuilt; default: the trained one)")
@@ -129,9 +130,9 @@ class TrainArgs:
         eval_help="checkpoints: evaluate the same weights with the segmentation's probability smoothed at this "
                   "sigma (0: not smoothed; the memory's statistics rebuilt; default: the trained one)")
     sum_seg_weight: float = option(
-        _RECIPE.sum_seg_weight, f"weight of the segmentation's probability in the 'sum' map (default {_RECIPE.sum_seg_weight:g})",
-        type=float,
-        check=number(0),
+        _RECIPE.sum_seg_weight,
+        f"weight of the segmentation's probability in the 'sum' map (default {_RECIPE.sum_seg_weight:g})",
+        type=float, check=number(0),
         eval_help="checkpoints: evaluate the same weights with the segmentation's probability weighted so in the "
                   "'sum' map (the memory's statistics rebuilt; default: the trained one)")
     memory_size: int = option(

@@ -478,14 +478,13 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                     memory_pool: int | None = None, global_score: bool | None = None,
                     pixel_map: str | None = None, gaussian_sigma: float | None = None,
                     seg_sigma: float | None = None, sum_seg_weight: float | None = None) -> CFRG:
-    """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, patch memory size
-    and pooling, image score and its global branch, pixel map). Map statistics, the memory
-    and the global branch are rebuilt from the run's own good images: its config.json says which, `data` says
-    where they live now."""
+    """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, the segmentation's
+    weight in the sum, patch memory size and pooling, image score and its global branch, pixel map). Map
+    statistics, the memory and the global branch are rebuilt from the run's own good images: its config.json says
+    which, `data` says where they live now."""
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
-               "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma,
-               "sum_seg_weight": sum_seg_weight}
+               "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma, "sum_seg_weight": sum_seg_weight}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:
