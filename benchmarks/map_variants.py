@@ -13,7 +13,8 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
 - bases: `cfrg` (discrepancies z-scored per position, as map_normalisation "position"), `plain` (their plain
   sum; the paper's uses the recovery discrepancies only), `memory` (the patch-memory map); `fused` and
   `plain_fused` are the first two max-fused with the memory map, as in the model.
-- options: kinds=ds+dr|dr|ds (student and/or recovery discrepancies), seg=W (weight of sigmoid(seg)),
+- options: kinds=ds+dr|dr|ds (student and/or recovery discrepancies), seg=W (weight of sigmoid(seg); `plain`
+  takes 1 unless told, so the model's default sum map is `plain_fused:kinds=ds+dr:seg=1.5:sigma=3:segsigma=0`),
   sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
   (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
   cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
