@@ -54,3 +54,23 @@ def test_loso_takes_a_choice_that_lifts_some_sets_and_costs_none(tmp_path):
     assert text.splitlines()[0] == "all 3 sets choose: lifts_two"
     rows = {line.split(" | ")[0].strip("| *"): line.split(" | ")[1] for line in text.splitlines()[4:]}
     assert [rows[s] for s in "abc"] == ["lifts_two", "costs_one", "lifts_two"]
+
+
+def test_map_variants_plain_weights_scale_each_discrepancy():
+    """map_variants' `sw=` / `kw=` weights: zero drops a scale or kind, and the weights multiply what they name."""
+    import torch
+    import map_variants
+    g = torch.Generator().manual_seed(0)
+    part = {f"{kind}{k}": torch.rand(2, 1, 32 // s, 32 // s, generator=g)
+            for kind in ("ds", "dr") for k, s in enumerate((4, 8, 16))}
+    part["seg"] = torch.randn(2, 1, 8, 8, generator=g)
+    v = map_variants.Variants.__new__(map_variants.Variants)
+    v.c, v.strides, v.n_scales = {"sigma": 2.0, "seg_sigma": 0.0}, [4, 8, 16], 3
+    both = ("ds", "dr")
+    base = v.plain(part, both, seg=0.0)
+    assert torch.allclose(v.plain(part, both, 0.0, [2, 2, 2]), 2 * base, atol=1e-5)
+    assert torch.allclose(v.plain(part, both, 0.0, kind_weights=[3, 3]), 3 * base, atol=1e-5)
+    finest_student = v.plain(part, both, 0.0, [1, 0, 0], [1, 0])
+    assert torch.allclose(finest_student, map_variants.blur(map_variants.up(part["ds0"], 4), 2.0), atol=1e-6)
+    assert torch.allclose(finest_student, v.plain(part, ("ds",), 0.0, [1, 0, 0]), atol=1e-6)
+    assert not torch.allclose(finest_student, v.plain(part, ("ds",), 0.0), atol=1e-3)
