@@ -5,7 +5,8 @@
 - recovery: bottleneck + decoder that rebuilds the teacher features of the normal image
 - segmentation head: teacher features weighted by student and recovery discrepancies -> logit map
 Test time (map_normalisation "none", the paper's): map = sum_s up(1 - cos(T_s, R_s)) + sigmoid(seg),
-Gaussian sigma 4; score = max(map) (without a patch memory).
+smoothed by a Gaussian of sigma gaussian_sigma (default 3; the paper's 4); score = max(map) (without a patch
+memory).
 map_normalisation "sum" (default): the same with the student discrepancies added,
 sum_s up(1 - cos(T_s, S_s) + 1 - cos(T_s, R_s)) + sum_seg_weight * sigmoid(seg).
 map_normalisation "position": each student and recovery discrepancy is z-scored per position
