@@ -200,15 +200,17 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
     base = name.split(":")[0]
     shrink = float(spec.get("shrink", 0.5))
     kinds = tuple(spec.get("kinds", "ds+dr").split("+"))
-    sw = float(spec["seg"]) if "seg" in spec else None
+    seg_w = float(spec["seg"]) if "seg" in spec else None
+
+    def weights(option):  # "A+B+C" -> [A, B, C]; None when not given
+        return [float(w) for w in spec[option].split("+")] if option in spec else None
 
     def the_map(part):
         if base in ("cfrg", "fused"):
-            return v.cfrg(part, shrink, kinds, sw, mean_kind=spec.get("mean", "position"))
+            return v.cfrg(part, shrink, kinds, seg_w, mean_kind=spec.get("mean", "position"))
         if base in ("plain", "plain_fused"):
             return v.plain(part, kinds if "kinds" in spec else ("dr",), float(spec.get("seg", 1.0)),
-                           [float(w) for w in spec["sw"].split("+")] if "sw" in spec else None,
-                           [float(w) for w in spec["kw"].split("+")] if "kw" in spec else None)
+                           weights("sw"), weights("kw"))
         if base == "memory":
             return v.memory(part)
         raise ValueError(name)
