@@ -77,6 +77,7 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, t
 
 
 _RECIPE = CFRGConfig()
+AUGMENTS = ("none", "flip")
 
 
 @dataclass
@@ -105,6 +106,8 @@ class TrainArgs:
     holdout: float = option(0.1, "fraction of good training images held back for threshold calibration "
                                  "(default 0.1)", type=float, check=number(0, 1))
     texture_dir: Optional[str] = option(None, "folder of texture images for defect synthesis")
+    augment: str = option("none", "training images flipped at random: 'flip' (horizontally and/or vertically, "
+                          "three in four images) or 'none' (default)", choices=AUGMENTS)
     use_recovery: bool = option(True, "ablation: drop the recovery branch", flag="--no-recovery",
                                 action="store_false")
     use_segmentation: bool = option(True, "ablation: drop the segmentation head", flag="--no-segmentation",

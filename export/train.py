@@ -51,14 +51,15 @@ def dice_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (denom + 1))[has].mean()
 
 
-def cfrg_losses(model: CFRG, x: torch.Tensor, t_clean: list[torch.Tensor], mask: torch.Tensor) -> dict:
+def cfrg_losses(model: CFRG, x: torch.Tensor, t_clean: list[torch.Tensor], mask: torch.Tensor,
+                t_in: list[torch.Tensor] | None = None) -> dict:
     """Distillation, recovery and segmentation losses for a synthetic batch.
 
     Student and recovery both aim at the teacher's features of the clean image: on normal
     pixels that pulls them onto the teacher, on defect pixels it pushes them away from the
-    teacher's (anomalous) features of the input.
+    teacher's (anomalous) features of the input. `t_in`: the teacher's features of x, if known.
     """
-    t_in = model.teacher_features(x)
+    t_in = model.teacher_features(x) if t_in is None else t_in
     out = model.heads(x, t_in)
     losses = {"student": sum(cos_distance(s, t).mean() for s, t in zip(out["student"], t_clean)) / 3}
     if model.recovery is not None:
@@ -71,12 +72,39 @@ def cfrg_losses(model: CFRG, x: torch.Tensor, t_clean: list[torch.Tensor], mask:
     return losses
 
 
+def flip_image(image: np.ndarray, code: int) -> np.ndarray:
+    """code bit 0: mirrored left-right; bit 1: upside down."""
+    if code & 1:
+        image = image[:, ::-1]
+    if code & 2:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
+
+
+@torch.no_grad()
+def batch_teacher_features(teacher: torch.nn.Module, model: CFRG, x: torch.Tensor, known: list[torch.Tensor],
+                           fresh: torch.Tensor) -> list[torch.Tensor]:
+    """The teacher's features of batch x: `known` where `fresh` (a boolean per image) is False, computed by
+    `teacher` (model.teacher or a BatchNorm-folded copy) where it is True."""
+    if not bool(fresh.any()):
+        return known
+    computed = teacher(model.normalise(x[fresh]))
+    out = [k.clone() for k in known]
+    for o, f in zip(out, computed):
+        o[fresh] = f
+    return out
+
+
 class BatchMaker:
-    """Synthetic batches made in a background thread; batch k depends only on (seed, k)."""
+    """Synthetic batches made in a background thread; batch k depends only on (seed, k).
+
+    Each batch is (image indices, images with any synthetic defects, masks, flip codes): with `flip`, three
+    in four images are flipped (flip_image) before a defect is drawn on them."""
 
     def __init__(self, images: np.ndarray, synth: DefectSynthesizer, batch_size: int, anomaly_prob: float,
-                 seed: int, start_step: int = 0, prefetch: int = 3):
+                 seed: int, start_step: int = 0, prefetch: int = 3, flip: bool = False):
         self.images, self.synth, self.bs, self.p, self.seed = images, synth, batch_size, anomaly_prob, seed
+        self.flip = flip
         self.q: queue.Queue = queue.Queue(maxsize=prefetch)
         self.step = start_step
         self.stop = threading.Event()
@@ -89,12 +117,14 @@ class BatchMaker:
         h, w = self.images.shape[1:3]
         xs = np.empty((self.bs, h, w, 3), np.uint8)
         masks = np.zeros((self.bs, 1, h, w), np.float32)
+        flips = rng.integers(0, 4, self.bs) if self.flip else np.zeros(self.bs, np.int64)
         for j, i in enumerate(idx):
+            image = flip_image(self.images[i], flips[j]) if flips[j] else self.images[i]
             if rng.random() < self.p:
-                xs[j], masks[j, 0], _ = self.synth(self.images[i], rng)
+                xs[j], masks[j, 0], _ = self.synth(image, rng)
             else:
-                xs[j] = self.images[i]
-        return idx, xs, masks
+                xs[j] = image
+        return idx, xs, masks, flips
 
     def _run(self):
         step = self.step
@@ -252,13 +282,17 @@ def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> di
 def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
     """What a resumed run must share with the first: the model and the images it trains on."""
     return {**{f"model.{k}": v for k, v in config.to_dict().items()}, "category": args.category,
-            "holdout": args.holdout}
+            "holdout": args.holdout, "augment": args.augment}
+
+
+_RESUME_KEY_DEFAULTS = {"augment": "none"}  # keys that runs saved before them did not record
 
 
 def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) -> None:
     if "run" not in state:  # last.pt from before this record existed: the state-dict check still applies
         return
     saved, now = json.loads(state["run"]), _resume_key(config, args)
+    saved = {**_RESUME_KEY_DEFAULTS, **saved}
     diff = [f"{k}: {saved.get(k)} then, {now[k]} now" for k in now if saved.get(k) != now[k]]
     if diff:
         raise ValueError(f"--resume: {last} comes from a different run ({'; '.join(diff)}); "
@@ -406,7 +440,9 @@ def train(args: TrainArgs) -> dict:
                         "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "history": json.dumps(history), "run": json.dumps(_resume_key(config, args))}, tmp)
 
-    maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step)
+    maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step,
+                       flip=args.augment == "flip")
+    teacher = fold_batchnorm(model.teacher)  # a third less time than model.teacher, the same features
     bar = tqdm(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total}% [{elapsed}<{remaining}{postfix}]")
     bar.update(100 * progress_fraction())
@@ -418,12 +454,19 @@ def train(args: TrainArgs) -> dict:
         with stop:
             while progress_fraction() < 1.0 and stop.requested is None:
                 t0 = time.perf_counter()
-                idx, xs, masks = maker.next()
+                idx, xs, masks, flips = maker.next()
                 for g in opt.param_groups:
                     g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
-                x = _to_tensor(xs)
-                t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
-                losses = cfrg_losses(model, x, t_clean, torch.from_numpy(masks))
+                x, mask = _to_tensor(xs), torch.from_numpy(masks)
+                t_clean = [c[torch.from_numpy(idx)].float().contiguous(memory_format=torch.channels_last)
+                           for c in cache]
+                if flips.any():
+                    clean = np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])
+                    t_clean = batch_teacher_features(teacher, model, _to_tensor(clean), t_clean,
+                                                     torch.from_numpy(flips != 0))
+                # the teacher runs only on images with a defect: the others' features are t_clean
+                t_in = batch_teacher_features(teacher, model, x, t_clean, mask.flatten(1).amax(1) > 0)
+                losses = cfrg_losses(model, x, t_clean, mask, t_in)
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()

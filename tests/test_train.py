@@ -53,6 +53,76 @@ def test_loss_falls_on_real_images():
     assert last["total"] < 0.8 * first["total"]
 
 
+def _demo_batch(n=6, flip=False):
+    """A CFRG, its clean-feature cache and one BatchMaker batch of real ball_screw images."""
+    from export.model import CFRG, CFRGConfig
+    from export.synthesis import DefectSynthesizer
+    from export.train import BatchMaker, load_train_images, teacher_cache
+    from sdk.data import AnomalyDataset
+
+    torch.manual_seed(0)
+    model = CFRG(CFRGConfig(image_size=(64, 128))).train()
+    images = load_train_images(AnomalyDataset(DEMO_ROOT, "ball_screw", "train"), (64, 128), progress=False)[:n]
+    maker = BatchMaker(images, DefectSynthesizer(donor_images=list(images)), 8, 0.5, seed=3, flip=flip)
+    try:
+        batch = maker.make(0)
+    finally:
+        maker.close()
+    return model, images, teacher_cache(model, images), batch
+
+
+def test_training_reuses_cached_features_where_no_defect_was_drawn():
+    """The training loop runs the BatchNorm-folded teacher only on images with a synthetic defect and takes the
+    cached clean features for the rest: the losses match running model.teacher on the whole batch."""
+    from export.model import fold_batchnorm
+    from export.train import _to_tensor, batch_teacher_features
+
+    model, _, cache, (idx, xs, masks, flips) = _demo_batch()
+    has_defect = torch.from_numpy(masks).flatten(1).amax(1) > 0
+    assert 0 < int(has_defect.sum()) < len(idx) and not flips.any()
+    x, mask = _to_tensor(xs), torch.from_numpy(masks)
+    t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
+    t_in = batch_teacher_features(fold_batchnorm(model.teacher), model, x, t_clean, has_defect)
+    reference = model.teacher_features(x)
+    for got, want, clean in zip(t_in, reference, t_clean):
+        assert torch.allclose(got[has_defect], want[has_defect], atol=1e-4)
+        assert torch.equal(got[~has_defect], clean[~has_defect])
+        assert torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))  # the cache is float16
+    fast, slow = cfrg_losses(model, x, t_clean, mask, t_in), cfrg_losses(model, x, t_clean, mask)
+    for k in slow:
+        assert abs(fast[k].item() - slow[k].item()) < 1e-3 * abs(slow[k].item()) + 1e-5, k
+
+
+def test_flip_augmentation_flips_images_and_their_clean_features():
+    """--augment flip: BatchMaker flips three in four images before drawing a defect, and the clean targets of
+    a flipped image are the teacher's features of the flipped clean image, not the cached unflipped ones."""
+    from export.train import _to_tensor, batch_teacher_features, flip_image
+
+    model, images, cache, (idx, xs, masks, flips) = _demo_batch(flip=True)
+    assert flips.any() and set(flips.tolist()) <= {0, 1, 2, 3}
+    for j, (i, code) in enumerate(zip(idx, flips)):
+        untouched = masks[j, 0] == 0  # pixels outside the defect are the flipped clean image's
+        assert np.array_equal(xs[j][untouched], flip_image(images[i], code)[untouched])
+    assert np.array_equal(flip_image(images[0], 3), images[0][::-1, ::-1])
+    clean = _to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)]))
+    t_cached = [c[torch.from_numpy(idx)].float() for c in cache]
+    t_clean = batch_teacher_features(model.teacher, model, clean, t_cached, torch.from_numpy(flips != 0))
+    want = model.teacher_features(clean)
+    for got, w in zip(t_clean, want):
+        assert torch.allclose(got, w, atol=2e-2 * float(w.abs().max()))
+
+
+def test_resume_refuses_another_augmentation(tmp_path):
+    train(tiny_args(tmp_path, steps=2, final_eval=False))
+    with pytest.raises(ValueError, match="augment: none then, flip now"):
+        train(tiny_args(tmp_path, steps=4, final_eval=False, resume=True, augment="flip"))
+
+
+def test_train_with_flips_writes_a_checkpoint(tmp_path):
+    cfg = train(tiny_args(tmp_path, augment="flip", final_eval=False))
+    assert cfg["summary"]["steps"] == 6 and cfg["train"]["augment"] == "flip"
+
+
 def test_train_writes_checkpoint_config_and_metrics(tmp_path):
     cfg = train(tiny_args(tmp_path))
     out = tmp_path / "run"
