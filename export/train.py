@@ -95,6 +95,19 @@ def batch_teacher_features(teacher: torch.nn.Module, model: CFRG, x: torch.Tenso
     return out
 
 
+def step_inputs(teacher: torch.nn.Module, model: CFRG, images: np.ndarray, cache: list[torch.Tensor],
+                idx: np.ndarray, xs: np.ndarray, masks: np.ndarray, flips: np.ndarray) -> tuple:
+    """cfrg_losses' (x, t_clean, mask, t_in) for a BatchMaker batch. `teacher` runs only where the cache of
+    clean features cannot serve: the flipped clean images, and the images with a defect."""
+    x, mask = _to_tensor(xs), torch.from_numpy(masks)
+    t_clean = [c[torch.from_numpy(idx)].float().contiguous(memory_format=torch.channels_last) for c in cache]
+    if flips.any():
+        clean = _to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)]))
+        t_clean = batch_teacher_features(teacher, model, clean, t_clean, torch.from_numpy(flips != 0))
+    t_in = batch_teacher_features(teacher, model, x, t_clean, mask.flatten(1).amax(1) > 0)
+    return x, t_clean, mask, t_in
+
+
 class BatchMaker:
     """Synthetic batches made in a background thread; batch k depends only on (seed, k).
 
@@ -457,16 +470,7 @@ def train(args: TrainArgs) -> dict:
                 idx, xs, masks, flips = maker.next()
                 for g in opt.param_groups:
                     g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
-                x, mask = _to_tensor(xs), torch.from_numpy(masks)
-                t_clean = [c[torch.from_numpy(idx)].float().contiguous(memory_format=torch.channels_last)
-                           for c in cache]
-                if flips.any():
-                    clean = np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])
-                    t_clean = batch_teacher_features(teacher, model, _to_tensor(clean), t_clean,
-                                                     torch.from_numpy(flips != 0))
-                # the teacher runs only on images with a defect: the others' features are t_clean
-                t_in = batch_teacher_features(teacher, model, x, t_clean, mask.flatten(1).amax(1) > 0)
-                losses = cfrg_losses(model, x, t_clean, mask, t_in)
+                losses = cfrg_losses(model, *step_inputs(teacher, model, images, cache, idx, xs, masks, flips))
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()

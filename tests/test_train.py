@@ -96,20 +96,22 @@ def test_training_reuses_cached_features_where_no_defect_was_drawn():
 def test_flip_augmentation_flips_images_and_their_clean_features():
     """--augment flip: BatchMaker flips three in four images before drawing a defect, and the clean targets of
     a flipped image are the teacher's features of the flipped clean image, not the cached unflipped ones."""
-    from export.train import _to_tensor, batch_teacher_features, flip_image
+    from export.train import _to_tensor, flip_image, step_inputs
 
     model, images, cache, (idx, xs, masks, flips) = _demo_batch(flip=True)
-    assert flips.any() and set(flips.tolist()) <= {0, 1, 2, 3}
+    assert flips.any() and not flips.all() and set(flips.tolist()) <= {0, 1, 2, 3}
     for j, (i, code) in enumerate(zip(idx, flips)):
         untouched = masks[j, 0] == 0  # pixels outside the defect are the flipped clean image's
         assert np.array_equal(xs[j][untouched], flip_image(images[i], code)[untouched])
     assert np.array_equal(flip_image(images[0], 3), images[0][::-1, ::-1])
-    clean = _to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)]))
-    t_cached = [c[torch.from_numpy(idx)].float() for c in cache]
-    t_clean = batch_teacher_features(model.teacher, model, clean, t_cached, torch.from_numpy(flips != 0))
-    want = model.teacher_features(clean)
-    for got, w in zip(t_clean, want):
-        assert torch.allclose(got, w, atol=2e-2 * float(w.abs().max()))
+    x, t_clean, mask, t_in = step_inputs(model.teacher, model, images, cache, idx, xs, masks, flips)
+    want_clean = model.teacher_features(_to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])))
+    for got, want in zip(t_clean, want_clean):
+        assert torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))
+        assert torch.allclose(got[torch.from_numpy(flips != 0)], want[torch.from_numpy(flips != 0)], atol=1e-4)
+    for got, want in zip(t_in, model.teacher_features(x)):
+        assert torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))
+    assert torch.equal(mask, torch.from_numpy(masks))
 
 
 def test_resume_refuses_another_augmentation(tmp_path):
