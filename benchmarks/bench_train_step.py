@@ -18,8 +18,9 @@ import torch
 from export.model import CFRG, fold_batchnorm
 from export.options import TrainArgs
 from export.synthesis import DefectSynthesizer
-from export.train import (BatchMaker, _to_tensor, cfrg_losses, flip_image, load_train_images, open_datasets,
+from export.train import (BatchMaker, _to_tensor, cfrg_losses, flip_image, load_train_images,
                           resolve_image_size, step_inputs, teacher_cache)
+from sdk.data import AnomalyDataset
 
 
 def main():
@@ -31,8 +32,8 @@ def main():
     ap.add_argument("--augment", choices=("none", "flip"), default="none")
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
-    args = TrainArgs(data=ns.data, category=ns.category, out="unused")
-    train_set, _ = open_datasets(args)
+    args = TrainArgs(data=ns.data, category=ns.category, out="", final_eval=False)  # nothing is written
+    train_set = AnomalyDataset(ns.data, ns.category, "train")
     size = resolve_image_size(args, train_set)
     torch.manual_seed(0)
     model = CFRG(args.model_config(size)).to(memory_format=torch.channels_last).train()

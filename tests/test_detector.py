@@ -10,7 +10,7 @@ import pytest
 
 from sdk.backends import ModelFileError
 from sdk.detector import Detector, Result
-from tests.conftest import DEMO_ROOT
+from tests.conftest import BATCH_SCORE_TOLERANCE, DEMO_ROOT
 
 pytest.importorskip("onnxruntime")
 
@@ -57,7 +57,7 @@ def test_batch_matches_single_calls(detector):
     frames = [demo_frame(), demo_frame()[:200, :500]]
     batch = detector.batch(frames)
     for f, r in zip(frames, batch):
-        assert r.score == pytest.approx(detector(f).score, rel=1e-5)
+        assert r.score == pytest.approx(detector(f).score, **BATCH_SCORE_TOLERANCE)
     assert detector.batch([]) == []
 
 

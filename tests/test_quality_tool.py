@@ -76,7 +76,7 @@ def test_map_variants_plain_weights_scale_each_discrepancy():
     assert not torch.allclose(finest_student, v.plain(part, ("ds",), 0.0), atol=1e-3)
 
 
-def test_bench_train_step_times_both_loops_on_real_images():
+def test_bench_train_step_times_both_loops_on_real_images(tmp_path):
     """benchmarks/bench_train_step.py runs both training loops on the built-in ball_screw subset and prints
     each one's seconds per step and their ratio (a run, not a speed claim: the figures are in docs/results.md)."""
     import re
@@ -86,8 +86,9 @@ def test_bench_train_step_times_both_loops_on_real_images():
 
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--data", str(DEMO_ROOT),
                           "--category", "ball_screw", "--steps", "2", "--augment", "flip"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
+    assert list(tmp_path.iterdir()) == []  # it writes nothing
     per_step = [float(x) for x in re.findall(r"([0-9.]+) s per step", out.stdout)]
     assert len(per_step) == 2 and all(t > 0 for t in per_step)
     assert re.search(r"now / before: [0-9.]+x", out.stdout)
