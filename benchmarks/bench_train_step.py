@@ -12,13 +12,12 @@ import copy
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from export.model import CFRG, fold_batchnorm
 from export.options import TrainArgs
 from export.synthesis import DefectSynthesizer
-from export.train import (BatchMaker, _to_tensor, cfrg_losses, flip_image, load_train_images,
+from export.train import (BatchMaker, _to_tensor, cfrg_losses, flipped_images, load_train_images,
                           resolve_image_size, step_inputs, teacher_cache)
 from sdk.data import AnomalyDataset
 
@@ -55,8 +54,7 @@ def main():
         x, mask = _to_tensor(xs), torch.from_numpy(masks)
         t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
         if flips.any():  # the loop before had no flips: the unfolded teacher on every clean image
-            t_clean = net.teacher_features(_to_tensor(np.stack([flip_image(images[i], f)
-                                                                for i, f in zip(idx, flips)])))
+            t_clean = net.teacher_features(_to_tensor(flipped_images(images, idx, flips)))
         return cfrg_losses(net, x, t_clean, mask)
 
     print(f"{ns.category} {size[0]}x{size[1]}, batch {args.batch_size}, augment {ns.augment}, "

@@ -81,6 +81,11 @@ def flip_image(image: np.ndarray, code: int) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def flipped_images(images: np.ndarray, idx: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """images[idx], each flipped by its code (flip_image)."""
+    return np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])
+
+
 @torch.no_grad()
 def batch_teacher_features(teacher: torch.nn.Module, model: CFRG, x: torch.Tensor, known: list[torch.Tensor],
                            fresh: torch.Tensor) -> list[torch.Tensor]:
@@ -100,10 +105,10 @@ def step_inputs(teacher: torch.nn.Module, model: CFRG, images: np.ndarray, cache
     """cfrg_losses' (x, t_clean, mask, t_in) for a BatchMaker batch. `teacher` runs only where the cache of
     clean features cannot serve: the flipped clean images, and the images with a defect."""
     x, mask = _to_tensor(xs), torch.from_numpy(masks)
-    t_clean = [c[torch.from_numpy(idx)].float().contiguous(memory_format=torch.channels_last) for c in cache]
+    t_clean = [c[torch.from_numpy(idx)].to(torch.float32, memory_format=torch.channels_last) for c in cache]
     if flips.any():
-        clean = _to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)]))
-        t_clean = batch_teacher_features(teacher, model, clean, t_clean, torch.from_numpy(flips != 0))
+        t_clean = batch_teacher_features(teacher, model, _to_tensor(flipped_images(images, idx, flips)), t_clean,
+                                         torch.from_numpy(flips != 0))
     t_in = batch_teacher_features(teacher, model, x, t_clean, mask.flatten(1).amax(1) > 0)
     return x, t_clean, mask, t_in
 

@@ -75,16 +75,15 @@ def test_training_reuses_cached_features_where_no_defect_was_drawn():
     """The training loop runs the BatchNorm-folded teacher only on images with a synthetic defect and takes the
     cached clean features for the rest: the losses match running model.teacher on the whole batch."""
     from export.model import fold_batchnorm
-    from export.train import _to_tensor, batch_teacher_features
+    from export.train import step_inputs
 
-    model, _, cache, (idx, xs, masks, flips) = _demo_batch()
+    model, images, cache, (idx, xs, masks, flips) = _demo_batch()
     has_defect = torch.from_numpy(masks).flatten(1).amax(1) > 0
     assert 0 < int(has_defect.sum()) < len(idx) and not flips.any()
-    x, mask = _to_tensor(xs), torch.from_numpy(masks)
-    t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
-    t_in = batch_teacher_features(fold_batchnorm(model.teacher), model, x, t_clean, has_defect)
+    x, t_clean, mask, t_in = step_inputs(fold_batchnorm(model.teacher), model, images, cache, idx, xs, masks, flips)
     reference = model.teacher_features(x)
-    for got, want, clean in zip(t_in, reference, t_clean):
+    for got, want, clean, cached in zip(t_in, reference, t_clean, cache):
+        assert torch.equal(clean, cached[torch.from_numpy(idx)].float())
         assert torch.allclose(got[has_defect], want[has_defect], atol=1e-4)
         assert torch.equal(got[~has_defect], clean[~has_defect])
         assert torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))  # the cache is float16
