@@ -138,11 +138,14 @@ def compare(runs: Path, tag: str, peers: list[Path]) -> str:
     return "\n".join(lines)
 
 
+LOSO_TIE = 0.001  # points of a set's mean of 4 that count as no change (a set scored again differs by ~1e-6)
+
+
 def leave_one_out(runs: Path, baseline: str, candidates: list[str]) -> str:
     """For each set left out: the recipe the other sets choose, and what that choice does on the left-out set.
     On the per-set mean of the four metrics, a candidate replaces the baseline when the mean gains and either
-    no set loses or the worst set gains too (a choice that lifts one set and costs another must lift the
-    worst); among such, the higher mean wins."""
+    no set loses (by more than LOSO_TIE) or the worst set gains too (a choice that lifts one set and costs
+    another must lift the worst); among such, the higher mean wins."""
     tags = [baseline, *candidates]
     found = {t: results(runs, t) for t in tags}
     sets = sorted(set.intersection(*(set(r) for r in found.values())))
@@ -153,7 +156,7 @@ def leave_one_out(runs: Path, baseline: str, candidates: list[str]) -> str:
         best, best_mean = baseline, sum(base) / len(base)
         for t in candidates:
             vals = [summary[t][s] for s in among]
-            costs_none = all(v >= b for v, b in zip(vals, base))
+            costs_none = all(v >= b - LOSO_TIE for v, b in zip(vals, base))
             if sum(vals) / len(vals) > sum(base) / len(base) and (costs_none or min(vals) > min(base)) and \
                     sum(vals) / len(vals) > best_mean:
                 best, best_mean = t, sum(vals) / len(vals)

@@ -56,6 +56,16 @@ def test_loso_takes_a_choice_that_lifts_some_sets_and_costs_none(tmp_path):
     assert [rows[s] for s in "abc"] == ["lifts_two", "costs_one", "lifts_two"]
 
 
+def test_loso_reads_a_set_scored_again_with_float_noise_as_unchanged(tmp_path):
+    """A candidate that rebuilds nothing on some sets scores them again a hair apart (1e-6 points): no loss."""
+    runs = tmp_path / "runs"
+    write(runs, "base", {"a": [90] * 4, "b": [80] * 4, "c": [60] * 4})
+    write(runs, "lifts_a", {"a": [91] * 4, "b": [80 - 1e-6] * 4, "c": [60 - 1e-6] * 4})
+    write(runs, "costs_c", {"a": [93] * 4, "b": [80] * 4, "c": [59.98] * 4})  # 0.02 down on the worst set
+    text = quality.leave_one_out(runs, "base", ["lifts_a", "costs_c"])
+    assert text.splitlines()[0] == "all 3 sets choose: lifts_a"
+
+
 def test_map_variants_plain_weights_scale_each_discrepancy():
     """map_variants' `sw=` / `kw=` weights: zero drops a scale or kind, and the weights multiply what they name."""
     import torch
