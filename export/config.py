@@ -29,7 +29,7 @@ class CFRGConfig:
     seg_weight: float = 3.0  # weight of sigmoid(seg) against the mean z-score ("position" only)
     sum_seg_weight: float = 1.5  # weight of sigmoid(seg) in the "sum" map
     memory_size: int = 10000  # patches in the good-patch memory (0: no memory)
-    memory_pool: int = 9  # local average pooling of the memory's features (neighbourhood, in feature cells)
+    memory_pool: int = 9  # the memory features' average pooling, in feature cells (at 256x256; auto scales it)
     memory_stride: int = 16  # grid of the memory search: 16 (fast) or 8 (4x the cost)
     image_score: str = "combined"  # "combined" (branch scores z-scored and summed) or "max" (of the map)
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations

@@ -16,6 +16,7 @@ from sdk.values import Check, checked_type, multiple_of, number, odd, optional, 
 from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, TEACHERS, CFRGConfig
 
 AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the latency of the 256x256 default
+AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of this many pixels, in proportion else
 
 
 def auto_image_size(sizes: list[tuple[int, int]], pixels: int = AUTO_SIZE_PIXELS) -> tuple[int, int]:
@@ -37,6 +38,23 @@ def shared_aspect(sizes: list[tuple[int, int]], share: float = 0.8, tolerance: f
     median = aspects[len(aspects) // 2]
     near = sum(abs(a / median - 1) <= tolerance for a in aspects)
     return float(median) if near >= share * len(aspects) else None
+
+
+def auto_memory_pool(image_size, pool: int = CFRGConfig.memory_pool, side: int = AUTO_POOL_SIDE) -> int:
+    """The odd memory pooling window (in feature cells) that covers the same share of the input's short side as
+    `pool` cells do of a `side`-pixel one: 9 at 256x256, 7 at 288x224, 5 at 160x416. A fixed window would cover
+    most of a long part's short side."""
+    cells = pool * min(image_size) / side
+    return max(1, 2 * round((cells - 1) / 2) + 1)
+
+
+def parse_pool(text: str) -> int | str:
+    """'auto' or a whole number (the memory pooling window)."""
+    return "auto" if str(text).strip().lower() == "auto" else int(text)
+
+
+def pool_check(v) -> Optional[str]:
+    return None if v == "auto" or odd(v) is None else "give an odd whole number >= 1 (the window is centred) or 'auto'"
 
 
 def parse_size(text: str) -> tuple[int, int] | str:
@@ -143,11 +161,13 @@ class TrainArgs:
         type=int, check=whole(0),
         eval_help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the run's "
                   "good images (0: none; default: the trained one)")
-    memory_pool: int = option(
-        _RECIPE.memory_pool, "neighbourhood, in feature cells, that each memory patch averages (odd; default 9)",
-        type=int, check=odd,
-        eval_help="checkpoints with a patch memory: evaluate the same weights with this memory pooling, the memory "
-                  "rebuilt from the run's good images (default: the trained one)")
+    memory_pool: int | str = option(
+        "auto", f"neighbourhood, in feature cells, that each memory patch averages (odd), or auto (default): "
+        f"{_RECIPE.memory_pool} on a {AUTO_POOL_SIDE}-pixel short side of the input, in proportion on others (5 at "
+        f"160x416)", type=parse_pool, check=pool_check,
+        eval_help="checkpoints with a patch memory: evaluate the same weights with this memory pooling (or auto, "
+                  "from the model's input size), the memory rebuilt from the run's good images (default: the "
+                  "trained one)")
     image_score: str = option(
         _RECIPE.image_score, "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances "
         "and (--global-score) a Gaussian distance of the image's global statistics, each z-scored on held-out good "
@@ -186,12 +206,13 @@ class TrainArgs:
         size = image_size or self.image_size
         if size == "auto":
             raise ValueError("--image-size auto is resolved from the training images: pass image_size")
+        pool = auto_memory_pool(size) if self.memory_pool == "auto" else self.memory_pool
         return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
                           recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
                           gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
                           sum_seg_weight=self.sum_seg_weight,
-                          memory_size=self.memory_size, memory_pool=self.memory_pool, image_score=self.image_score,
+                          memory_size=self.memory_size, memory_pool=pool, image_score=self.image_score,
                           global_score=self.global_score, pixel_map=self.pixel_map)
 
 

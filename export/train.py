@@ -23,7 +23,7 @@ from sdk.model_info import software_versions
 
 from .config import CFRGConfig
 from .model import CFRG, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
-from .options import TrainArgs, auto_image_size, shared_aspect
+from .options import TrainArgs, auto_image_size, auto_memory_pool, shared_aspect
 from .runs import RunRecord
 from .synthesis import DefectSynthesizer
 
@@ -527,13 +527,15 @@ def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
 
 def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, memory_size: int | None = None,
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
-                    memory_pool: int | None = None, global_score: bool | None = None,
+                    memory_pool: int | str | None = None, global_score: bool | None = None,
                     pixel_map: str | None = None, gaussian_sigma: float | None = None,
                     seg_sigma: float | None = None, sum_seg_weight: float | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, the segmentation's
-    weight in the sum, patch memory size and pooling, image score and its global branch, pixel map). Map
-    statistics, the memory and the global branch are rebuilt from the run's own good images: its config.json says
-    which, `data` says where they live now."""
+    weight in the sum, patch memory size and pooling ("auto": from the input size), image score and its global
+    branch, pixel map). Map statistics, the memory and the global branch are rebuilt from the run's own good
+    images: its config.json says which, `data` says where they live now."""
+    if memory_pool == "auto":
+        memory_pool = auto_memory_pool(model.config.image_size)
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
                "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma, "sum_seg_weight": sum_seg_weight}

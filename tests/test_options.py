@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from export.config import CFRGConfig
-from export.options import EVAL_OPTIONS, TrainArgs, flag_of, train_args_from
+from export.options import EVAL_OPTIONS, TrainArgs, auto_memory_pool, flag_of, parse_pool, train_args_from
 from sdk.cli import build_parser
 from sdk.files import atomic_output, write_json
 
@@ -46,10 +46,21 @@ def test_recipe_defaults_come_from_the_model_config():
     assert all(actions[name].default is None for name in EVAL_OPTIONS)
 
 
+@pytest.mark.parametrize("size,pool", [((256, 256), 9), ((160, 416), 5), ((416, 160), 5), ((288, 224), 7),
+                                       ((128, 128), 5), ((64, 128), 3), ((32, 32), 1), ((512, 512), 17)])
+def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
+    """auto: the recipe's 9 cells on a 256-pixel short side, the nearest odd window in proportion on others."""
+    assert auto_memory_pool(size) == pool
+    assert TrainArgs("d", "c", "o").model_config(size).memory_pool == pool
+    assert TrainArgs("d", "c", "o", memory_pool=7).model_config(size).memory_pool == 7  # a given window is kept
+    assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
+
+
 @pytest.mark.parametrize("flag,value,words", [
     ("--steps", "-1", "whole number >= 0"), ("--time-budget", "nan", "finite"), ("--time-budget", "-2", "[0, inf)"),
     ("--batch-size", "0", ">= 1"), ("--lr", "0", "(0, inf)"), ("--holdout", "1", "[0, 1)"),
-    ("--memory-pool", "4", "odd"), ("--memory-size", "-3", ">= 0"), ("--recovery-width", "0", "multiple of 4"),
+    ("--memory-pool", "4", "odd"), ("--memory-pool", "wide", "or 'auto'"), ("--memory-size", "-3", ">= 0"),
+    ("--recovery-width", "0", "multiple of 4"),
     ("--recovery-width", "30", "multiple of 4"), ("--threads", "-1", ">= 0"), ("--eval-limit", "0", ">= 1"),
     ("--image-size", "250", "multiple of 32"), ("--batch-size", "two", "not a number"),
 ])
@@ -58,7 +69,7 @@ def test_bad_values_are_refused_by_the_flag_and_by_validate(flag, value, words, 
         build_parser().parse_args(BASE + [flag, value])
     assert words in capsys.readouterr().err
     field = next(f for f in CLI_FIELDS if flag_of(f) == flag)
-    if field.metadata["type"] in (int, float):
+    if field.metadata["type"] in (int, float, parse_pool):
         try:
             bad = field.metadata["type"](value)
         except ValueError:

@@ -208,8 +208,11 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
         fused, score = peak(x)
         assert torch.allclose(score, fused.flatten(1).amax(1))
         assert torch.allclose(trained(x)[0], fused, atol=1e-5)  # the map is the same, only the score differs
+    assert trained.config.memory_pool == 3  # auto: 9 cells of a 256-pixel short side, 3 of this 64-pixel one
+    assert with_map_fusion(trained, run, memory_pool="auto", progress=False) is trained  # auto is what it has
     wide = with_map_fusion(position, run, memory_pool=trained.config.memory_pool + 2, progress=False)
     assert wide.memory.pool == wide.config.memory_pool == trained.config.memory_pool + 2
+    assert with_map_fusion(wide, run, memory_pool="auto", progress=False).memory.pool == 3
     assert not torch.equal(wide.memory.bank, trained.memory.bank)  # rebuilt from the wider neighbourhoods
     assert torch.equal(wide.map_std1, position.map_std1)  # the CFRG map is untouched
     assert trained.config.global_score and int(trained.global_gaussian.images) > 0
@@ -232,13 +235,19 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--memory-pool", "5", "--json", str(js_pool), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js_pool.read_text())["pixel_auroc"] <= 1.0
+    runs = {}
+    for name, flags in (("as_trained", []), ("auto", ["--memory-pool", "auto"])):
+        assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                     *flags, "--json", str(tmp_path / f"{name}.json"), "--no-progress"]) == 0
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert runs["auto"]["pixel_auroc"] == runs["as_trained"]["pixel_auroc"]  # auto is the pool it was trained with
     js_two = tmp_path / "two.json"
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--no-global-score", "--json", str(js_two), "--no-progress"]) == 0
     assert 0.0 <= json.loads(js_two.read_text())["image_auroc"] <= 1.0
     assert main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                  "--memory-size", "0", "--memory-pool", "5", "--no-progress"]) == 2  # no memory to pool
-    for bad in (["--memory-size", "-5"], ["--memory-pool", "4"], ["--memory-pool", "0"]):
+    for bad in (["--memory-size", "-5"], ["--memory-pool", "4"], ["--memory-pool", "0"], ["--memory-pool", "wide"]):
         with pytest.raises(SystemExit):
             main(["eval", "--model", str(run / "model.pt"), "--data", str(DEMO_ROOT), "--category", "ball_screw",
                   *bad])
@@ -252,7 +261,8 @@ def test_cli_rejects_bad_image_size():
 
 
 def test_train_cli_memory_options_reach_the_model_config():
-    """cfrg train's defaults are the recipe's (CFRGConfig); --memory-pool gets to TrainArgs."""
+    """cfrg train's defaults are the recipe's (CFRGConfig; the memory pool auto, which is the recipe's at 256x256);
+    --memory-pool gets to TrainArgs."""
     from export.config import CFRGConfig
     from export.options import train_args_from
     from sdk.cli import build_parser
@@ -262,8 +272,9 @@ def test_train_cli_memory_options_reach_the_model_config():
     ns = parser.parse_args(base)
     args = train_args_from(ns)
     defaults = CFRGConfig()
-    assert (args.memory_size, args.memory_pool, args.image_score, args.global_score) == (
-        defaults.memory_size, defaults.memory_pool, defaults.image_score, defaults.global_score)
+    assert args.memory_pool == "auto" and args.model_config((256, 256)).memory_pool == defaults.memory_pool
+    assert (args.memory_size, args.image_score, args.global_score) == (
+        defaults.memory_size, defaults.image_score, defaults.global_score)
     ns = parser.parse_args(base + ["--memory-pool", "5", "--no-global-score"])
     assert train_args_from(ns).memory_pool == 5
     assert not train_args_from(ns).global_score
@@ -273,4 +284,5 @@ def test_image_size_auto_takes_the_training_images_aspect_ratio(tmp_path):
     cfg = train(tiny_args(tmp_path, image_size="auto", steps=2, final_eval=False))
     model, _ = load_checkpoint(tmp_path / "run" / "model.pt")
     assert model.config.image_size == (160, 416)  # ball_screw's 1130x460 images
+    assert model.config.memory_pool == model.memory.pool == 5  # auto: in proportion to the 160-pixel short side
     assert cfg["model"]["image_size"] == [160, 416] and cfg["train"]["image_size"] == "auto"
