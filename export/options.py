@@ -126,12 +126,17 @@ class TrainArgs:
     texture_dir: Optional[str] = option(None, "folder of texture images for defect synthesis")
     augment: str = option("none", "training images flipped at random: 'flip' (horizontally and/or vertically, "
                           "three in four images) or 'none' (default)", choices=AUGMENTS)
+    ema: float = option(0.0, "decay of an exponential moving average of the trained weights (student, recovery, "
+                        "segmentation), which is what is saved (0: off, the default; e.g. 0.999)", type=float,
+                        check=number(0, 1))
     use_recovery: bool = option(True, "ablation: drop the recovery branch", flag="--no-recovery",
                                 action="store_false")
     use_segmentation: bool = option(True, "ablation: drop the segmentation head", flag="--no-segmentation",
                                     action="store_false")
     recovery_code_stride: int = option(_RECIPE.recovery_code_stride, "stride of the recovery bottleneck "
                                        "(default 32)", flag="--recovery-stride", type=int, choices=(16, 32))
+    student_width: int = option(_RECIPE.student_width, f"student width at stride 4, doubled at each stride "
+                                f"(default {_RECIPE.student_width})", type=int, check=multiple_of(2, 2))
     recovery_width: int = option(_RECIPE.recovery_width, "recovery branch width (default 128)", type=int,
                                  check=multiple_of(4, 4))
     map_normalisation: str = option(
@@ -209,7 +214,8 @@ class TrainArgs:
         pool = auto_memory_pool(size) if self.memory_pool == "auto" else self.memory_pool
         return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
                           use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
-                          recovery_width=self.recovery_width, map_normalisation=self.map_normalisation,
+                          recovery_width=self.recovery_width, student_width=self.student_width,
+                          map_normalisation=self.map_normalisation,
                           gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
                           sum_seg_weight=self.sum_seg_weight,
                           memory_size=self.memory_size, memory_pool=pool, image_score=self.image_score,

@@ -172,6 +172,43 @@ class BatchMaker:
         self.thread.join(timeout=5)
 
 
+class WeightAverage:
+    """An exponential moving average of the trained modules' weights and BatchNorm statistics (the student, the
+    recovery branch, the segmentation head; not the frozen teacher). The decay ramps up over the first steps
+    (min(decay, (1 + k) / (10 + k)) at update k), so early weights do not linger."""
+
+    prefixes = ("student.", "recovery.", "seg.")
+
+    def __init__(self, model: CFRG, decay: float):
+        state = model.state_dict()  # tensors that share storage with the model's
+        self.decay = decay
+        self.names = [n for n, t in state.items() if n.startswith(self.prefixes) and t.is_floating_point()]
+        self.live = [state[n] for n in self.names]
+        self.average = [t.detach().clone() for t in self.live]
+        self.updates = 0
+
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, self.live, 1.0 - decay)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "tensors": dict(zip(self.names, self.average))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for avg, name in zip(self.average, self.names):
+            avg.copy_(state["tensors"][name])
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's weights and the average (twice: back as they were)."""
+        for live, avg in zip(self.live, self.average):
+            tmp = live.clone()
+            live.copy_(avg)
+            avg.copy_(tmp)
+
+
 def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
     """Deterministic split: every k-th good image is held back (k = round(1 / fraction))."""
     if fraction <= 0:
@@ -300,10 +337,10 @@ def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> di
 def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
     """What a resumed run must share with the first: the model and the images it trains on."""
     return {**{f"model.{k}": v for k, v in config.to_dict().items()}, "category": args.category,
-            "holdout": args.holdout, "augment": args.augment}
+            "holdout": args.holdout, "augment": args.augment, "ema": args.ema}
 
 
-_RESUME_KEY_DEFAULTS = {"augment": "none"}  # keys that runs saved before them did not record
+_RESUME_KEY_DEFAULTS = {"augment": "none", "ema": 0.0}  # keys that runs saved before them did not record
 
 
 def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) -> None:
@@ -375,8 +412,9 @@ def resolve_image_size(args: TrainArgs, train_set: AnomalyDataset) -> tuple[int,
 
 
 def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CFRGConfig,
-                 args: TrainArgs) -> tuple[int, float, list]:
-    """Load OUT/last.pt into the model and optimiser; returns (step, seconds trained, evaluation history)."""
+                 args: TrainArgs, average: WeightAverage | None) -> tuple[int, float, list]:
+    """Load OUT/last.pt into the model, the optimiser and the weight average; returns (step, seconds trained,
+    evaluation history)."""
     if not last.is_file():
         raise FileNotFoundError(f"--resume: {last} does not exist; train without --resume first")
     try:
@@ -391,6 +429,8 @@ def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CF
         raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
     opt.load_state_dict(state["optimizer"])
+    if average is not None:
+        average.load_state_dict(state["average"])  # --ema is in the resume key, so last.pt has one
     print(f"resumed from {last} at step {state['step']}, {state['elapsed'] / 60:.1f} min trained")
     return state["step"], state["elapsed"], json.loads(state["history"])
 
@@ -436,7 +476,9 @@ def train(args: TrainArgs) -> dict:
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=1e-4)
     last = Path(args.out) / "last.pt"
-    step, elapsed, history = resume_state(last, model, opt, config, args) if args.resume else (0, 0.0, [])
+    average = WeightAverage(model, args.ema) if args.ema else None
+    step, elapsed, history = (resume_state(last, model, opt, config, args, average) if args.resume
+                              else (0, 0.0, []))
     train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
@@ -456,7 +498,8 @@ def train(args: TrainArgs) -> dict:
         with atomic_output(last) as tmp:
             torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
                         "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-                        "history": json.dumps(history), "run": json.dumps(_resume_key(config, args))}, tmp)
+                        "history": json.dumps(history), "run": json.dumps(_resume_key(config, args)),
+                        **({"average": average.state_dict()} if average is not None else {})}, tmp)
 
     maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step,
                        flip=args.augment == "flip")
@@ -479,6 +522,8 @@ def train(args: TrainArgs) -> dict:
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()
+                if average is not None:
+                    average.update()
                 step += 1
                 elapsed += time.perf_counter() - t0
                 bar.update(100 * progress_fraction() - bar.n)  # to the position, so rounding never passes 100
@@ -488,8 +533,12 @@ def train(args: TrainArgs) -> dict:
                     save_last()
                     next_save = elapsed + 60
                 if elapsed >= next_eval and test_set is not None:
+                    if average is not None:
+                        average.swap()  # the weights that will be saved are the ones evaluated
                     calibrate(model, images, holdout_images, cache, args.seed, limit=128)
                     res = run_eval(model, test_set, args.eval_limit, progress=False)
+                    if average is not None:
+                        average.swap()
                     history.append({"step": step, "minutes": elapsed / 60,
                                     **{k: res[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")}})
                     bar.write(f"eval @ step {step} ({elapsed / 60:.1f} min): " + ", ".join(
@@ -503,6 +552,8 @@ def train(args: TrainArgs) -> dict:
     if stop.requested:
         raise TrainingInterrupted(f"{stop.requested} at step {step} ({elapsed / 60:.1f} min trained): saved {last}; "
                                   f"the same command with --resume continues from there")
+    if average is not None:
+        average.swap()  # model.pt holds the average; last.pt keeps both for --resume
     n_stats, n_memory = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress)
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
                "map_stats_images": n_stats, "memory_images": n_memory, "history": history}

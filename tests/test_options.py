@@ -56,11 +56,21 @@ def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
     assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
 
 
+def test_student_width_reaches_the_model():
+    from export.model import CFRG
+
+    args = train_args_from(build_parser().parse_args(BASE + ["--student-width", "16"]))
+    config = args.model_config((64, 64))
+    assert config.student_width == 16 and TrainArgs("d", "c", "o").model_config((64, 64)).student_width == 32
+    student = CFRG(config, pretrained_teacher=False).student
+    assert [a.in_channels for a in student.adapters] == [16, 32, 64]  # doubled at each stride
+
+
 @pytest.mark.parametrize("flag,value,words", [
     ("--steps", "-1", "whole number >= 0"), ("--time-budget", "nan", "finite"), ("--time-budget", "-2", "[0, inf)"),
     ("--batch-size", "0", ">= 1"), ("--lr", "0", "(0, inf)"), ("--holdout", "1", "[0, 1)"),
     ("--memory-pool", "4", "odd"), ("--memory-pool", "wide", "or 'auto'"), ("--memory-size", "-3", ">= 0"),
-    ("--recovery-width", "0", "multiple of 4"),
+    ("--recovery-width", "0", "multiple of 4"), ("--student-width", "7", "multiple of 2"),
     ("--recovery-width", "30", "multiple of 4"), ("--threads", "-1", ">= 0"), ("--eval-limit", "0", ">= 1"),
     ("--image-size", "250", "multiple of 32"), ("--batch-size", "two", "not a number"),
 ])

@@ -151,6 +151,48 @@ def test_resume_continues_from_last_step(tmp_path):
     assert cfg["summary"]["steps"] == 5
 
 
+def test_ema_saves_the_weight_average_and_a_resumed_run_continues_it(tmp_path):
+    """--ema: model.pt holds the moving average of the weights (BatchNorm statistics too), not the last weights;
+    last.pt keeps both, and a resumed run continues the saved average (its update count goes on)."""
+    run = tmp_path / "run"
+    train(tiny_args(tmp_path, steps=3, final_eval=False, ema=0.5))
+    first = torch.load(run / "last.pt", weights_only=True)["average"]
+    with pytest.raises(ValueError, match="ema: 0.5 then, 0.0 now"):
+        train(tiny_args(tmp_path, steps=5, final_eval=False, resume=True))
+    train(tiny_args(tmp_path, steps=5, final_eval=False, ema=0.5, resume=True))
+    state = torch.load(run / "last.pt", weights_only=True)
+    saved, _ = load_checkpoint(run / "model.pt")
+    average = state["average"]
+    assert first["updates"] == 3 and average["updates"] == 5
+    assert "student.stem.0.1.running_mean" in average["tensors"]
+    for name, value in average["tensors"].items():
+        assert torch.equal(saved.state_dict()[name], value), name
+    name = "student.stem.0.0.weight"
+    assert not torch.allclose(average["tensors"][name], state["model"][name])  # the average, not the last step
+    assert not torch.allclose(average["tensors"][name], first["tensors"][name])  # and it moved on
+
+
+def test_weight_average_swaps_in_and_back_out():
+    """The periodic evaluation of an --ema run swaps the average in and back out: training goes on from its own
+    weights."""
+    from export.model import CFRG, CFRGConfig
+    from export.train import WeightAverage
+
+    model = CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False)
+    average = WeightAverage(model, 0.9)
+    weight = model.student.stem[0][0].weight
+    before = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    average.update()  # decay min(0.9, 2 / 11): the average moves 9/11 of the way
+    assert torch.allclose(average.average[average.names.index("student.stem.0.0.weight")], before + 9 / 11)
+    average.swap()
+    assert torch.allclose(weight, before + 9 / 11)
+    average.swap()
+    assert torch.equal(weight, before + 1.0)
+    assert not any(n.startswith("teacher.") for n in average.names)
+
+
 def test_resume_without_previous_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="without --resume"):
         train(tiny_args(tmp_path, resume=True))
