@@ -16,7 +16,8 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
 - options: kinds=ds+dr|dr|ds (student and/or recovery discrepancies), seg=W (weight of sigmoid(seg); `plain`
   takes 1 unless told, so the model's default sum map is `plain_fused:kinds=ds+dr:seg=1.5:sigma=3:segsigma=0`),
   sw=A+B+C (`plain`: the discrepancies' weight per scale, finest first; 1 each unless told), kw=A+B (`plain`:
-  the weight of each kind, in the order kinds names them),
+  the weight of each kind, in the order kinds names them), pow=P (`plain`: each discrepancy raised to the power
+  P before the sum; P < 1 compresses strong responses),
   sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
   (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
   cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
@@ -156,10 +157,12 @@ class Variants:
         amap = sum(up(sum(self.z(part, f"{kind}{k}", shrink, mean_kind) for kind in kinds), self.strides[k]) for k in scales) / n
         return self.smoothed(amap, part, self.c["seg_weight"] if seg_weight is None else seg_weight)
 
-    def plain(self, part: dict, kinds=("dr",), seg: float = 1.0, scale_weights=None, kind_weights=None) -> torch.Tensor:
+    def plain(self, part: dict, kinds=("dr",), seg: float = 1.0, scale_weights=None, kind_weights=None,
+              power: float = 1.0) -> torch.Tensor:
         w = scale_weights or [1.0] * self.n_scales
         kw = kind_weights or [1.0] * len(kinds)
-        amap = sum(w[k] * kw[j] * up(part[f"{kind}{k}"], self.strides[k]) for j, kind in enumerate(kinds)
+        amap = sum(w[k] * kw[j] * up(part[f"{kind}{k}"].clamp_min(0) ** power, self.strides[k])
+                   for j, kind in enumerate(kinds)
                    for k in range(self.n_scales) if w[k] and kw[j])
         return self.smoothed(amap, part, seg)
 
@@ -210,7 +213,7 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
             return v.cfrg(part, shrink, kinds, seg_w, mean_kind=spec.get("mean", "position"))
         if base in ("plain", "plain_fused"):
             return v.plain(part, kinds if "kinds" in spec else ("dr",), float(spec.get("seg", 1.0)),
-                           weights("sw"), weights("kw"))
+                           weights("sw"), weights("kw"), float(spec.get("pow", 1.0)))
         if base == "memory":
             return v.memory(part)
         raise ValueError(name)

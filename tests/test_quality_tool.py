@@ -84,6 +84,8 @@ def test_map_variants_plain_weights_scale_each_discrepancy():
     assert torch.allclose(finest_student, map_variants.blur(map_variants.up(part["ds0"], 4), 2.0), atol=1e-6)
     assert torch.allclose(finest_student, v.plain(part, ("ds",), 0.0, [1, 0, 0]), atol=1e-6)
     assert not torch.allclose(finest_student, v.plain(part, ("ds",), 0.0), atol=1e-3)
+    rooted = {k: t.sqrt() if k != "seg" else t for k, t in part.items()}  # pow=0.5 is the sum of the roots
+    assert torch.allclose(v.plain(part, both, 0.0, power=0.5), v.plain(rooted, both, 0.0), atol=1e-6)
 
 
 def test_bench_train_step_times_both_loops_on_real_images(tmp_path):
@@ -102,3 +104,22 @@ def test_bench_train_step_times_both_loops_on_real_images(tmp_path):
     per_step = [float(x) for x in re.findall(r"([0-9.]+) s per step", out.stdout)]
     assert len(per_step) == 2 and all(t > 0 for t in per_step)
     assert re.search(r"now / before: [0-9.]+x", out.stdout)
+
+
+def test_region_coverage_finds_the_halo_around_a_defect():
+    """benchmarks/region_coverage.py: a map that covers a 4x4 defect and glows in a ring around it: the region is
+    covered at every FPR, and at 1 % the false positives are the ring (within 5 px of the defect)."""
+    import numpy as np
+    import region_coverage
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+    masks[1][14:18, 14:18] = 1
+    maps = [rng.uniform(0, 0.1, (32, 32)).astype(np.float32) for _ in range(2)]
+    maps[1][12:20, 12:20] = rng.uniform(0.5, 0.6, (8, 8))  # the halo: 48 good pixels, 2.4 % of them
+    maps[1][14:18, 14:18] = 1.0
+    text = region_coverage.coverage_report(masks, maps, np.array([0, 1]))
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()[4:]}
+    assert text.startswith("1 defect regions") and "[0, 25) 1" in text
+    assert rows["1 %"][1] == "1.000" and rows["1 %"][3].startswith("0.00 / 1.00")
+    assert rows["30 %"][1] == "1.000" and float(rows["30 %"][3].split(" / ")[0]) > 0.4  # then good images too
