@@ -161,7 +161,8 @@ class Variants:
               power: float = 1.0) -> torch.Tensor:
         w = scale_weights or [1.0] * self.n_scales
         kw = kind_weights or [1.0] * len(kinds)
-        amap = sum(w[k] * kw[j] * up(part[f"{kind}{k}"].clamp_min(0) ** power, self.strides[k])
+        amap = sum(w[k] * kw[j] * up(part[f"{kind}{k}"] if power == 1 else part[f"{kind}{k}"].clamp_min(0) ** power,
+                                     self.strides[k])
                    for j, kind in enumerate(kinds)
                    for k in range(self.n_scales) if w[k] and kw[j])
         return self.smoothed(amap, part, seg)

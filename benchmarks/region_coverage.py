@@ -50,8 +50,7 @@ def coverage_report(masks: list[np.ndarray], maps: list[np.ndarray], labels: np.
         total = max(sum(int(f.sum()) for f in fp), 1)
         on_good = sum(int(f.sum()) for f, label in zip(fp, labels) if label == 0) / total
         by_defect = sum(int((f & n).sum()) for f, n in zip(fp, near)) / total
-        h, w = masks[0].shape
-        edge = sum(int(f.sum() - f[border:h - border, border:w - border].sum()) for f in fp) / total
+        edge = sum(int(f.sum() - f[border:f.shape[0] - border, border:f.shape[1] - border].sum()) for f in fp) / total
         lines.append(f"| {100 * fpr:g} % | {covered.mean():.3f} | {' / '.join(bins)} | "
                      f"{on_good:.2f} / {by_defect:.2f} / {edge:.2f} |")
     return "\n".join(lines)

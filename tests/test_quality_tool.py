@@ -113,9 +113,9 @@ def test_region_coverage_finds_the_halo_around_a_defect():
     import region_coverage
 
     rng = np.random.default_rng(0)
-    masks = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+    masks = [np.zeros(shape, np.uint8) for shape in ((24, 40), (32, 32))]  # frames of two shapes
     masks[1][14:18, 14:18] = 1
-    maps = [rng.uniform(0, 0.1, (32, 32)).astype(np.float32) for _ in range(2)]
+    maps = [rng.uniform(0, 0.1, m.shape).astype(np.float32) for m in masks]
     maps[1][12:20, 12:20] = rng.uniform(0.5, 0.6, (8, 8))  # the halo: 48 good pixels, 2.4 % of them
     maps[1][14:18, 14:18] = 1.0
     text = region_coverage.coverage_report(masks, maps, np.array([0, 1]))
