@@ -29,23 +29,24 @@ def coverage_report(masks: list[np.ndarray], maps: list[np.ndarray], labels: np.
                     border: int = 8) -> str:
     """The table described in the module docstring, as text."""
     negatives = np.concatenate([m[k == 0] for m, k in zip(maps, masks)])
-    regions = []  # (map, boolean region) per connected defect region
-    for m, k in zip(maps, masks):
-        count, labelled = cv2.connectedComponents((k > 0).astype(np.uint8))
-        regions.extend((m, labelled == r) for r in range(1, count))
-    areas = np.array([r.sum() for _, r in regions])
+    labelled = [cv2.connectedComponents((k > 0).astype(np.uint8))[1] for k in masks]  # 0: no defect
+
+    def per_region(values: list[np.ndarray]) -> np.ndarray:  # each frame's sums over its regions, concatenated
+        return np.concatenate([np.bincount(lab.ravel(), weights=v.ravel())[1:] for lab, v in zip(labelled, values)])
+
+    areas = per_region([np.ones(lab.shape) for lab in labelled])
+    in_bin = [(areas >= a) & (areas < b) for a, b in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
     kernel = np.ones((2 * halo + 1, 2 * halo + 1), np.uint8)
     near = [cv2.dilate((k > 0).astype(np.uint8), kernel) > 0 for k in masks]
-    lines = [f"{len(regions)} defect regions; area bins (frame pixels): "
-             + ", ".join(f"[{a:g}, {b:g}) {int(((areas >= a) & (areas < b)).sum())}"
-                         for a, b in zip(SIZE_BINS[:-1], SIZE_BINS[1:])), "",
-             "| FPR | mean region coverage | by area bin | false positives: good images / within "
+    lines = [f"{len(areas)} defect regions; area bins (frame pixels): "
+             + ", ".join(f"[{a:g}, {b:g}) {int(sel.sum())}"
+                         for a, b, sel in zip(SIZE_BINS[:-1], SIZE_BINS[1:], in_bin)),
+             "", "| FPR | mean region coverage | by area bin | false positives: good images / within "
              f"{halo} px of a defect / within {border} px of the border |", "| --- | --- | --- | --- |"]
     for fpr in FPRS:
         threshold = np.quantile(negatives, 1 - fpr)
-        covered = np.array([(m[r] > threshold).mean() for m, r in regions])
-        bins = [f"{covered[(areas >= a) & (areas < b)].mean():.2f}" if ((areas >= a) & (areas < b)).any() else "-"
-                for a, b in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
+        covered = per_region([m > threshold for m in maps]) / areas
+        bins = [f"{covered[sel].mean():.2f}" if sel.any() else "-" for sel in in_bin]
         fp = [(m > threshold) & (k == 0) for m, k in zip(maps, masks)]
         total = max(sum(int(f.sum()) for f in fp), 1)
         on_good = sum(int(f.sum()) for f, label in zip(fp, labels) if label == 0) / total
