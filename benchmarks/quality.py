@@ -8,13 +8,14 @@ splits, and write one table (per set, the mean and the worst set, the four metri
     python benchmarks/quality.py table --runs runs/quality/default [--tag NAME] [--out table.md]
     python benchmarks/quality.py compare --runs runs/quality/default [--tag NAME] --peer runs/quality/peer/patchcore
         --peer runs/quality/peer/padim
+    python benchmarks/quality.py compare --runs runs/quality/seed0,runs/quality/seed1 --peer PADIM_SEED0,PADIM_SEED1
     python benchmarks/quality.py loso --runs runs/quality/default --tag BASELINE --candidates TAG1,TAG2
 
 `train` runs `cfrg train` per category (one torch thread each, --parallel at once; a category whose
 model.pt exists is kept), and its final evaluation is the `default` tag. `eval` re-evaluates the saved
 checkpoints with other map or score options without retraining (a new tag). Screen with short budgets,
 decide with 30 minutes. `compare` puts the peer (benchmarks/peer_anomalib.py) beside a tag, per set, with
-issue 13's bar; `loso` is the leave-one-set-out check of replacing a baseline tag by a candidate.
+issue 13's bar (comma-separated folders: seeds of one recipe, compared on their mean); `loso` is the leave-one-set-out check of replacing a baseline tag by a candidate.
 """
 from __future__ import annotations
 
@@ -107,15 +108,28 @@ def results(runs: Path, tag: str) -> dict[str, list[float]]:
             for p in sorted(runs.glob(f"*/eval_{tag}.json"))}
 
 
-def compare(runs: Path, tag: str, peers: list[Path]) -> str:
+def mean_results(group: list[Path], tag: str) -> dict[str, list[float]]:
+    """Per set found in every folder of the group (runs of one recipe with different seeds), the mean of their
+    results(folder, tag)."""
+    found = [results(runs, tag) for runs in group]
+    return {s: [sum(r[s][k] for r in found) / len(found) for k in range(4)]
+            for s in found[0] if all(s in r for r in found)}
+
+
+def compare(runs: list[Path], tag: str, peers: list[list[Path]]) -> str:
     """Ours beside the better peer on each metric, per set and on the mean, with the bar of issue 13: at least
-    equal on pixel AUROC, AUPRO and pixel AP, within 1 point on image AUROC, per set; ahead on all four on the mean."""
-    ours = results(runs, tag)
-    theirs = {p.name: results(p, "default") for p in peers}
+    equal on pixel AUROC, AUPRO and pixel AP, within 1 point on image AUROC, per set; ahead on all four on the mean.
+    `runs` and each peer are groups of runs folders (seeds), compared on their means over the group."""
+    ours = mean_results(runs, tag)
+    theirs = {group[0].name: mean_results(group, "default") for group in peers}
     sets = [s for s in ours if all(s in t for t in theirs.values())]
     if not sets or not theirs:
-        return f"no sets with both eval_{tag}.json under {runs} and the peers' eval_default.json"
-    lines = [f"| set | ours ({tag}) I / P / PRO / AP | best peer I / P / PRO / AP | bar met |", "| --- | --- | --- | --- |"]
+        return (f"no sets with both eval_{tag}.json under every folder of {', '.join(map(str, runs))} and the "
+                f"peers' eval_default.json")
+    seeds = "" if len(runs) == 1 and all(len(g) == 1 for g in peers) else \
+        f", means over {len(runs)} and {' / '.join(str(len(g)) for g in peers)} runs"
+    lines = [f"| set | ours ({tag}) I / P / PRO / AP | best peer I / P / PRO / AP{seeds} | bar met |",
+             "| --- | --- | --- | --- |"]
 
     def best(values):  # per metric, the better peer and its name
         return [max((v[k], name) for name, v in values.items()) for k in range(4)]
@@ -136,6 +150,10 @@ def compare(runs: Path, tag: str, peers: list[Path]) -> str:
     peer_means = {n: [sum(t[s][k] for s in sets) / len(sets) for k in range(4)] for n, t in theirs.items()}
     row("**mean**", mean, best(peer_means), per_set=False)
     return "\n".join(lines)
+
+
+def folders(text: str) -> list[Path]:
+    return [Path(x) for x in text.split(",") if x]
 
 
 LOSO_TIE = 0.001  # points of a set's mean of 4 that count as no change (a set scored again differs by ~1e-6)
@@ -189,7 +207,8 @@ def main() -> None:
     p.add_argument("--again", action="store_true", help="eval: evaluate sets whose eval_TAG.json exists again")
     p.add_argument("--out", help="write the table here too")
     p.add_argument("--peer", action="append", default=[],
-                   help="compare: a peer's runs folder (benchmarks/peer_anomalib.py), repeatable")
+                   help="compare: a peer's runs folder (benchmarks/peer_anomalib.py), repeatable; comma-separated "
+                        "folders (its --seed runs) are compared on their mean, as are comma-separated --runs")
     p.add_argument("--candidates", default="", help="loso: comma-separated tags that may replace --tag")
     args = p.parse_args(argv)
     if args.command == "train":
@@ -197,7 +216,7 @@ def main() -> None:
     elif args.command == "eval":
         cmd_eval(args, extra)
     if args.command == "compare":
-        text = compare(Path(args.runs), args.tag, [Path(x) for x in args.peer])
+        text = compare(folders(args.runs), args.tag, [folders(x) for x in args.peer])
     elif args.command == "loso":
         text = leave_one_out(Path(args.runs), args.tag, [t for t in args.candidates.split(",") if t])
     else:  # one table per tag (comma-separated)

@@ -21,11 +21,26 @@ def test_compare_applies_the_bar_per_set_and_on_the_mean(tmp_path):
     write(ours, "default", {"x": [90.5, 98, 90, 50], "y": [99, 97, 80, 40]})
     write(a, "default", {"x": [91.0, 97, 85, 45], "y": [99, 98, 70, 30]})  # x: I-AUROC within 1 point
     write(b, "default", {"x": [80, 96, 91, 20], "y": [90, 90, 60, 10]})  # x: PaDiM's AUPRO is higher
-    text = quality.compare(ours, "default", [a, b])
+    text = quality.compare([ours], "default", [[a], [b]])
     rows = {line.split(" | ")[0].strip("| *"): line for line in text.splitlines()[2:]}
     assert rows["x"].endswith("no: AUPRO |") and "91.0 (padim)" in rows["x"]
     assert rows["y"].endswith("no: P-AUROC |")
     assert rows["mean"].endswith("no: I-AUROC, P-AUROC |")  # 94.75 against 95.0; 97.5 against 97.5 is not ahead
+
+
+def test_compare_takes_each_group_of_seed_runs_on_its_mean_over_the_sets_every_run_has(tmp_path):
+    ours0, ours1, pad0, pad1 = (tmp_path / n for n in ("ours0", "ours1", "s0/padim", "s1/padim"))
+    write(ours0, "default", {"x": [100, 99.2, 89.0, 78], "y": [99, 97, 80, 40]})
+    write(ours1, "default", {"x": [100, 99.4, 92.0, 80]})  # y has one seed only: left out
+    write(pad0, "default", {"x": [100, 99.3, 91.0, 75], "y": [99, 98, 70, 30]})
+    write(pad1, "default", {"x": [100, 99.1, 90.0, 74], "y": [99, 98, 70, 30]})
+    single = quality.compare([ours0], "default", [[pad0]])
+    assert "| x | 100.0 / 99.2 / 89.0 / 78.0 |" in single and "no: P-AUROC, AUPRO |" in single
+    text = quality.compare([ours0, ours1], "default", [[pad0, pad1]])
+    rows = {line.split(" | ")[0].strip("| *"): line for line in text.splitlines()[2:]}
+    assert set(rows) == {"x", "mean"} and "means over 2 and 2 runs" in text.splitlines()[0]
+    assert rows["x"].startswith("| x | 100.0 / 99.3 / 90.5 / 79.0 | 100.0 (padim) / 99.2 (padim) / 90.5 (padim)")
+    assert rows["x"].endswith("| yes |")  # AUPRO 90.5 against 90.5: at least equal
 
 
 def test_loso_takes_a_candidate_when_the_mean_gains_and_the_worst_gains_or_no_set_loses(tmp_path):
