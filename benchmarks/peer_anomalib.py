@@ -100,6 +100,7 @@ def main(argv=None) -> None:
     p.add_argument("--padim-features", type=int, default=100, help="PaDiM's random feature subset (of 176)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="torch seed: PaDiM's random features, PatchCore's coreset")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cats = args.categories.split(",") if args.categories else list_categories(args.data)
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
             if (out / "eval_default.json").is_file():
                 print(f"{name} {cat}: kept {out / 'eval_default.json'}", flush=True)
                 continue
-            torch.manual_seed(0)
+            torch.manual_seed(args.seed)
             t0 = time.perf_counter()
             model = build(name, args.padim_features)
             fit(model, name, images, args.coreset_ratio, args.batch)
@@ -131,7 +132,7 @@ def main(argv=None) -> None:
                            "layers": LAYERS[name], "image_size": list(size), "train_images": len(images),
                            "coreset_ratio": args.coreset_ratio if name == "patchcore" else None,
                            "n_features": args.padim_features if name == "padim" else None,
-                           "fit_seconds": round(fit_s, 1), "test_seconds": round(time.perf_counter() - t1, 1)}
+                           "seed": args.seed, "fit_seconds": round(fit_s, 1), "test_seconds": round(time.perf_counter() - t1, 1)}
             write_json(out / "eval_default.json", res)
             print(f"{name} {cat} (fit {fit_s:.0f} s):\n{format_table(res)}", flush=True)
 
