@@ -211,6 +211,8 @@ def main() -> None:
                         "folders (its --seed runs) are compared on their mean, as are comma-separated --runs")
     p.add_argument("--candidates", default="", help="loso: comma-separated tags that may replace --tag")
     args = p.parse_args(argv)
+    if "," in args.runs and args.command != "compare":
+        p.error(f"--runs {args.runs}: several folders (seeds) are for compare only; {args.command} takes one")
     if args.command == "train":
         cmd_train(args, extra)
     elif args.command == "eval":
