@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from sdk.data import AnomalyDataset, list_categories  # noqa: E402
-from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_model  # noqa: E402
+from sdk.evaluate import evaluate, format_table, frame_pairs, predict_dataset, resize_for_model  # noqa: E402
 from sdk.files import write_json  # noqa: E402
 
 try:
@@ -101,6 +101,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="torch seed: PaDiM's random features, PatchCore's coreset")
+    p.add_argument("--coverage", action="store_true",
+                   help="also print benchmarks/region_coverage.py's table of the peer's maps (where AUPRO is lost)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cats = args.categories.split(",") if args.categories else list_categories(args.data)
@@ -135,6 +137,10 @@ def main(argv=None) -> None:
                            "seed": args.seed, "fit_seconds": round(fit_s, 1), "test_seconds": round(time.perf_counter() - t1, 1)}
             write_json(out / "eval_default.json", res)
             print(f"{name} {cat} (fit {fit_s:.0f} s):\n{format_table(res)}", flush=True)
+            if args.coverage:
+                from region_coverage import coverage_report
+
+                print(coverage_report(*frame_pairs(preds, test), preds.labels), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ defect region the map covers, by region size in frame pixels, and where the fals
 images, within a few pixels of a defect (the map's halo around it), or near the frame's border.
 
     python benchmarks/region_coverage.py --run runs/quality/fast30/paper_flr01 [--data ../shared/data]
+
+The peer's maps get the same table: benchmarks/peer_anomalib.py --coverage.
 """
 from __future__ import annotations
 
@@ -16,8 +18,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from export.runs import RunRecord  # noqa: E402
-from export.train import load_model, torch_predictor  # noqa: E402
 from sdk.data import AnomalyDataset  # noqa: E402
 from sdk.evaluate import frame_pairs, predict_dataset  # noqa: E402
 
@@ -62,6 +62,9 @@ def main() -> None:
     p.add_argument("--run", required=True, help="a training run folder (model.pt, config.json)")
     p.add_argument("--data", help="the data root, if it moved since training")
     args = p.parse_args()
+    from export.runs import RunRecord  # the training stack only here: coverage_report serves the peer's venv too
+    from export.train import load_model, torch_predictor
+
     run = Path(args.run)
     record = RunRecord.read(run, args.data)
     model = load_model(run / "model.pt")
