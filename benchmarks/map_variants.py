@@ -17,7 +17,10 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   takes 1 unless told, so the model's default sum map is `plain_fused:kinds=ds+dr:seg=1.5:sigma=3:segsigma=0`),
   sw=A+B+C (`plain`: the discrepancies' weight per scale, finest first; 1 each unless told), kw=A+B (`plain`:
   the weight of each kind, in the order kinds names them), pow=P (`plain`: each discrepancy raised to the power
-  P before the sum; P < 1 compresses strong responses),
+  P before the sum; P < 1 compresses strong responses), align=A or A+B+C per scale (`plain`: each upsampled stride-s
+  discrepancy moved A * (s - 1) / 2 pixels down and right, where the teacher's TF-"same" padding centres it; alignkinds=dr
+  or ds: only that kind), malign=A (the same for the memory map),
+  dilate=K (the final map's K x K max filter),
   sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
   (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
   cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 from pathlib import Path
 
@@ -114,12 +118,43 @@ def cache(run: Path) -> None:
           f"{len(test)} test", flush=True)
 
 
+def shift_down_right(x: torch.Tensor, t: float) -> torch.Tensor:
+    """x (N,1,H,W) moved t pixels down and t right (up and left if t < 0), bilinearly between whole pixels, the
+    edge repeated."""
+    n = math.floor(t)
+    f = t - n
+
+    def along(y: torch.Tensor, dim: int) -> torch.Tensor:
+        def whole(m: int) -> torch.Tensor:
+            size = y.shape[dim]
+            edge = y.narrow(dim, 0 if m > 0 else size - 1, 1)
+            if m > 0:
+                return torch.cat([edge.expand(*[m if d == dim % y.dim() else -1 for d in range(y.dim())]),
+                                  y.narrow(dim, 0, size - m)], dim)
+            if m < 0:
+                return torch.cat([y.narrow(dim, -m, size + m),
+                                  edge.expand(*[-m if d == dim % y.dim() else -1 for d in range(y.dim())])], dim)
+            return y
+        return whole(n) if f == 0 else (1 - f) * whole(n) + f * whole(n + 1)
+
+    return along(along(x, -2), -1)
+
+
+def up_aligned(x: torch.Tensor, stride: int, align: float) -> torch.Tensor:
+    """Upsampled, then moved align * (stride - 1) / 2 pixels down and right: the teacher's TF-"same" convolutions
+    pad their stride-2 layers at the bottom and right, so a stride-s feature cell j is centred on pixel
+    s*j + s - 1, not on s*j + (s - 1) / 2 where bilinear upsampling puts it (align=1 corrects that)."""
+    return shift_down_right(up(x, stride), align * (stride - 1) / 2) if align else up(x, stride)
+
+
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.cat([GaussianBlur(sigma)(x[s:s + 64]) for s in range(0, len(x), 64)])
 
 
 class Variants:
     """Maps and scores of one set's cached components."""
+    # up_aligned's correction of the teacher's offset (options align=, alignkinds=, malign=): none
+    align, align_kinds, memory_align = [0.0], ("ds", "dr"), 0.0
 
     def __init__(self, c: dict):
         self.c = c
@@ -161,8 +196,10 @@ class Variants:
               power: float = 1.0) -> torch.Tensor:
         w = scale_weights or [1.0] * self.n_scales
         kw = kind_weights or [1.0] * len(kinds)
-        amap = sum(w[k] * kw[j] * up(part[f"{kind}{k}"] if power == 1 else part[f"{kind}{k}"].clamp_min(0) ** power,
-                                     self.strides[k])
+        align = self.align if len(self.align) == self.n_scales else self.align * self.n_scales
+        amap = sum(w[k] * kw[j] * up_aligned(part[f"{kind}{k}"] if power == 1 else
+                                             part[f"{kind}{k}"].clamp_min(0) ** power, self.strides[k],
+                                             align[k] if kind in self.align_kinds else 0.0)
                    for j, kind in enumerate(kinds)
                    for k in range(self.n_scales) if w[k] and kw[j])
         return self.smoothed(amap, part, seg)
@@ -179,7 +216,7 @@ class Variants:
         return blur(amap, sigma) + (blur(seg, seg_sigma) if seg_sigma > 0 else seg)
 
     def memory(self, part: dict) -> torch.Tensor:
-        return blur(up(part["mem"], self.c["memory_stride"]), self.c["sigma"])
+        return blur(up_aligned(part["mem"], self.c["memory_stride"], self.memory_align), self.c["sigma"])
 
 
 def zscore_on(good_map: torch.Tensor, test_map: torch.Tensor, norm: str = "std") -> torch.Tensor:
@@ -220,9 +257,11 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
         raise ValueError(name)
 
     smoothing = {key: float(spec[opt]) for opt, key in (("sigma", "sigma"), ("segsigma", "seg_sigma")) if opt in spec}
-    if smoothing:  # a copy with other smoothing; the statistics are shared
+    if smoothing or {"align", "malign"} & set(spec):  # a copy: other smoothing or alignment, the same statistics
         v = copy.copy(v)
         v.c = {**v.c, **smoothing}
+        v.align, v.memory_align = weights("align") or [0.0], float(spec.get("malign", 0.0))
+        v.align_kinds = tuple(spec.get("alignkinds", "ds+dr").split("+"))
     gm, tm = the_map(good), the_map(test)
     tz = zscore_on(gm, tm)
     gz = zscore_on(gm, gm)
@@ -246,6 +285,9 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
         tz = torch.maximum(tz, tmm) if fuse == "max" else (tz + tmm)
         gz = torch.maximum(gz, gmm) if fuse == "max" else (gz + gmm)
         branches["fusedmax"] = (gz.flatten(1).amax(1), tz.flatten(1).amax(1))
+    if "dilate" in spec:  # each pixel takes its K x K neighbourhood's max (the image scores do not change)
+        k = int(spec["dilate"])
+        tz = torch.nn.functional.max_pool2d(tz, k, 1, k // 2)
     return tz, branches
 
 

@@ -103,6 +103,30 @@ def test_map_variants_plain_weights_scale_each_discrepancy():
     assert torch.allclose(v.plain(part, both, 0.0, power=0.5), v.plain(rooted, both, 0.0), atol=1e-6)
 
 
+def test_map_variants_align_moves_each_scale_down_and_right_by_its_teacher_offset():
+    """`align=A+B+C` moves each upsampled stride-s discrepancy A * (s - 1) / 2 pixels down and right (negative:
+    up and left), linearly between whole pixels, the edge repeated; `alignkinds=` limits it to one kind."""
+    import torch
+    import map_variants
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3, 4] = 1.0
+    moved = map_variants.shift_down_right(x, 1.5)
+    assert moved[0, 0, 4, 5] == 0.25 and moved[0, 0, 5, 6] == 0.25 and moved[0, 0, 4, 6] == 0.25
+    back = map_variants.shift_down_right(x, -1.5)  # to (1.5, 2.5): rows 1-2, columns 2-3
+    assert moved.sum() == 1.0 and back.sum() == 1.0 and (back[0, 0, 1:3, 2:4] == 0.25).all()
+    assert torch.equal(map_variants.shift_down_right(torch.arange(4.).reshape(1, 1, 2, 2), 1)[0, 0],
+                       torch.tensor([[0., 0.], [0., 0.]]))  # the top-left pixel repeated
+    g = torch.Generator().manual_seed(0)
+    part = {f"{kind}{k}": torch.rand(1, 1, 64 // s, 64 // s, generator=g)
+            for kind in ("ds", "dr") for k, s in enumerate((4, 8, 16))}
+    v = map_variants.Variants.__new__(map_variants.Variants)
+    v.c, v.strides, v.n_scales = {"sigma": 2.0, "seg_sigma": 0.0}, [4, 8, 16], 3
+    v.align, v.align_kinds = [1.0, 0.0, 0.0], ("dr",)
+    expected = map_variants.shift_down_right(map_variants.up(part["dr0"], 4), 1.5) + map_variants.up(part["ds0"], 4)
+    expected = expected + sum(map_variants.up(part[f"{kind}{k}"], s) for kind in ("ds", "dr") for k, s in ((1, 8), (2, 16)))
+    assert torch.allclose(v.plain(part, ("ds", "dr"), 0.0), map_variants.blur(expected, 2.0), atol=1e-5)
+
+
 def test_bench_train_step_times_both_loops_on_real_images(tmp_path):
     """benchmarks/bench_train_step.py runs both training loops on the built-in ball_screw subset and prints
     each one's seconds per step and their ratio (a run, not a speed claim: the figures are in docs/results.md)."""
