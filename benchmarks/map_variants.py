@@ -196,6 +196,8 @@ class Variants:
               power: float = 1.0) -> torch.Tensor:
         w = scale_weights or [1.0] * self.n_scales
         kw = kind_weights or [1.0] * len(kinds)
+        if len(self.align) not in (1, self.n_scales):
+            raise ValueError(f"align= takes one value or one per scale ({self.n_scales}), got {self.align}")
         align = self.align if len(self.align) == self.n_scales else self.align * self.n_scales
         amap = sum(w[k] * kw[j] * up_aligned(part[f"{kind}{k}"] if power == 1 else
                                              part[f"{kind}{k}"].clamp_min(0) ** power, self.strides[k],

@@ -15,7 +15,8 @@ splits, and write one table (per set, the mean and the worst set, the four metri
 model.pt exists is kept), and its final evaluation is the `default` tag. `eval` re-evaluates the saved
 checkpoints with other map or score options without retraining (a new tag). Screen with short budgets,
 decide with 30 minutes. `compare` puts the peer (benchmarks/peer_anomalib.py) beside a tag, per set, with
-issue 13's bar (comma-separated folders: seeds of one recipe, compared on their mean); `loso` is the leave-one-set-out check of replacing a baseline tag by a candidate.
+issue 13's bar (comma-separated folders: seeds of one recipe, compared on their mean); `loso` is the
+leave-one-set-out check of replacing a baseline tag by a candidate.
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import quality  # noqa: E402
@@ -125,6 +127,9 @@ def test_map_variants_align_moves_each_scale_down_and_right_by_its_teacher_offse
     expected = map_variants.shift_down_right(map_variants.up(part["dr0"], 4), 1.5) + map_variants.up(part["ds0"], 4)
     expected = expected + sum(map_variants.up(part[f"{kind}{k}"], s) for kind in ("ds", "dr") for k, s in ((1, 8), (2, 16)))
     assert torch.allclose(v.plain(part, ("ds", "dr"), 0.0), map_variants.blur(expected, 2.0), atol=1e-5)
+    v.align = [1.0, 0.0]
+    with pytest.raises(ValueError, match="one value or one per scale"):
+        v.plain(part, ("ds", "dr"), 0.0)
 
 
 def test_bench_train_step_times_both_loops_on_real_images(tmp_path):
