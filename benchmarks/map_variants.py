@@ -121,23 +121,16 @@ def cache(run: Path) -> None:
 def shift_down_right(x: torch.Tensor, t: float) -> torch.Tensor:
     """x (N,1,H,W) moved t pixels down and t right (up and left if t < 0), bilinearly between whole pixels, the
     edge repeated."""
+    h, w = x.shape[-2:]
+
+    def whole(dy: int, dx: int) -> torch.Tensor:  # the edge padded in on the side the map moves away from
+        padded = torch.nn.functional.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+        return padded[..., max(-dy, 0):max(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]
+
     n = math.floor(t)
     f = t - n
-
-    def along(y: torch.Tensor, dim: int) -> torch.Tensor:
-        def whole(m: int) -> torch.Tensor:
-            size = y.shape[dim]
-            edge = y.narrow(dim, 0 if m > 0 else size - 1, 1)
-            if m > 0:
-                return torch.cat([edge.expand(*[m if d == dim % y.dim() else -1 for d in range(y.dim())]),
-                                  y.narrow(dim, 0, size - m)], dim)
-            if m < 0:
-                return torch.cat([y.narrow(dim, -m, size + m),
-                                  edge.expand(*[-m if d == dim % y.dim() else -1 for d in range(y.dim())])], dim)
-            return y
-        return whole(n) if f == 0 else (1 - f) * whole(n) + f * whole(n + 1)
-
-    return along(along(x, -2), -1)
+    steps = [(0, 1 - f), (1, f)] if f else [(0, 1.0)]
+    return sum(wy * wx * whole(n + a, n + b) for a, wy in steps for b, wx in steps)
 
 
 def up_aligned(x: torch.Tensor, stride: int, align: float) -> torch.Tensor:
