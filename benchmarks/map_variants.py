@@ -21,6 +21,10 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   discrepancy moved A * (s - 1) / 2 pixels down and right, where the teacher's TF-"same" padding centres it; alignkinds=dr
   or ds: only that kind), malign=A (the same for the memory map),
   dilate=K (the final map's K x K max filter),
+  fine=W (adds W times a fine-feature Gaussian map, below; both maps scaled by their good images' mean peak above
+  their mean, so W is the fine map's share at equal good-image peaks), with finelayers=0+1 (teacher scales, each
+  resampled to the finest one's grid), finepool=5 (mean over K x K cells of those features first), finehp=31
+  (the map minus its K x K mean; 0: none),
   sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
   (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
   cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
@@ -29,11 +33,18 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   glob (the global Gaussian); `map+mem+glob` is the model's combined score.
 The good images are the held-back ones when there are at least 8, else the training images (memory distances with
 each image's own patches left out, as in the model).
+
+The fine-feature Gaussian (option fine=, research): one Gaussian (mean, Ledoit-Wolf covariance) of the good training
+images' finest teacher features (strides 4 and 8 by default, on the stride-4 grid), the same for every position
+(no per-position statistics: its size does not grow with the image), fitted when a variant first asks for it (the
+run's model.pt and images are read again); its map is each cell's Mahalanobis distance, upsampled and smoothed like
+the discrepancies. The image scores do not change.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 from pathlib import Path
@@ -45,11 +56,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.runs import RunRecord  # noqa: E402
-from export.model import GaussianBlur, soft_max, upsample as up  # noqa: E402
+from export.model import GaussianBlur, ledoit_wolf, soft_max, upsample as up  # noqa: E402
 from export.train import _to_tensor, load_model, run_images  # noqa: E402
 from sdk import metrics  # noqa: E402
 from sdk.data import AnomalyDataset  # noqa: E402
-from sdk.evaluate import resize_for_model  # noqa: E402
+from sdk.evaluate import METRIC_KEYS, resize_for_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -95,13 +106,21 @@ def memory_stats(model) -> dict:
             "mem_score_mean": float(m.score_mean[1]), "mem_score_std": float(m.score_std[1])}
 
 
+def evaluation_split(run: Path) -> AnomalyDataset:
+    rec = RunRecord.read(run, None)
+    return AnomalyDataset(rec.data, rec.category, "test")
+
+
+def evaluation_images(run: Path, size) -> np.ndarray:
+    test = evaluation_split(run)
+    return np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
+
+
 def cache(run: Path) -> None:
     model = load_model(run / "model.pt").eval()
     size = model.config.image_size
     images, holdout, _ = run_images(run, None, size, False)
-    rec = RunRecord.read(run, None)
-    test = AnomalyDataset(rec.data, rec.category, "test")
-    test_images = np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
+    test = evaluation_split(run)
     masks = np.stack([cv2.resize(test.load_mask(i).astype(np.uint8), (size[1], size[0]),
                                  interpolation=cv2.INTER_NEAREST) for i in range(len(test))]).astype(bool)
     train = components(model, images)
@@ -109,7 +128,7 @@ def cache(run: Path) -> None:
         train["mem_loo"] = leave_one_out_distances(model, images)
     torch.save({"train": train,
                 "holdout": components(model, holdout) if holdout is not None else None,
-                "test": components(model, test_images), "masks": torch.from_numpy(masks),
+                "test": components(model, evaluation_images(run, size)), "masks": torch.from_numpy(masks),
                 "labels": torch.tensor([test[i].label for i in range(len(test))]),
                 "strides": model.strides, "sigma": model.config.gaussian_sigma, "seg_sigma": model.config.seg_sigma,
                 "seg_weight": model.config.seg_weight, "memory_stride": model.memory.stride,
@@ -144,13 +163,56 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.cat([GaussianBlur(sigma)(x[s:s + 64]) for s in range(0, len(x), 64)])
 
 
+def fine_features(model, images: np.ndarray, layers, pool: int, batch: int = 8):
+    """Per batch of images: the teacher scales `layers`, each resampled to the finest one's grid, concatenated
+    and averaged over pool x pool cells."""
+    for s in range(0, len(images), batch):
+        with torch.no_grad():
+            t = model.teacher_features(_to_tensor(images[s:s + batch]))
+        size = t[layers[0]].shape[-2:]
+        f = torch.cat([torch.nn.functional.interpolate(t[k].float(), size=size, mode="bilinear",
+                                                       align_corners=False) if t[k].shape[-2:] != size
+                       else t[k].float() for k in layers], 1)
+        yield torch.nn.functional.avg_pool2d(f, pool, 1, pool // 2, count_include_pad=False) if pool > 1 else f
+
+
+class FineGaussian:
+    """One Gaussian of good feature vectors (rows of (N, D)), Ledoit-Wolf covariance; `distance` maps (N, D, h, w)
+    features to (N, 1, h, w) Mahalanobis distances."""
+
+    def __init__(self, rows: torch.Tensor, max_rows: int = 200_000):
+        if len(rows) > max_rows:  # a fixed random sample: the covariance needs far fewer rows than the images give
+            rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_rows]]
+        cov, _ = ledoit_wolf(rows)
+        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)
+        self.mean = rows.double().mean(0).float()
+        self.inv_chol = torch.linalg.inv(torch.linalg.cholesky(cov)).float()  # |inv_chol (f - mean)|^2
+
+    def distance(self, f: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("ij,njhw->nihw", self.inv_chol, f - self.mean.view(1, -1, 1, 1))
+        return (y * y).sum(1, keepdim=True).sqrt()
+
+
+def high_pass(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x minus its k x k mean (the edge repeated)."""
+    return x - torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)
+
+
+def peak_scale(good: torch.Tensor) -> torch.Tensor:
+    """The good images' mean peak above their mean."""
+    g = good.double()
+    return g.flatten(1).amax(1).mean() - g.mean()
+
+
 class Variants:
     """Maps and scores of one set's cached components."""
     # up_aligned's correction of the teacher's offset (options align=, alignkinds=, malign=): none
     align, align_kinds, memory_align = [0.0], ("ds", "dr"), 0.0
 
-    def __init__(self, c: dict):
+    def __init__(self, c: dict, run: Path | None = None):
         self.c = c
+        self.run = run  # the run folder: the fine-feature Gaussian reads its model and images again
+        self.fine_cache: dict = {}
         self.strides = c["strides"]
         train = c["train"]
         self.n_scales = len(self.strides)
@@ -212,6 +274,25 @@ class Variants:
 
     def memory(self, part: dict) -> torch.Tensor:
         return blur(up_aligned(part["mem"], self.c["memory_stride"], self.memory_align), self.c["sigma"])
+
+    def fine_maps(self, layers: tuple[int, ...], pool: int, hp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(good images', test images') fine-feature Gaussian maps at the model's input size, smoothed at sigma,
+        high-passed over hp x hp pixels (hp 0: not)."""
+        key = (layers, pool, self.c["sigma"])
+        if key not in self.fine_cache:
+            if self.run is None:
+                raise ValueError("fine= needs the run folder (Variants(c, run))")
+            model = load_model(self.run / "model.pt").eval()
+            size = model.config.image_size
+            images, holdout, _ = run_images(self.run, None, size, False)
+            gaussian = FineGaussian(torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+                                               for f in fine_features(model, images, layers, pool)]))
+            good = holdout if self.good is self.c["holdout"] else images
+            stride = model.strides[layers[0]]
+            self.fine_cache[key] = [
+                blur(up(torch.cat([gaussian.distance(f) for f in fine_features(model, imgs, layers, pool)]), stride),
+                     self.c["sigma"]) for imgs in (good, evaluation_images(self.run, size))]
+        return tuple(high_pass(m, hp) if hp else m for m in self.fine_cache[key])
 
 
 def zscore_on(good_map: torch.Tensor, test_map: torch.Tensor, norm: str = "std") -> torch.Tensor:
@@ -280,6 +361,10 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
         tz = torch.maximum(tz, tmm) if fuse == "max" else (tz + tmm)
         gz = torch.maximum(gz, gmm) if fuse == "max" else (gz + gmm)
         branches["fusedmax"] = (gz.flatten(1).amax(1), tz.flatten(1).amax(1))
+    if "fine" in spec:  # both maps at equal good-image peaks, the fine one weighted W
+        layers = tuple(int(k) for k in spec.get("finelayers", "0+1").split("+"))
+        fg, ft = v.fine_maps(layers, int(spec.get("finepool", 5)), int(spec.get("finehp", 31)))
+        tz = tz + float(spec["fine"]) * peak_scale(gz).float() * ((ft - fg.mean()) / peak_scale(fg)).float()
     if "dilate" in spec:  # each pixel takes its K x K neighbourhood's max (the image scores do not change)
         k = int(spec["dilate"])
         tz = torch.nn.functional.max_pool2d(tz, k, 1, k // 2)
@@ -302,6 +387,13 @@ def evaluate(c: dict, tmap: torch.Tensor, score: np.ndarray) -> list[float]:
             100 * metrics.aupro(masks, maps), 100 * metrics.pixel_ap(masks, maps)]
 
 
+def write_eval(path: Path, m: list[float], variant: str, score: str) -> None:
+    """The four metrics (percent, in METRIC_KEYS order) under `cfrg eval --json`'s names, as fractions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**{k: x / 100 for k, x in zip(METRIC_KEYS, m)}, "variant": variant, "score": score,
+                                "resolution": "model input (map_variants.py)"}, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("cache", "table"))
@@ -309,7 +401,14 @@ def main() -> None:
     p.add_argument("--categories")
     p.add_argument("--variants", default="fused,cfrg,plain,plain_fused,memory")
     p.add_argument("--scores", default="map+mem+glob", help="comma-separated branch sets, e.g. map+mem+glob")
+    p.add_argument("--write-evals", metavar="DIR",
+                   help="table: also write DIR/<set>/eval_<label>.json per variant (the metrics at model resolution), "
+                        "for `quality.py loso --runs DIR`")
+    p.add_argument("--labels", help="with --write-evals: one tag per variant, comma-separated")
     args = p.parse_args()
+    labels = args.labels.split(",") if args.labels else None
+    if args.write_evals and (labels is None or len(labels) != len(args.variants.split(","))):
+        p.error("--write-evals needs --labels with one tag per variant")
     torch.set_num_threads(1)
     runs = Path(args.runs)
     cats = args.categories.split(",") if args.categories else sorted(d.parent.name for d in runs.glob("*/model.pt"))
@@ -320,13 +419,17 @@ def main() -> None:
     rows = {}
     for cat in cats:
         c = torch.load(runs / cat / "components.pt", weights_only=False)
-        v = Variants(c)
-        for name in args.variants.split(","):
+        v = Variants(c, runs / cat)
+        for i, name in enumerate(args.variants.split(",")):
             tmap, branches = build(v, name)
             for sc in args.scores.split(","):
                 m = evaluate(c, tmap, combined(branches, sc.split("+")))
                 rows.setdefault((name, sc), {})[cat] = m
-                print(f"{cat:14s} {name:40s} {sc:18s} " + " ".join(f"{x:5.1f}" for x in m), flush=True)
+                if args.write_evals:
+                    tag = labels[i] if "," not in args.scores else f"{labels[i]}_{sc.replace('+', '_')}"
+                    write_eval(Path(args.write_evals) / cat / f"eval_{tag}.json", m, name, sc)
+                print(f"{cat:14s} {name:40s} {sc:18s} " + " ".join(f"{x:6.2f}" for x in m)
+                      + f"  (mean of 4 {np.mean(m):.3f})", flush=True)
     print()
     print("| variant | score | " + " | ".join(cats) + " | mean | worst of 4-mean |")
     for (name, sc), per in rows.items():

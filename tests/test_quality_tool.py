@@ -167,3 +167,58 @@ def test_region_coverage_finds_the_halo_around_a_defect():
     assert text.startswith("1 defect regions") and "[0, 25) 1" in text
     assert rows["1 %"][1] == "1.000" and rows["1 %"][3].startswith("0.00 / 1.00")
     assert rows["30 %"][1] == "1.000" and float(rows["30 %"][3].split(" / ")[0]) > 0.4  # then good images too
+
+
+def test_map_variants_fine_gaussian_is_the_mahalanobis_distance_to_good_features():
+    """`fine=`'s Gaussian: one mean and Ledoit-Wolf covariance of good feature rows; each cell's distance is
+    sqrt((f - mean)^T cov^-1 (f - mean)), so a cell far from the good rows along a low-variance axis scores high
+    and the good mean scores 0."""
+    import torch
+    import map_variants
+    from export.model import ledoit_wolf
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.2]])
+    rows = torch.randn(4000, 3, generator=g) @ mix + torch.tensor([1.0, -2.0, 0.5])
+    gaussian = map_variants.FineGaussian(rows)
+    cov = ledoit_wolf(rows)[0] + 1e-6 * torch.eye(3, dtype=torch.float64)
+    cells = torch.randn(2, 3, 4, 5, generator=g) * 2
+    expected = torch.einsum("nihw,ij,njhw->nhw", (cells - gaussian.mean.view(1, 3, 1, 1)).double(),
+                            torch.linalg.inv(cov), (cells - gaussian.mean.view(1, 3, 1, 1)).double()).sqrt()
+    assert torch.allclose(gaussian.distance(cells)[:, 0].double(), expected, rtol=1e-4)
+    centre, low_var, high_var = ((gaussian.mean + torch.tensor(d)).view(1, 3, 1, 1)
+                                 for d in ([0.0, 0, 0], [0, 0, 1.0], [1.0, 0, 0]))
+    assert float(gaussian.distance(centre)) < 1e-3
+    assert float(gaussian.distance(low_var)) > 10 * float(gaussian.distance(high_var))
+
+
+def test_map_variants_fine_features_resample_to_the_finest_grid_and_high_pass_keeps_spots():
+    """The fine features are the named teacher scales on the finest one's grid (channels concatenated), pooled;
+    the high pass takes a flat map to 0 and keeps a spot's peak."""
+    import numpy as np
+    import torch
+    import map_variants
+    from export.config import CFRGConfig
+    from export.model import CFRG
+    model = CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False).eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    batches = list(map_variants.fine_features(model, images, (0, 1), 3, batch=2))
+    t = model.teacher_features(map_variants._to_tensor(images[:2]))
+    channels = t[0].shape[1] + t[1].shape[1]
+    assert [tuple(b.shape) for b in batches] == [(2, channels, 16, 16), (1, channels, 16, 16)]
+    unpooled = next(map_variants.fine_features(model, images, (0, 1), 1, batch=2))
+    assert torch.allclose(unpooled[:, :t[0].shape[1]], t[0].float(), atol=1e-5)
+    flat = torch.full((1, 1, 40, 40), 7.0)
+    assert torch.allclose(map_variants.high_pass(flat, 31), torch.zeros_like(flat), atol=1e-5)
+    spot = flat.clone()
+    spot[0, 0, 20, 20] = 17.0
+    passed = map_variants.high_pass(spot, 31)
+    assert float(passed[0, 0, 20, 20]) == pytest.approx(10 - 10 / 31 ** 2, abs=1e-4)
+    assert float(passed.flatten().argmax()) == 20 * 40 + 20
+
+
+def test_map_variants_writes_evals_that_quality_reads_back(tmp_path):
+    """`table --write-evals` files: quality.py's `results` (behind table, compare and loso) reads the same four
+    figures back."""
+    import map_variants
+    map_variants.write_eval(tmp_path / "tire" / "eval_fine35.json", [86.7, 99.02, 95.52, 48.85], "B:fine=0.35", "map")
+    assert quality.results(tmp_path, "fine35") == {"tire": pytest.approx([86.7, 99.02, 95.52, 48.85])}
