@@ -21,10 +21,10 @@ A variant is a base map with options, e.g. `plain_fused:kinds=ds+dr:sigma=3`:
   discrepancy moved A * (s - 1) / 2 pixels down and right, where the teacher's TF-"same" padding centres it; alignkinds=dr
   or ds: only that kind), malign=A (the same for the memory map),
   dilate=K (the final map's K x K max filter),
-  fine=W (adds W times a fine-feature Gaussian map, below; both maps scaled by their good images' mean peak above
-  their mean, so W is the fine map's share at equal good-image peaks), with finelayers=0+1 (teacher scales, each
-  resampled to the finest one's grid), finepool=5 (mean over K x K cells of those features first), finehp=31
-  (the map minus its K x K mean; 0: none),
+  fine=W (adds W times a fine-feature Gaussian map, below, to the map, after scaling both to the same good-image
+  mean peak above their mean), with finelayers=0+1 (teacher scales, each resampled to the finest one's grid),
+  finepool=5 (mean over K x K cells of those features first; odd), finehp=31 (the map minus its K x K mean; odd;
+  0: none),
   sigma=S (smoothing), segsigma=S (smoothing of sigmoid(seg); 0: none), shrink=K and mean=position|global|poolN
   (per-position statistics: std shrink toward the global one, a global mean, or statistics max-pooled over N
   cells), norm=std|max|qP (how both maps are put on one scale before the max), mw=W (weight of the memory
@@ -38,7 +38,8 @@ The fine-feature Gaussian (option fine=, research): one Gaussian (mean, Ledoit-W
 images' finest teacher features (strides 4 and 8 by default, on the stride-4 grid), the same for every position
 (no per-position statistics: its size does not grow with the image), fitted when a variant first asks for it (the
 run's model.pt and images are read again); its map is each cell's Mahalanobis distance, upsampled and smoothed like
-the discrepancies. The image scores do not change.
+the discrepancies. The good images it is scaled on are those above; with fewer than 8 held back they are the
+images the Gaussian was fitted on (no image is left out, unlike the memory). The image scores do not change.
 """
 from __future__ import annotations
 
@@ -278,8 +279,8 @@ class Variants:
     def fine_maps(self, layers: tuple[int, ...], pool: int, hp: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(good images', test images') fine-feature Gaussian maps at the model's input size, smoothed at sigma,
         high-passed over hp x hp pixels (hp 0: not)."""
-        key = (layers, pool, self.c["sigma"])
-        if key not in self.fine_cache:
+        key = (layers, pool)
+        if key not in self.fine_cache:  # the distances on the Gaussian's grid and that grid's stride
             if self.run is None:
                 raise ValueError("fine= needs the run folder (Variants(c, run))")
             model = load_model(self.run / "model.pt").eval()
@@ -288,11 +289,12 @@ class Variants:
             gaussian = FineGaussian(torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
                                                for f in fine_features(model, images, layers, pool)]))
             good = holdout if self.good is self.c["holdout"] else images
-            stride = model.strides[layers[0]]
-            self.fine_cache[key] = [
-                blur(up(torch.cat([gaussian.distance(f) for f in fine_features(model, imgs, layers, pool)]), stride),
-                     self.c["sigma"]) for imgs in (good, evaluation_images(self.run, size))]
-        return tuple(high_pass(m, hp) if hp else m for m in self.fine_cache[key])
+            self.fine_cache[key] = (model.strides[layers[0]], [
+                torch.cat([gaussian.distance(f) for f in fine_features(model, imgs, layers, pool)])
+                for imgs in (good, evaluation_images(self.run, size))])
+        stride, distances = self.fine_cache[key]
+        maps = [blur(up(d, stride), self.c["sigma"]) for d in distances]
+        return tuple(high_pass(m, hp) if hp else m for m in maps)
 
 
 def zscore_on(good_map: torch.Tensor, test_map: torch.Tensor, norm: str = "std") -> torch.Tensor:
@@ -362,8 +364,11 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
         gz = torch.maximum(gz, gmm) if fuse == "max" else (gz + gmm)
         branches["fusedmax"] = (gz.flatten(1).amax(1), tz.flatten(1).amax(1))
     if "fine" in spec:  # both maps at equal good-image peaks, the fine one weighted W
-        layers = tuple(int(k) for k in spec.get("finelayers", "0+1").split("+"))
-        fg, ft = v.fine_maps(layers, int(spec.get("finepool", 5)), int(spec.get("finehp", 31)))
+        layers = tuple(sorted(int(k) for k in spec.get("finelayers", "0+1").split("+")))  # finest first
+        pool, hp = int(spec.get("finepool", 5)), int(spec.get("finehp", 31))
+        if pool % 2 == 0 or (hp and hp % 2 == 0):  # an even window would move the map by half a cell
+            raise ValueError(f"finepool and finehp take odd windows, got {pool} and {hp}")
+        fg, ft = v.fine_maps(layers, pool, hp)
         tz = tz + float(spec["fine"]) * peak_scale(gz).float() * ((ft - fg.mean()) / peak_scale(fg)).float()
     if "dilate" in spec:  # each pixel takes its K x K neighbourhood's max (the image scores do not change)
         k = int(spec["dilate"])
@@ -402,8 +407,8 @@ def main() -> None:
     p.add_argument("--variants", default="fused,cfrg,plain,plain_fused,memory")
     p.add_argument("--scores", default="map+mem+glob", help="comma-separated branch sets, e.g. map+mem+glob")
     p.add_argument("--write-evals", metavar="DIR",
-                   help="table: also write DIR/<set>/eval_<label>.json per variant (the metrics at model resolution), "
-                        "for `quality.py loso --runs DIR`")
+                   help="table: also write DIR/<set>/eval_<label>.json per variant (eval_<label>_<score> with several "
+                        "--scores; the metrics at model resolution), for `quality.py loso --runs DIR`")
     p.add_argument("--labels", help="with --write-evals: one tag per variant, comma-separated")
     args = p.parse_args()
     labels = args.labels.split(",") if args.labels else None

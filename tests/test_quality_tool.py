@@ -207,6 +207,10 @@ def test_map_variants_fine_features_resample_to_the_finest_grid_and_high_pass_ke
     assert [tuple(b.shape) for b in batches] == [(2, channels, 16, 16), (1, channels, 16, 16)]
     unpooled = next(map_variants.fine_features(model, images, (0, 1), 1, batch=2))
     assert torch.allclose(unpooled[:, :t[0].shape[1]], t[0].float(), atol=1e-5)
+    resampled = torch.nn.functional.interpolate(t[1].float(), size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(unpooled[:, t[0].shape[1]:], resampled, atol=1e-5)
+    pooled = torch.nn.functional.avg_pool2d(unpooled, 3, 1, 1, count_include_pad=False)
+    assert torch.allclose(batches[0], pooled, atol=1e-5) and not torch.allclose(batches[0], unpooled, atol=1e-3)
     flat = torch.full((1, 1, 40, 40), 7.0)
     assert torch.allclose(map_variants.high_pass(flat, 31), torch.zeros_like(flat), atol=1e-5)
     spot = flat.clone()
@@ -222,3 +226,34 @@ def test_map_variants_writes_evals_that_quality_reads_back(tmp_path):
     import map_variants
     map_variants.write_eval(tmp_path / "tire" / "eval_fine35.json", [86.7, 99.02, 95.52, 48.85], "B:fine=0.35", "map")
     assert quality.results(tmp_path, "fine35") == {"tire": pytest.approx([86.7, 99.02, 95.52, 48.85])}
+
+
+def test_map_variants_fine_adds_the_weighted_map_at_equal_good_peaks():
+    """`fine=W` adds W times the fine map to the variant's map, both scaled to the same good-image mean peak above
+    their mean (the good images' fine map is the scale, the test images' is what is added); even windows are
+    refused."""
+    import torch
+    import map_variants
+    g = torch.Generator().manual_seed(0)
+
+    def part(n):
+        p = {f"{kind}{k}": torch.rand(n, 1, 32 // s, 32 // s, generator=g)
+             for kind in ("ds", "dr") for k, s in enumerate((4, 8, 16))}
+        p.update(seg=torch.randn(n, 1, 8, 8, generator=g), mem=torch.rand(n, 1, 2, 2, generator=g), glob=torch.zeros(n))
+        return p
+
+    c = {"train": part(6), "holdout": part(8), "test": part(5), "strides": [4, 8, 16], "sigma": 2.0, "seg_sigma": 0.0,
+         "seg_weight": 1.0, "memory_stride": 16, "temperature": 2.0, "dist_mean": 0.5, "dist_std": 0.3,
+         "mem_score_mean": 0.0, "mem_score_std": 1.0}
+    v = map_variants.Variants(c)
+    distances = [torch.rand(8, 1, 8, 8, generator=g), torch.rand(5, 1, 8, 8, generator=g)]
+    v.fine_cache[((0, 1), 5)] = (4, distances)  # as fine_maps stores a fitted Gaussian's distances
+    base, _ = map_variants.build(v, "plain_fused:kinds=ds+dr")
+    with_fine, _ = map_variants.build(v, "plain_fused:kinds=ds+dr:fine=0.4:finehp=0")
+    good_base, _ = map_variants.build(map_variants.Variants({**c, "test": c["holdout"]}), "plain_fused:kinds=ds+dr")
+    fg, ft = (map_variants.blur(map_variants.up(d, 4), 2.0) for d in distances)
+    expected = base + 0.4 * map_variants.peak_scale(good_base) * (ft - fg.mean()) / map_variants.peak_scale(fg)
+    assert torch.allclose(with_fine, expected.float(), atol=1e-4)
+    assert not torch.allclose(with_fine, base, atol=1e-2)
+    with pytest.raises(ValueError, match="odd windows"):
+        map_variants.build(v, "plain_fused:kinds=ds+dr:fine=0.4:finepool=4")
