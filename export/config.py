@@ -35,6 +35,7 @@ class CFRGConfig:
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
     global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
     pixel_map: str = "fused"  # PIXEL_MAPS
+    fine_weight: float = 0.0  # the fine-feature Gaussian's weight in the pixel map (0: none; FineGaussian)
 
     def to_dict(self) -> dict:
         d = asdict(self)

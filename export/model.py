@@ -21,6 +21,8 @@ z-scored over held-out good images: the max of the z-scored CFRG map (small shar
 (log-mean-exp at temperature score_temperature) of the memory distances on their grid, which also rises
 with the extent of a texture change, and (global_score) the Mahalanobis distance of the image's global
 teacher statistics (GlobalGaussian). "max" (and any model without a memory): score = max of the fused map.
+fine_weight > 0 (default 0) adds FineGaussian's map to the pixel map: a Gaussian of good stride-4/8 features,
+the same for every position; the score does not use it.
 """
 from __future__ import annotations
 
@@ -430,6 +432,62 @@ class GlobalGaussian(nn.Module):
         return shrink
 
 
+class FineGaussian(nn.Module):
+    """Pixel-map branch (config.fine_weight > 0): each stride-4 cell's distance to one Gaussian of good training
+    images' fine teacher features, the same for every position (a D x D matrix whatever the image size).
+
+    The features are the stride-4 and stride-8 teacher features, the latter upsampled to stride 4, averaged over
+    `pool` x `pool` cells. Their Mahalanobis distance is upsampled to the input, smoothed like the map, and
+    high-passed (the map minus its `high_pass` x `high_pass` mean), then scaled so that its good images' mean
+    peak above their mean is `weight` times the pixel map's. `forward` gives what is added to the pixel map.
+    """
+    pool, high_pass = 5, 31
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], sigma: float):
+        super().__init__()
+        self.layers = [strides.index(4), strides.index(8)]
+        dim = sum(channels[k] for k in self.layers)
+        self.blur = GaussianBlur(sigma)
+        self.register_buffer("center", torch.zeros(1, dim, 1, 1))
+        self.register_buffer("whiten", torch.eye(dim).view(dim, dim, 1, 1))  # |whiten (f - center)|^2 = d^2
+        self.register_buffer("offset", torch.zeros(()))  # the good images' mean of the high-passed map
+        self.register_buffer("scale", torch.zeros(()))  # 0 until calibrated: the branch adds nothing
+        self.register_buffer("images", torch.zeros(()))  # good images the Gaussian came from (0: not fitted)
+
+    def features(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        f = torch.cat([t_feats[self.layers[0]].float(), upsample(t_feats[self.layers[1]].float(), 2)], 1)
+        return F.avg_pool2d(f, self.pool, 1, self.pool // 2, count_include_pad=False)
+
+    def distance_map(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, 1, H, W): the smoothed, high-passed Mahalanobis distance at input resolution."""
+        y = F.conv2d(self.features(t_feats) - self.center, self.whiten)
+        d = self.blur(upsample((y * y).sum(1, keepdim=True).sqrt(), 4))
+        r = self.high_pass // 2
+        return d - F.avg_pool2d(F.pad(d, (r, r, r, r), mode="replicate"), self.high_pass, 1)
+
+    def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        return (self.distance_map(t_feats) - self.offset) * self.scale
+
+    @torch.no_grad()
+    def fit(self, rows: torch.Tensor) -> None:
+        """Mean and Ledoit-Wolf covariance of good feature rows (M, D)."""
+        cov, _ = ledoit_wolf(rows)
+        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)
+        self.center.copy_(rows.double().mean(0).view(1, -1, 1, 1).float())
+        self.whiten.copy_(torch.linalg.inv(torch.linalg.cholesky(cov)).float().view(*self.whiten.shape))
+
+    @torch.no_grad()
+    def calibrate(self, weight: float, good_maps: torch.Tensor, good_pixel_maps: torch.Tensor, images: int) -> None:
+        """From good images' distance maps and pixel maps (N, 1, H, W; without this branch)."""
+        def peak(m: torch.Tensor) -> float:
+            m = m.double()
+            return float(m.flatten(1).amax(1).mean() - m.mean())
+
+        self.offset.fill_(float(good_maps.double().mean()))
+        self.scale.fill_(weight * peak(good_pixel_maps) / max(peak(good_maps), 1e-6))
+        self.images.fill_(float(images))
+
+
 class CFRG(nn.Module):
     """Input: float RGB in [0, 1], NCHW, at config.image_size. Normalisation is inside."""
 
@@ -474,6 +532,10 @@ class CFRG(nn.Module):
                        if config.memory_size else None)
         self.global_gaussian = (GlobalGaussian(channels) if self.memory is not None and config.global_score
                                 and config.image_score == "combined" else None)
+        if not config.fine_weight >= 0:
+            raise ValueError(f"fine_weight must be >= 0 (0: no fine-feature branch), got {config.fine_weight}")
+        self.fine = (FineGaussian(channels, self.strides, config.gaussian_sigma) if config.fine_weight > 0
+                     else None)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -581,7 +643,8 @@ class CFRG(nn.Module):
         heads = self.heads(x, t_feats)
         amap = self.anomaly_map(x, heads)
         fused, score, memory_map = self.fuse(amap, t_feats)
-        return self.pixel_map(x, heads, amap, fused, memory_map), score
+        pixel_map = self.pixel_map(x, heads, amap, fused, memory_map)
+        return (pixel_map if self.fine is None else pixel_map + self.fine(t_feats)), score
 
     def fuse(self, amap: torch.Tensor, t_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
                                                                              torch.Tensor | None]:

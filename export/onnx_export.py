@@ -120,6 +120,10 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         raise ValueError(f"{checkpoint}: the patch memory was never filled (training ends by filling it); finish "
                          f"training, or resume it with `cfrg train ... --resume` so that it writes a complete "
                          f"model.pt")
+    if model.fine is not None and int(model.fine.images) == 0:
+        raise ValueError(f"{checkpoint}: the fine-feature Gaussian (fine_weight {model.config.fine_weight:g}) was "
+                         f"never fitted (training ends by fitting it); finish training, or resume it with `cfrg "
+                         f"train ... --resume` so that it writes a complete model.pt")
     run = RunRecord.read(checkpoint.parent, data) if (checkpoint.parent / "config.json").is_file() else None
     # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
     good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)

@@ -189,6 +189,12 @@ class TrainArgs:
         "z-scores), 'plain_fused' (the paper's plain map and the patch memory), 'cfrg' or 'plain' (either map "
         "alone); the image score is the same for all (default fused)", choices=PIXEL_MAPS,
         eval_help="checkpoints: evaluate the same weights with this pixel map (default: the trained one)")
+    fine_weight: float = option(
+        _RECIPE.fine_weight, "weight in the pixel map of one Gaussian of the good images' fine (stride 4 and 8) "
+        "teacher features, shared by every position, scaled to the map's good-image peaks (default 0: none; it "
+        "helps small faint defects on uniform surfaces, see docs/quality.md)", type=float, check=number(0),
+        eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight, fitted on "
+                  "the run's good images (0: none; default: the trained one)")
     threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
@@ -219,7 +225,7 @@ class TrainArgs:
                           gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
                           sum_seg_weight=self.sum_seg_weight,
                           memory_size=self.memory_size, memory_pool=pool, image_score=self.image_score,
-                          global_score=self.global_score, pixel_map=self.pixel_map)
+                          global_score=self.global_score, pixel_map=self.pixel_map, fine_weight=self.fine_weight)
 
 
 EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))

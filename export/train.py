@@ -316,6 +316,49 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     return len(index)
 
 
+@torch.no_grad()
+def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
+                   cache: list[torch.Tensor] | None = None, progress: bool = False, batch: int = 8, seed: int = 0,
+                   max_rows: int = 200_000, max_good: int = 200) -> int:
+    """The fine-feature Gaussian (config.fine_weight > 0): fitted on up to `max_rows` cells drawn evenly from every
+    training image's features, scaled on good images (the held-out ones when there are at least 8, else the
+    training images; at most `max_good` spread over them). Run after calibrate_memory: the scale depends on the
+    pixel map. Returns the images it was fitted on."""
+    from tqdm import tqdm
+
+    fine = model.fine
+    if fine is None:
+        return 0
+    was_training = model.training
+    model.eval()
+    if cache is None:
+        cache = teacher_cache(model, images)
+    n = len(cache[0])
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for s in tqdm(range(0, n, batch), desc="fine Gaussian", unit="batch", disable=not progress, leave=False):
+        f = fine.features([c[s:s + batch].float() for c in cache])
+        f = f.permute(0, 2, 3, 1).reshape(len(f), -1, f.shape[1])  # (images, cells, D)
+        per_image = min(f.shape[1], max(1, max_rows // n))
+        pick = torch.rand(f.shape[:2], generator=g).argsort(1)[:, :per_image]
+        rows.append(torch.gather(f, 1, pick.unsqueeze(-1).expand(-1, -1, f.shape[2])).reshape(-1, f.shape[2]))
+    fine.fit(torch.cat(rows))
+    good = holdout if holdout is not None and len(holdout) >= 8 else images
+    good = good[np.array(spread_indices(len(good), max_good))]
+    maps, pixel_maps = [], []
+    for s in range(0, len(good), batch):
+        x = _to_tensor(good[s:s + batch])
+        t_feats = model.teacher_features(x)
+        heads = model.heads(x, t_feats)
+        amap = model.anomaly_map(x, heads)
+        fused, _, memory_map = model.fuse(amap, t_feats)
+        pixel_maps.append(model.pixel_map(x, heads, amap, fused, memory_map))
+        maps.append(fine.distance_map(t_feats))
+    fine.calibrate(model.config.fine_weight, torch.cat(maps), torch.cat(pixel_maps), n)
+    model.train(was_training)
+    return n
+
+
 def torch_predictor(model: CFRG):
     """A NumPy predictor (sdk.evaluate.Predictor) around an inference copy of the PyTorch model (BatchNorm
     folded into the convolutions; later changes to `model` are not seen)."""
@@ -441,6 +484,7 @@ def calibrate(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None
     returns the images each used."""
     n_stats = calibrate_map(model, images, limit=limit, progress=progress)
     n_memory = calibrate_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
+    calibrate_fine(model, images, holdout_images, cache, progress=progress, seed=seed)
     return n_stats, n_memory
 
 
@@ -580,16 +624,19 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                     data: str | None = None, progress: bool = True, image_score: str | None = None,
                     memory_pool: int | str | None = None, global_score: bool | None = None,
                     pixel_map: str | None = None, gaussian_sigma: float | None = None,
-                    seg_sigma: float | None = None, sum_seg_weight: float | None = None) -> CFRG:
+                    seg_sigma: float | None = None, sum_seg_weight: float | None = None,
+                    fine_weight: float | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, the segmentation's
     weight in the sum, patch memory size and pooling ("auto": from the input size), image score and its global
-    branch, pixel map). Map statistics, the memory and the global branch are rebuilt from the run's own good
-    images: its config.json says which, `data` says where they live now."""
+    branch, pixel map, the fine-feature Gaussian's weight). Map statistics, the memory, the global branch and the
+    fine branch are rebuilt from the run's own good images: its config.json says which, `data` says where they
+    live now."""
     if memory_pool == "auto":
         memory_pool = auto_memory_pool(model.config.image_size)
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
-               "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma, "sum_seg_weight": sum_seg_weight}
+               "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma, "sum_seg_weight": sum_seg_weight,
+               "fine_weight": fine_weight}
     old = model.config.to_dict()
     changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
     if not changes:
@@ -604,20 +651,25 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                          f"{config.image_score!r}: add --image-score combined")
     new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
     # the pixel map alone keeps the memory and the score, unless the plain map's statistics come or go
-    new_memory = bool(set(changes) - {"pixel_map"}) or "plain_fused" in (old["pixel_map"], config.pixel_map)
+    new_memory = (bool(set(changes) - {"pixel_map", "fine_weight"})
+                  or "plain_fused" in (old["pixel_map"], config.pixel_map))
     new = CFRG(config, pretrained_teacher=False)
-    rebuilt = (("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
+    # the fine branch is scaled against the pixel map, so any change refits it
+    rebuilt = ((("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
+               + ("fine.",))
     missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
     new.eval()
     rebuild_memory = bool(config.memory_size and new_memory)
-    if (new_stats and config.map_normalisation == "position") or rebuild_memory:
-        images, holdout, seed = run_images(run_dir, data, config.image_size, progress, holdout=rebuild_memory)
+    if (new_stats and config.map_normalisation == "position") or rebuild_memory or config.fine_weight:
+        images, holdout, seed = run_images(run_dir, data, config.image_size, progress,
+                                           holdout=rebuild_memory or bool(config.fine_weight))
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
         if rebuild_memory:  # memory statistics depend on the map
             calibrate_memory(new, images, holdout, progress=progress, seed=seed)
+        calibrate_fine(new, images, holdout, progress=progress, seed=seed)
     return new.to(memory_format=torch.channels_last).eval()
 
 

@@ -141,3 +141,48 @@ def test_export_of_a_checkpoint_with_an_empty_patch_memory_is_a_clear_error(tmp_
     with pytest.raises(ValueError, match="patch memory was never filled"):
         export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path, data_root):
+    """--fine-weight: training fits the fine-feature Gaussian and scales it on good images; the pixel map gains
+    the branch, the score does not; the exported graph (TensorRT-parsable ops) matches PyTorch on real images.
+    The weights are a few steps' (plumbing and numerics, not detection quality)."""
+    import cv2
+    import torch
+    from export.model import load_checkpoint
+    from export.train import _to_tensor, with_map_fusion
+
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=SIZE,
+                    steps=2, time_budget=0, batch_size=2, progress=False, final_eval=False, fine_weight=0.35))
+    model, _ = load_checkpoint(tmp_path / "r" / "model.pt")
+    fine = model.fine
+    assert fine is not None and int(fine.images) > 0 and float(fine.scale) > 0
+    ds = AnomalyDataset(data_root, "ball_screw", "test")
+    frames = np.stack([ds.load_image(i, color="rgb") for i in (0, 1)])
+    x = _to_tensor(np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in frames]))
+    without = with_map_fusion(model, tmp_path / "r", fine_weight=0.0, progress=False)
+    assert without.fine is None
+    with torch.no_grad():
+        (m1, s1), (m0, s0) = model.eval()(x), without.eval()(x)
+        added = fine(model.teacher_features(x))
+    torch.testing.assert_close(m1, m0 + added, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, s0)
+    assert float(added.abs().max()) > 1e-3
+    info = export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "m.onnx", progress=False)
+    assert info is not None
+    report = graph_report(onnx.load(str(tmp_path / "m.onnx")))
+    assert report["unsupported_ops"] == [] and set(report["ops"]) <= TENSORRT_OPS
+    a = predict_dataset(backend_predictor(OnnxRuntimeBackend(tmp_path / "m.onnx")), ds, SIZE, progress=False, limit=8)
+    b = predict_dataset(torch_predictor(model), ds, SIZE, progress=False, limit=8)
+    for ma, mb in zip(a.maps, b.maps):
+        assert np.abs(ma - mb).max() <= 1e-4 * np.abs(mb).max()
+
+
+def test_export_of_a_checkpoint_with_an_unfitted_fine_branch_is_a_clear_error(tmp_path):
+    from export.model import CFRG, CFRGConfig, save_checkpoint
+
+    save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64), memory_size=0, fine_weight=0.3), pretrained_teacher=False),
+                    tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="fine-feature Gaussian .* was never fitted"):
+        export_checkpoint(tmp_path / "model.pt", tmp_path / "m.onnx", progress=False)
+    assert not (tmp_path / "m.onnx").exists()

@@ -512,3 +512,37 @@ def test_fold_batchnorm_traces_every_teacher_and_variant(teacher, options):
         (map_a, score_a), (map_b, score_b) = model(x), folded(x)
     assert (map_a - map_b).abs().max() <= 1e-4 * map_a.abs().max()
     torch.testing.assert_close(score_b, score_a, rtol=1e-4, atol=1e-4)
+
+
+def test_fine_gaussian_is_the_high_passed_mahalanobis_distance_scaled_to_the_maps_good_peaks():
+    """FineGaussian: the distance of each cell's pooled stride-4/8 features to the fitted mean, whitened by the
+    Ledoit-Wolf covariance; the good images' high-passed map has mean 0 after the offset, and its mean peak above
+    that is `weight` times the pixel map's."""
+    from export.model import FineGaussian, ledoit_wolf, upsample
+    g = torch.Generator().manual_seed(0)
+    fine = FineGaussian([3, 2, 4], [4, 8, 16], sigma=2.0)
+    feats = [torch.randn(6, 3, 16, 16, generator=g), torch.randn(6, 2, 8, 8, generator=g) * 3,
+             torch.randn(6, 4, 4, 4, generator=g)]
+    f = fine.features(feats)
+    assert f.shape == (6, 5, 16, 16)
+    rows = f.permute(0, 2, 3, 1).reshape(-1, 5)
+    fine.fit(rows)
+    cov = ledoit_wolf(rows)[0] + 1e-6 * torch.eye(5, dtype=torch.float64)
+    centred = (f - rows.double().mean(0).float().view(1, 5, 1, 1)).double()
+    d = torch.einsum("nihw,ij,njhw->nhw", centred, torch.linalg.inv(cov), centred).sqrt().unsqueeze(1)
+    smoothed = fine.blur(upsample(d.float(), 4))
+    local_mean = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(smoothed, (15,) * 4, mode="replicate"), 31, 1)
+    torch.testing.assert_close(fine.distance_map(feats), smoothed - local_mean, rtol=1e-4, atol=1e-4)
+    good = fine.distance_map(feats)
+    pixel_maps = torch.rand(6, 1, 64, 64, generator=g) * 5
+    fine.calibrate(0.5, good, pixel_maps, images=6)
+    added = fine(feats).double()
+    assert abs(float(added.mean())) < 1e-5
+
+    def peak(m):
+        return float(m.double().flatten(1).amax(1).mean() - m.double().mean())
+
+    assert peak(added) == pytest.approx(0.5 * peak(pixel_maps), rel=1e-4)
+    with pytest.raises(ValueError, match="fine_weight must be >= 0"):
+        CFRG(CFRGConfig(image_size=(64, 64), fine_weight=-1.0), pretrained_teacher=False)
+    assert CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False).fine is None  # the default: none
