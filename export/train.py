@@ -318,12 +318,13 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
 
 @torch.no_grad()
 def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
-                   cache: list[torch.Tensor] | None = None, progress: bool = False, batch: int = 8, seed: int = 0,
-                   max_rows: int = 200_000, max_good: int = 200) -> int:
-    """The fine-feature Gaussian (config.fine_weight > 0): fitted on up to `max_rows` cells drawn evenly from every
-    training image's features, scaled on good images (the held-out ones when there are at least 8, else the
-    training images; at most `max_good` spread over them). Run after calibrate_memory: the scale depends on the
-    pixel map. Returns the images it was fitted on."""
+                   cache: list[torch.Tensor] | None = None, limit: int | None = None, progress: bool = False,
+                   batch: int = 8, seed: int = 0, max_rows: int = 200_000, max_good: int = 200) -> int:
+    """The fine-feature Gaussian (config.fine_weight > 0): fitted on up to `max_rows` cells drawn evenly from the
+    training images' features (all, or `limit` spread over the set), scaled on good images: the held-out ones
+    when there are at least 8, else the training images (then biased low: the Gaussian was fitted on them and
+    their own patches are in the memory), at most `max_good` (or `limit`) spread over them. Run after
+    calibrate_memory: the scale depends on the pixel map. Returns the images it was fitted on."""
     from tqdm import tqdm
 
     fine = model.fine
@@ -331,20 +332,22 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
         return 0
     was_training = model.training
     model.eval()
+    index = torch.from_numpy(np.array(spread_indices(len(images), limit)))
     if cache is None:
-        cache = teacher_cache(model, images)
-    n = len(cache[0])
+        cache = teacher_cache(model, images[index.numpy()])
+        index = torch.arange(len(index))
+    n = len(index)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for s in tqdm(range(0, n, batch), desc="fine Gaussian", unit="batch", disable=not progress, leave=False):
-        f = fine.features([c[s:s + batch].float() for c in cache])
+        f = fine.features([c[index[s:s + batch]].float() for c in cache])
         f = f.permute(0, 2, 3, 1).reshape(len(f), -1, f.shape[1])  # (images, cells, D)
         per_image = min(f.shape[1], max(1, max_rows // n))
         pick = torch.rand(f.shape[:2], generator=g).argsort(1)[:, :per_image]
         rows.append(torch.gather(f, 1, pick.unsqueeze(-1).expand(-1, -1, f.shape[2])).reshape(-1, f.shape[2]))
     fine.fit(torch.cat(rows))
     good = holdout if holdout is not None and len(holdout) >= 8 else images
-    good = good[np.array(spread_indices(len(good), max_good))]
+    good = good[np.array(spread_indices(len(good), min(max_good, limit or max_good)))]
     maps, pixel_maps = [], []
     for s in range(0, len(good), batch):
         x = _to_tensor(good[s:s + batch])
@@ -383,7 +386,8 @@ def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
             "holdout": args.holdout, "augment": args.augment, "ema": args.ema}
 
 
-_RESUME_KEY_DEFAULTS = {"augment": "none", "ema": 0.0}  # keys that runs saved before them did not record
+_RESUME_KEY_DEFAULTS = {"augment": "none", "ema": 0.0,  # keys that runs saved before them did not record
+                        "model.fine_weight": 0.0}
 
 
 def _check_resume(state: dict, last: Path, config: CFRGConfig, args: TrainArgs) -> None:
@@ -484,7 +488,7 @@ def calibrate(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None
     returns the images each used."""
     n_stats = calibrate_map(model, images, limit=limit, progress=progress)
     n_memory = calibrate_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
-    calibrate_fine(model, images, holdout_images, cache, progress=progress, seed=seed)
+    calibrate_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
     return n_stats, n_memory
 
 
@@ -527,7 +531,7 @@ def train(args: TrainArgs) -> dict:
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
     holdout_images = (load_train_images(train_set, config.image_size, False, holdout_idx)
-                      if holdout_idx and model.memory is not None else None)
+                      if holdout_idx and (model.memory is not None or model.fine is not None) else None)
     synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     budget = args.time_budget * 60.0
     total_steps = args.steps or None
@@ -652,7 +656,7 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
     new_stats = "map_normalisation" in changes  # otherwise the map statistics carry over
     # the pixel map alone keeps the memory and the score, unless the plain map's statistics come or go
     new_memory = (bool(set(changes) - {"pixel_map", "fine_weight"})
-                  or "plain_fused" in (old["pixel_map"], config.pixel_map))
+                  or ("pixel_map" in changes and "plain_fused" in (old["pixel_map"], config.pixel_map)))
     new = CFRG(config, pretrained_teacher=False)
     # the fine branch is scaled against the pixel map, so any change refits it
     rebuilt = ((("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
@@ -667,9 +671,10 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                                            holdout=rebuild_memory or bool(config.fine_weight))
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
+        cache = teacher_cache(new, images) if rebuild_memory or config.fine_weight else None
         if rebuild_memory:  # memory statistics depend on the map
-            calibrate_memory(new, images, holdout, progress=progress, seed=seed)
-        calibrate_fine(new, images, holdout, progress=progress, seed=seed)
+            calibrate_memory(new, images, holdout, cache, progress=progress, seed=seed)
+        calibrate_fine(new, images, holdout, cache, progress=progress, seed=seed)
     return new.to(memory_format=torch.channels_last).eval()
 
 

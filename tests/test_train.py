@@ -328,3 +328,19 @@ def test_image_size_auto_takes_the_training_images_aspect_ratio(tmp_path):
     assert model.config.image_size == (160, 416)  # ball_screw's 1130x460 images
     assert model.config.memory_pool == model.memory.pool == 5  # auto: in proportion to the 160-pixel short side
     assert cfg["model"]["image_size"] == [160, 416] and cfg["train"]["image_size"] == "auto"
+
+
+def test_resume_from_a_last_pt_written_before_the_fine_branch_continues(tmp_path):
+    """A last.pt whose run record predates `fine_weight` resumes as the default (no fine branch), and a different
+    weight is refused as another run."""
+    train(tiny_args(tmp_path, steps=2, final_eval=False))
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    record = json.loads(state["run"])
+    assert record.pop("model.fine_weight") == 0.0
+    state["run"] = json.dumps(record)
+    torch.save(state, last)
+    cfg = train(tiny_args(tmp_path, steps=3, final_eval=False, resume=True))
+    assert cfg["summary"]["steps"] == 3
+    with pytest.raises(ValueError, match="model.fine_weight: 0.0 then, 0.5 now"):
+        train(tiny_args(tmp_path, steps=4, final_eval=False, resume=True, fine_weight=0.5))
