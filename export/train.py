@@ -322,8 +322,8 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
                    batch: int = 8, seed: int = 0, max_rows: int = 200_000, max_good: int = 200) -> int:
     """The fine-feature Gaussian (config.fine_weight > 0): fitted on up to `max_rows` cells drawn evenly from the
     training images' features (all, or `limit` spread over the set), scaled on good images: the held-out ones
-    when there are at least 8, else the training images (then biased low: the Gaussian was fitted on them and
-    their own patches are in the memory), at most `max_good` (or `limit`) spread over them. Run after
+    when there are at least 8, else the training images (both peaks then biased low: the Gaussian was fitted on
+    them and their own patches are in the memory), at most `max_good` (or `limit`) spread over them. Run after
     calibrate_memory: the scale depends on the pixel map. Returns the images it was fitted on."""
     from tqdm import tqdm
 
