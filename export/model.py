@@ -350,6 +350,23 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (1 - shrink) * s + shrink * mu * torch.eye(p, dtype=s.dtype), shrink
 
 
+def inverse_cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """L^-1 for cov + 1e-6 I = L L^T (positive definite even from few samples): |L^-1 z|^2 = z^T cov^-1 z."""
+    return torch.linalg.inv(torch.linalg.cholesky(cov + 1e-6 * torch.eye(len(cov), dtype=cov.dtype)))
+
+
+def high_pass(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x (N, 1, H, W) minus its k x k mean (odd k, the edge repeated)."""
+    r = k // 2
+    return x - F.avg_pool2d(F.pad(x, (r, r, r, r), mode="replicate"), k, 1)
+
+
+def peak_above_mean(maps: torch.Tensor) -> float:
+    """The mean over images of each map's peak, above the mean of all pixels (N, 1, H, W)."""
+    m = maps.double()
+    return float(m.flatten(1).amax(1).mean() - m.mean())
+
+
 class GlobalGaussian(nn.Module):
     """Image-level branch of the combined score: the Mahalanobis distance of an image's global teacher
     statistics (per channel, at each scale, the spatial mean and log standard deviation) to a Gaussian
@@ -399,8 +416,7 @@ class GlobalGaussian(nn.Module):
             raise ValueError(f"the global image statistics need at least 2 good images, got {len(d)}")
         mean, scale = d.mean(0), d.std(0) + 1e-6
         cov, shrink = ledoit_wolf((d - mean) / scale)
-        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)  # positive definite even from 2 images
-        inv_chol = torch.linalg.inv(torch.linalg.cholesky(cov))  # |inv_chol z|^2 = z^T cov^-1 z
+        inv_chol = inverse_cholesky(cov)  # |inv_chol z|^2 = z^T cov^-1 z
         self.shift.copy_(mean.view(1, -1).float())
         self.whiten.copy_((inv_chol / scale.view(1, -1) / math.sqrt(len(mean))).float())
         self.images.fill_(float(len(d)))
@@ -461,9 +477,7 @@ class FineGaussian(nn.Module):
     def distance_map(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """(N, 1, H, W): the smoothed, high-passed Mahalanobis distance at input resolution."""
         y = F.conv2d(self.features(t_feats) - self.center, self.whiten)
-        d = self.blur(upsample((y * y).sum(1, keepdim=True).sqrt(), 4))
-        r = self.high_pass // 2
-        return d - F.avg_pool2d(F.pad(d, (r, r, r, r), mode="replicate"), self.high_pass, 1)
+        return high_pass(self.blur(upsample((y * y).sum(1, keepdim=True).sqrt(), 4)), self.high_pass)
 
     def forward(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         return (self.distance_map(t_feats) - self.offset) * self.scale
@@ -471,20 +485,14 @@ class FineGaussian(nn.Module):
     @torch.no_grad()
     def fit(self, rows: torch.Tensor) -> None:
         """Mean and Ledoit-Wolf covariance of good feature rows (M, D)."""
-        cov, _ = ledoit_wolf(rows)
-        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)
         self.center.copy_(rows.double().mean(0).view(1, -1, 1, 1).float())
-        self.whiten.copy_(torch.linalg.inv(torch.linalg.cholesky(cov)).float().view(*self.whiten.shape))
+        self.whiten.copy_(inverse_cholesky(ledoit_wolf(rows)[0]).float().view(*self.whiten.shape))
 
     @torch.no_grad()
     def calibrate(self, weight: float, good_maps: torch.Tensor, good_pixel_maps: torch.Tensor, images: int) -> None:
         """From good images' distance maps and pixel maps (N, 1, H, W; without this branch)."""
-        def peak(m: torch.Tensor) -> float:
-            m = m.double()
-            return float(m.flatten(1).amax(1).mean() - m.mean())
-
         self.offset.fill_(float(good_maps.double().mean()))
-        self.scale.fill_(weight * peak(good_pixel_maps) / max(peak(good_maps), 1e-6))
+        self.scale.fill_(weight * peak_above_mean(good_pixel_maps) / max(peak_above_mean(good_maps), 1e-6))
         self.images.fill_(float(images))
 
 
@@ -639,12 +647,17 @@ class CFRG(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""
+        pixel_map, score, t_feats = self.map_before_fine(x)
+        return (pixel_map if self.fine is None else pixel_map + self.fine(t_feats)), score
+
+    def map_before_fine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(the pixel map without the fine branch, the score, the teacher features): what FineGaussian is scaled
+        against."""
         t_feats = self.teacher_features(x)
         heads = self.heads(x, t_feats)
         amap = self.anomaly_map(x, heads)
         fused, score, memory_map = self.fuse(amap, t_feats)
-        pixel_map = self.pixel_map(x, heads, amap, fused, memory_map)
-        return (pixel_map if self.fine is None else pixel_map + self.fine(t_feats)), score
+        return self.pixel_map(x, heads, amap, fused, memory_map), score, t_feats
 
     def fuse(self, amap: torch.Tensor, t_feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
                                                                              torch.Tensor | None]:

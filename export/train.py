@@ -350,12 +350,8 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
     good = good[np.array(spread_indices(len(good), min(max_good, limit or max_good)))]
     maps, pixel_maps = [], []
     for s in range(0, len(good), batch):
-        x = _to_tensor(good[s:s + batch])
-        t_feats = model.teacher_features(x)
-        heads = model.heads(x, t_feats)
-        amap = model.anomaly_map(x, heads)
-        fused, _, memory_map = model.fuse(amap, t_feats)
-        pixel_maps.append(model.pixel_map(x, heads, amap, fused, memory_map))
+        pixel_map, _, t_feats = model.map_before_fine(_to_tensor(good[s:s + batch]))
+        pixel_maps.append(pixel_map)
         maps.append(fine.distance_map(t_feats))
     fine.calibrate(model.config.fine_weight, torch.cat(maps), torch.cat(pixel_maps), n)
     model.train(was_training)
