@@ -57,7 +57,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.runs import RunRecord  # noqa: E402
-from export.model import GaussianBlur, ledoit_wolf, soft_max, upsample as up  # noqa: E402
+from export.model import (GaussianBlur, high_pass, inverse_cholesky, ledoit_wolf, peak_above_mean,  # noqa: E402
+                          soft_max, upsample as up)
 from export.train import _to_tensor, load_model, run_images  # noqa: E402
 from sdk import metrics  # noqa: E402
 from sdk.data import AnomalyDataset  # noqa: E402
@@ -112,8 +113,7 @@ def evaluation_split(run: Path) -> AnomalyDataset:
     return AnomalyDataset(rec.data, rec.category, "test")
 
 
-def evaluation_images(run: Path, size) -> np.ndarray:
-    test = evaluation_split(run)
+def evaluation_images(test: AnomalyDataset, size) -> np.ndarray:
     return np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
 
 
@@ -129,7 +129,7 @@ def cache(run: Path) -> None:
         train["mem_loo"] = leave_one_out_distances(model, images)
     torch.save({"train": train,
                 "holdout": components(model, holdout) if holdout is not None else None,
-                "test": components(model, evaluation_images(run, size)), "masks": torch.from_numpy(masks),
+                "test": components(model, evaluation_images(test, size)), "masks": torch.from_numpy(masks),
                 "labels": torch.tensor([test[i].label for i in range(len(test))]),
                 "strides": model.strides, "sigma": model.config.gaussian_sigma, "seg_sigma": model.config.seg_sigma,
                 "seg_weight": model.config.seg_weight, "memory_stride": model.memory.stride,
@@ -184,25 +184,12 @@ class FineGaussian:
     def __init__(self, rows: torch.Tensor, max_rows: int = 200_000):
         if len(rows) > max_rows:  # a fixed random sample: the covariance needs far fewer rows than the images give
             rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_rows]]
-        cov, _ = ledoit_wolf(rows)
-        cov += 1e-6 * torch.eye(len(cov), dtype=cov.dtype)
         self.mean = rows.double().mean(0).float()
-        self.inv_chol = torch.linalg.inv(torch.linalg.cholesky(cov)).float()  # |inv_chol (f - mean)|^2
+        self.inv_chol = inverse_cholesky(ledoit_wolf(rows)[0]).float()  # |inv_chol (f - mean)|^2
 
     def distance(self, f: torch.Tensor) -> torch.Tensor:
         y = torch.einsum("ij,njhw->nihw", self.inv_chol, f - self.mean.view(1, -1, 1, 1))
         return (y * y).sum(1, keepdim=True).sqrt()
-
-
-def high_pass(x: torch.Tensor, k: int) -> torch.Tensor:
-    """x minus its k x k mean (the edge repeated)."""
-    return x - torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)
-
-
-def peak_scale(good: torch.Tensor) -> torch.Tensor:
-    """The good images' mean peak above their mean."""
-    g = good.double()
-    return g.flatten(1).amax(1).mean() - g.mean()
 
 
 class Variants:
@@ -291,7 +278,7 @@ class Variants:
             good = holdout if self.good is self.c["holdout"] else images
             self.fine_cache[key] = (model.strides[layers[0]], [
                 torch.cat([gaussian.distance(f) for f in fine_features(model, imgs, layers, pool)])
-                for imgs in (good, evaluation_images(self.run, size))])
+                for imgs in (good, evaluation_images(evaluation_split(self.run), size))])
         stride, distances = self.fine_cache[key]
         maps = [blur(up(d, stride), self.c["sigma"]) for d in distances]
         return tuple(high_pass(m, hp) if hp else m for m in maps)
@@ -369,7 +356,7 @@ def build(v: Variants, name: str) -> tuple[torch.Tensor, dict]:
         if pool % 2 == 0 or (hp and hp % 2 == 0):  # an even window would move the map by half a cell
             raise ValueError(f"finepool and finehp take odd windows, got {pool} and {hp}")
         fg, ft = v.fine_maps(layers, pool, hp)
-        tz = tz + float(spec["fine"]) * peak_scale(gz).float() * ((ft - fg.mean()) / peak_scale(fg)).float()
+        tz = tz + float(spec["fine"]) * peak_above_mean(gz) * ((ft - fg.mean()) / peak_above_mean(fg)).float()
     if "dilate" in spec:  # each pixel takes its K x K neighbourhood's max (the image scores do not change)
         k = int(spec["dilate"])
         tz = torch.nn.functional.max_pool2d(tz, k, 1, k // 2)

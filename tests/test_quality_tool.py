@@ -252,7 +252,7 @@ def test_map_variants_fine_adds_the_weighted_map_at_equal_good_peaks():
     with_fine, _ = map_variants.build(v, "plain_fused:kinds=ds+dr:fine=0.4:finehp=0")
     good_base, _ = map_variants.build(map_variants.Variants({**c, "test": c["holdout"]}), "plain_fused:kinds=ds+dr")
     fg, ft = (map_variants.blur(map_variants.up(d, 4), 2.0) for d in distances)
-    expected = base + 0.4 * map_variants.peak_scale(good_base) * (ft - fg.mean()) / map_variants.peak_scale(fg)
+    expected = base + 0.4 * map_variants.peak_above_mean(good_base) * (ft - fg.mean()) / map_variants.peak_above_mean(fg)
     assert torch.allclose(with_fine, expected.float(), atol=1e-4)
     assert not torch.allclose(with_fine, base, atol=1e-2)
     with pytest.raises(ValueError, match="odd windows"):
