@@ -8,6 +8,8 @@ MAP_NORMALISATIONS = ("sum", "position", "none")
 IMAGE_SCORES = ("combined", "max")
 # the output map: the CFRG map or the paper's plain map, each fused with the patch memory or alone
 PIXEL_MAPS = ("fused", "plain_fused", "cfrg", "plain")
+# fine_weight "auto": 1 - spread / FINE_SPREAD_LIMIT, 0 (no branch) from there on (FineGaussian.spread)
+FINE_SPREAD_LIMIT = 3.5
 
 
 @dataclass

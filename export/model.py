@@ -38,7 +38,7 @@ from sdk.backends import ModelFileError
 from sdk.files import atomic_output
 
 from .backbones import build_teacher
-from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
+from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -448,6 +448,11 @@ class GlobalGaussian(nn.Module):
         return shrink
 
 
+def auto_fine_weight(spread: float, limit: float = FINE_SPREAD_LIMIT) -> float:
+    """fine_weight "auto": 1 - spread / limit, and 0 (no branch) from the limit on (FineGaussian.spread)."""
+    return round(max(0.0, 1.0 - spread / limit), 3)
+
+
 class FineGaussian(nn.Module):
     """Pixel-map branch (config.fine_weight > 0): each stride-4 cell's distance to one Gaussian of good training
     images' fine teacher features, the same for every position (a D x D matrix whatever the image size).
@@ -487,6 +492,17 @@ class FineGaussian(nn.Module):
         """Mean and Ledoit-Wolf covariance of good feature rows (M, D)."""
         self.center.copy_(rows.double().mean(0).view(1, -1, 1, 1).float())
         self.whiten.copy_(inverse_cholesky(ledoit_wolf(rows)[0]).float().view(*self.whiten.shape))
+
+    @torch.no_grad()
+    def spread(self, rows: torch.Tensor) -> float:
+        """How far one Gaussian is from describing good feature rows (M, D) it was fitted on: the coefficient of
+        variation of their squared distances, in units of a true Gaussian's (sqrt(2 / D), chi-squared with D
+        degrees of freedom). Near 1 the surface's fine features are one Gaussian cloud; heavy tails (texture,
+        structure that one Gaussian cannot hold) raise it."""
+        dim = rows.shape[1]
+        y = (rows.float() - self.center.view(1, dim)) @ self.whiten.view(dim, dim).t()
+        d2 = (y * y).sum(1).double()
+        return float(d2.std() / d2.mean().clamp_min(1e-12)) / math.sqrt(2.0 / dim)
 
     @torch.no_grad()
     def calibrate(self, weight: float, good_maps: torch.Tensor, good_pixel_maps: torch.Tensor, images: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from sdk.values import Check, checked_type, multiple_of, number, odd, optional, whole
 
-from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, TEACHERS, CFRGConfig
+from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, TEACHERS, CFRGConfig
 
 AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the latency of the 256x256 default
 AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of this many pixels, in proportion else
@@ -55,6 +55,20 @@ def parse_pool(text: str) -> int | str:
 
 def pool_check(v) -> Optional[str]:
     return None if v == "auto" or odd(v) is None else "give an odd whole number >= 1 (the window is centred) or 'auto'"
+
+
+def parse_weight(text: str) -> float | str:
+    """'auto' or a number >= 0 (the fine-feature Gaussian's weight)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weight {text!r}: give a number >= 0 or 'auto'") from None
+
+
+def weight_check(v) -> Optional[str]:
+    return None if v == "auto" or number(0)(v) is None else "give a number >= 0 or 'auto'"
 
 
 def parse_size(text: str) -> tuple[int, int] | str:
@@ -189,12 +203,13 @@ class TrainArgs:
         "z-scores), 'plain_fused' (the paper's plain map and the patch memory), 'cfrg' or 'plain' (either map "
         "alone); the image score is the same for all (default fused)", choices=PIXEL_MAPS,
         eval_help="checkpoints: evaluate the same weights with this pixel map (default: the trained one)")
-    fine_weight: float = option(
+    fine_weight: float | str = option(
         _RECIPE.fine_weight, "weight in the pixel map of one Gaussian of the good images' fine (stride 4 and 8) "
-        "teacher features, shared by every position, scaled to the map's good-image peaks (default 0: none; it "
-        "helps small faint defects on uniform surfaces, see docs/quality.md)", type=float, check=number(0),
-        eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight, fitted on "
-                  "the run's good images (0: none; default: the trained one)")
+        "teacher features, shared by every position, scaled to the map's good-image peaks (default 0: none); auto: "
+        f"from how well one Gaussian fits those features, 1 - spread / {FINE_SPREAD_LIMIT:g}, so 0 (no branch) on "
+        "textured or structured surfaces (see docs/quality.md)", type=parse_weight, check=weight_check,
+        eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight or auto, "
+                  "fitted on the run's good images (0: none; default: the trained one)")
     threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
@@ -225,7 +240,8 @@ class TrainArgs:
                           gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
                           sum_seg_weight=self.sum_seg_weight,
                           memory_size=self.memory_size, memory_pool=pool, image_score=self.image_score,
-                          global_score=self.global_score, pixel_map=self.pixel_map, fine_weight=self.fine_weight)
+                          global_score=self.global_score, pixel_map=self.pixel_map,
+                          fine_weight=0.0 if self.fine_weight == "auto" else self.fine_weight)
 
 
 EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))

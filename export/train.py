@@ -8,7 +8,7 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +21,9 @@ from sdk.evaluate import evaluate, format_table, predict_dataset, resize_for_mod
 from sdk.files import atomic_output, check_output_folder, write_json
 from sdk.model_info import software_versions
 
-from .config import CFRGConfig
-from .model import CFRG, GlobalGaussian, cos_distance, fold_batchnorm, load_checkpoint, save_checkpoint
+from .config import FINE_SPREAD_LIMIT, CFRGConfig
+from .model import (CFRG, FineGaussian, GlobalGaussian, auto_fine_weight, cos_distance, fold_batchnorm, load_checkpoint,
+                    save_checkpoint)
 from .options import TrainArgs, auto_image_size, auto_memory_pool, shared_aspect
 from .runs import RunRecord
 from .synthesis import DefectSynthesizer
@@ -319,17 +320,22 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
 @torch.no_grad()
 def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
                    cache: list[torch.Tensor] | None = None, limit: int | None = None, progress: bool = False,
-                   batch: int = 8, seed: int = 0, max_rows: int = 200_000, max_good: int = 200) -> int:
-    """The fine-feature Gaussian (config.fine_weight > 0): fitted on up to `max_rows` cells drawn evenly from the
-    training images' features (all, or `limit` spread over the set), scaled on good images: the held-out ones
-    when there are at least 8, else the training images (both peaks then biased low: the Gaussian was fitted on
-    them and their own patches are in the memory), at most `max_good` (or `limit`) spread over them. Run after
-    calibrate_memory: the scale depends on the pixel map. Returns the images it was fitted on."""
+                   batch: int = 8, seed: int = 0, max_rows: int = 200_000, max_good: int = 200,
+                   weight: float | str | None = None) -> dict | None:
+    """The fine-feature Gaussian: fitted on up to `max_rows` cells drawn evenly from the training images' features
+    (all, or `limit` spread over the set), scaled on good images: the held-out ones when there are at least 8, else
+    the training images (both peaks then biased low: the Gaussian was fitted on them and their own patches are in
+    the memory), at most `max_good` (or `limit`) spread over them. Run after calibrate_memory: the scale depends on
+    the pixel map. `weight`: None keeps config.fine_weight (nothing to do at 0); "auto" takes auto_fine_weight of
+    the fit's spread, and at 0 leaves the model without the branch. Returns {"images", "spread", "weight"} (None
+    when there was nothing to fit)."""
     from tqdm import tqdm
 
-    fine = model.fine
-    if fine is None:
-        return 0
+    weight = model.config.fine_weight if weight is None else weight
+    if weight != "auto" and not weight:
+        return None
+    fine = model.fine or FineGaussian([fi.channels for fi in model.teacher.feature_info], model.strides,
+                                      model.config.gaussian_sigma)
     was_training = model.training
     model.eval()
     index = torch.from_numpy(np.array(spread_indices(len(images), limit)))
@@ -345,17 +351,27 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
         per_image = min(f.shape[1], max(1, max_rows // n))
         pick = torch.rand(f.shape[:2], generator=g).argsort(1)[:, :per_image]
         rows.append(torch.gather(f, 1, pick.unsqueeze(-1).expand(-1, -1, f.shape[2])).reshape(-1, f.shape[2]))
-    fine.fit(torch.cat(rows))
-    good = holdout if holdout is not None and len(holdout) >= 8 else images
-    good = good[np.array(spread_indices(len(good), min(max_good, limit or max_good)))]
-    maps, pixel_maps = [], []
-    for s in range(0, len(good), batch):
-        pixel_map, _, t_feats = model.map_before_fine(_to_tensor(good[s:s + batch]))
-        pixel_maps.append(pixel_map)
-        maps.append(fine.distance_map(t_feats))
-    fine.calibrate(model.config.fine_weight, torch.cat(maps), torch.cat(pixel_maps), n)
+    rows = torch.cat(rows)
+    fine.fit(rows)
+    spread = fine.spread(rows)
+    auto = weight == "auto"
+    weight = auto_fine_weight(spread) if auto else float(weight)
+    model.config = replace(model.config, fine_weight=weight)
+    model.fine = fine if weight > 0 else None
+    if model.fine is not None:
+        good = holdout if holdout is not None and len(holdout) >= 8 else images
+        good = good[np.array(spread_indices(len(good), min(max_good, limit or max_good)))]
+        maps, pixel_maps = [], []
+        for s in range(0, len(good), batch):
+            pixel_map, _, t_feats = model.map_before_fine(_to_tensor(good[s:s + batch]))
+            pixel_maps.append(pixel_map)
+            maps.append(fine.distance_map(t_feats))
+        fine.calibrate(weight, torch.cat(maps), torch.cat(pixel_maps), n)
     model.train(was_training)
-    return n
+    if auto:
+        print(f"--fine-weight auto: spread {spread:.2f} -> weight {weight:g}"
+              + ("" if weight else f" (no branch: the spread is above {FINE_SPREAD_LIMIT:g})"))
+    return {"images": n, "spread": round(spread, 4), "weight": weight}
 
 
 def torch_predictor(model: CFRG):
@@ -467,7 +483,7 @@ def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CF
                          f"delete it and train without --resume") from exc
     _check_resume(state, last, config, args)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    missing = [k for k in missing if not k.startswith("teacher.")]
+    missing = [k for k in missing if not k.startswith(("teacher.", "fine."))]
     if missing or unexpected:
         raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
@@ -479,13 +495,16 @@ def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CF
 
 
 def calibrate(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None, cache: list[torch.Tensor],
-              seed: int, limit: int | None = None, progress: bool = False) -> tuple[int, int]:
-    """The map's per-position statistics, then the patch memory and the score statistics, from good images;
-    returns the images each used."""
+              seed: int, limit: int | None = None, progress: bool = False,
+              fine_weight: float | str | None = None) -> tuple[int, int, dict | None]:
+    """The map's per-position statistics, then the patch memory and the score statistics, then the fine-feature
+    Gaussian (calibrate_fine's `weight`), from good images; returns the images the first two used and the fine
+    branch's fit."""
     n_stats = calibrate_map(model, images, limit=limit, progress=progress)
     n_memory = calibrate_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
-    calibrate_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
-    return n_stats, n_memory
+    fine = calibrate_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed,
+                          weight=fine_weight)
+    return n_stats, n_memory, fine
 
 
 def write_run(args: TrainArgs, model: CFRG, train_set: AnomalyDataset, test_set: AnomalyDataset | None,
@@ -527,7 +546,8 @@ def train(args: TrainArgs) -> dict:
     images = load_train_images(train_set, config.image_size, args.progress, train_idx)
     cache = teacher_cache(model, images)
     holdout_images = (load_train_images(train_set, config.image_size, False, holdout_idx)
-                      if holdout_idx and (model.memory is not None or model.fine is not None) else None)
+                      if holdout_idx and (model.memory is not None or model.fine is not None
+                                          or args.fine_weight == "auto") else None)
     synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
     budget = args.time_budget * 60.0
     total_steps = args.steps or None
@@ -540,7 +560,8 @@ def train(args: TrainArgs) -> dict:
 
     def save_last():
         with atomic_output(last) as tmp:
-            torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")},
+            # the fine branch is refitted at the end (with "auto" it may come or go): not training state
+            torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith(("teacher.", "fine."))},
                         "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "history": json.dumps(history), "run": json.dumps(_resume_key(config, args)),
                         **({"average": average.state_dict()} if average is not None else {})}, tmp)
@@ -579,7 +600,7 @@ def train(args: TrainArgs) -> dict:
                 if elapsed >= next_eval and test_set is not None:
                     if average is not None:
                         average.swap()  # the weights that will be saved are the ones evaluated
-                    calibrate(model, images, holdout_images, cache, args.seed, limit=128)
+                    calibrate(model, images, holdout_images, cache, args.seed, limit=128, fine_weight=args.fine_weight)
                     res = run_eval(model, test_set, args.eval_limit, progress=False)
                     if average is not None:
                         average.swap()
@@ -598,9 +619,10 @@ def train(args: TrainArgs) -> dict:
                                   f"the same command with --resume continues from there")
     if average is not None:
         average.swap()  # model.pt holds the average; last.pt keeps both for --resume
-    n_stats, n_memory = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress)
+    n_stats, n_memory, fine = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress,
+                                        fine_weight=args.fine_weight)
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
-               "map_stats_images": n_stats, "memory_images": n_memory, "history": history}
+               "map_stats_images": n_stats, "memory_images": n_memory, "fine": fine, "history": history}
     return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)
 
 
@@ -625,20 +647,22 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
                     memory_pool: int | str | None = None, global_score: bool | None = None,
                     pixel_map: str | None = None, gaussian_sigma: float | None = None,
                     seg_sigma: float | None = None, sum_seg_weight: float | None = None,
-                    fine_weight: float | None = None) -> CFRG:
+                    fine_weight: float | str | None = None) -> CFRG:
     """The same trained weights with another anomaly-map fusion (map normalisation, smoothing, the segmentation's
     weight in the sum, patch memory size and pooling ("auto": from the input size), image score and its global
-    branch, pixel map, the fine-feature Gaussian's weight). Map statistics, the memory, the global branch and the
-    fine branch are rebuilt from the run's own good images: its config.json says which, `data` says where they
-    live now."""
+    branch, pixel map, the fine-feature Gaussian's weight ("auto": from its fit, calibrate_fine)). Map statistics,
+    the memory, the global branch and the fine branch are rebuilt from the run's own good images: its config.json
+    says which, `data` says where they live now."""
     if memory_pool == "auto":
         memory_pool = auto_memory_pool(model.config.image_size)
+    auto_fine = fine_weight == "auto"  # the weight comes from the fit: always refitted
     changes = {"map_normalisation": map_normalisation, "memory_size": memory_size, "image_score": image_score,
                "memory_pool": memory_pool, "global_score": global_score, "pixel_map": pixel_map,
                "gaussian_sigma": gaussian_sigma, "seg_sigma": seg_sigma, "sum_seg_weight": sum_seg_weight,
-               "fine_weight": fine_weight}
+               "fine_weight": 0.0 if auto_fine else fine_weight}
     old = model.config.to_dict()
-    changes = {k: v for k, v in changes.items() if v is not None and v != old[k]}
+    changes = {k: v for k, v in changes.items()
+               if v is not None and (v != old[k] or (k == "fine_weight" and auto_fine))}
     if not changes:
         return model
     config = CFRGConfig.from_dict({**old, **changes})
@@ -662,15 +686,17 @@ def with_map_fusion(model: CFRG, run_dir, map_normalisation: str | None = None, 
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
     new.eval()
     rebuild_memory = bool(config.memory_size and new_memory)
-    if (new_stats and config.map_normalisation == "position") or rebuild_memory or config.fine_weight:
+    fine = auto_fine or config.fine_weight > 0
+    if (new_stats and config.map_normalisation == "position") or rebuild_memory or fine:
         images, holdout, seed = run_images(run_dir, data, config.image_size, progress,
-                                           holdout=rebuild_memory or bool(config.fine_weight))
+                                           holdout=rebuild_memory or fine)
         if new_stats and config.map_normalisation == "position":
             calibrate_map(new, images, progress=progress)
-        cache = teacher_cache(new, images) if rebuild_memory or config.fine_weight else None
+        cache = teacher_cache(new, images) if rebuild_memory or fine else None
         if rebuild_memory:  # memory statistics depend on the map
             calibrate_memory(new, images, holdout, cache, progress=progress, seed=seed)
-        calibrate_fine(new, images, holdout, cache, progress=progress, seed=seed)
+        calibrate_fine(new, images, holdout, cache, progress=progress, seed=seed,
+                       weight="auto" if auto_fine else None)
     return new.to(memory_format=torch.channels_last).eval()
 
 

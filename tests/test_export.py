@@ -178,6 +178,36 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
         assert np.abs(ma - mb).max() <= 1e-4 * np.abs(mb).max()
 
 
+def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_zero(tmp_path, monkeypatch):
+    """--fine-weight auto: training records the fit's spread and the weight auto_fine_weight gives
+    it; the checkpoint holds that weight, and `cfrg eval --fine-weight auto` refits the same. A weight of 0 (a
+    spread past the limit, forced here) leaves no branch, so the exported graph is the one without it. A few
+    steps' weights on the demo images (plumbing, not detection quality)."""
+    import export.train as training
+    from export.model import auto_fine_weight, load_checkpoint
+
+    args = dict(data=str(DEMO_ROOT), category="ball_screw", image_size=SIZE, steps=2, time_budget=0, batch_size=2,
+                progress=False, final_eval=False, fine_weight="auto")
+    cfg = train(TrainArgs(out=str(tmp_path / "r"), **args))
+    fit = cfg["summary"]["fine"]
+    assert fit["spread"] > 1 and fit["weight"] == auto_fine_weight(fit["spread"]) > 0
+    model, _ = load_checkpoint(tmp_path / "r" / "model.pt")
+    assert model.config.fine_weight == cfg["model"]["fine_weight"] == fit["weight"] and float(model.fine.scale) > 0
+    again = training.with_map_fusion(model, tmp_path / "r", fine_weight="auto", progress=False)
+    assert again.config.fine_weight == fit["weight"]
+    assert float(again.fine.scale) == pytest.approx(float(model.fine.scale), rel=1e-4)
+
+    monkeypatch.setattr(training, "auto_fine_weight", lambda spread: 0.0)
+    cfg = train(TrainArgs(out=str(tmp_path / "flat"), **args))
+    assert cfg["summary"]["fine"]["weight"] == cfg["model"]["fine_weight"] == 0.0
+    model, _ = load_checkpoint(tmp_path / "flat" / "model.pt")
+    assert model.fine is None
+    export_checkpoint(tmp_path / "flat" / "model.pt", tmp_path / "flat.onnx", progress=False)
+    export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "fine.onnx", progress=False)
+    nodes = [len(onnx.load(str(tmp_path / name)).graph.node) for name in ("flat.onnx", "fine.onnx")]
+    assert nodes[0] < nodes[1]
+
+
 def test_export_of_a_checkpoint_with_an_unfitted_fine_branch_is_a_clear_error(tmp_path):
     from export.model import CFRG, CFRGConfig, save_checkpoint
 

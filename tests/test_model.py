@@ -546,3 +546,22 @@ def test_fine_gaussian_is_the_high_passed_mahalanobis_distance_scaled_to_the_map
     with pytest.raises(ValueError, match="fine_weight must be >= 0"):
         CFRG(CFRGConfig(image_size=(64, 64), fine_weight=-1.0), pretrained_teacher=False)
     assert CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False).fine is None  # the default: none
+
+
+def test_fine_gaussian_spread_is_one_for_a_gaussian_cloud_and_grows_with_heavy_tails():
+    """FineGaussian.spread: the squared distances' coefficient of variation in units of a Gaussian's sqrt(2 / D);
+    fine_weight "auto" is 1 - spread / FINE_SPREAD_LIMIT, 0 from the limit on."""
+    from export.config import FINE_SPREAD_LIMIT
+    from export.model import FineGaussian, auto_fine_weight
+    g = torch.Generator().manual_seed(0)
+    fine = FineGaussian([3, 2, 4], [4, 8, 16], sigma=2.0)
+    mixing = torch.randn(5, 5, generator=g) + 3 * torch.eye(5)
+    gaussian = torch.randn(50_000, 5, generator=g) @ mixing
+    fine.fit(gaussian)
+    assert fine.spread(gaussian) == pytest.approx(1.0, abs=0.03)
+    heavy = gaussian * torch.exp(torch.randn(50_000, 1, generator=g))  # one scale per row: a heavy-tailed cloud
+    fine.fit(heavy)
+    assert fine.spread(heavy) > 2.5
+    assert auto_fine_weight(0.0) == 1.0
+    assert auto_fine_weight(FINE_SPREAD_LIMIT / 2) == 0.5
+    assert auto_fine_weight(FINE_SPREAD_LIMIT) == auto_fine_weight(2 * FINE_SPREAD_LIMIT) == 0.0

@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from export.config import CFRGConfig
-from export.options import EVAL_OPTIONS, TrainArgs, auto_memory_pool, flag_of, parse_pool, train_args_from
+from export.options import (EVAL_OPTIONS, TrainArgs, auto_memory_pool, flag_of, parse_pool, parse_weight,
+                            train_args_from)
 from sdk.cli import build_parser
 from sdk.files import atomic_output, write_json
 
@@ -54,6 +55,19 @@ def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
     assert TrainArgs("d", "c", "o").model_config(size).memory_pool == pool
     assert TrainArgs("d", "c", "o", memory_pool=7).model_config(size).memory_pool == 7  # a given window is kept
     assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
+
+
+def test_fine_weight_takes_a_number_or_auto():
+    """auto: the model starts without the branch (its weight is resolved from the fit when training calibrates)."""
+    assert TrainArgs("d", "c", "o", fine_weight="auto").model_config((64, 64)).fine_weight == 0.0
+    assert TrainArgs("d", "c", "o", fine_weight=0.35).model_config((64, 64)).fine_weight == 0.35
+    assert parse_weight("AUTO") == "auto" and parse_weight("0.25") == 0.25
+    assert train_args_from(build_parser().parse_args(BASE + ["--fine-weight", "0"])).fine_weight == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match="give a number >= 0 or 'auto'"):
+        parse_weight("heavy")
+    for bad in (-0.1, "x"):
+        with pytest.raises(ValueError, match="--fine-weight .*give a number >= 0 or 'auto'"):
+            TrainArgs("d", "c", "o", steps=1, fine_weight=bad).validate()
 
 
 def test_student_width_reaches_the_model():
