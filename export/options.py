@@ -204,10 +204,10 @@ class TrainArgs:
         "alone); the image score is the same for all (default fused)", choices=PIXEL_MAPS,
         eval_help="checkpoints: evaluate the same weights with this pixel map (default: the trained one)")
     fine_weight: float | str = option(
-        _RECIPE.fine_weight, "weight in the pixel map of one Gaussian of the good images' fine (stride 4 and 8) "
-        "teacher features, shared by every position, scaled to the map's good-image peaks (default 0: none); auto: "
-        f"from how well one Gaussian fits those features, 1 - spread / {FINE_SPREAD_LIMIT:g}, so 0 (no branch) on "
-        "textured or structured surfaces (see docs/quality.md)", type=parse_weight, check=weight_check,
+        "auto", "weight in the pixel map of one Gaussian of the good images' fine (stride 4 and 8) teacher "
+        "features, shared by every position, scaled to the map's good-image peaks; auto (default): from how well "
+        f"one Gaussian fits those features, 1 - spread / {FINE_SPREAD_LIMIT:g}, so none on textured or structured "
+        "surfaces (see docs/quality.md); 0: none", type=parse_weight, check=weight_check,
         eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight or auto, "
                   "fitted on the run's good images (0: none; default: the trained one)")
     threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))

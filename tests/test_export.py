@@ -179,7 +179,7 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
 
 
 def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_zero(tmp_path, monkeypatch):
-    """--fine-weight auto: training records the fit's spread and the weight auto_fine_weight gives
+    """--fine-weight auto (the default): training records the fit's spread and the weight auto_fine_weight gives
     it; the checkpoint holds that weight, and `cfrg eval --fine-weight auto` refits the same. A weight of 0 (a
     spread past the limit, forced here) leaves no branch, so the exported graph is the one without it. A few
     steps' weights on the demo images (plumbing, not detection quality)."""

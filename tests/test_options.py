@@ -57,9 +57,10 @@ def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
     assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
 
 
-def test_fine_weight_takes_a_number_or_auto():
+def test_fine_weight_is_auto_by_default_and_takes_a_number():
     """auto: the model starts without the branch (its weight is resolved from the fit when training calibrates)."""
-    assert TrainArgs("d", "c", "o", fine_weight="auto").model_config((64, 64)).fine_weight == 0.0
+    args = TrainArgs("d", "c", "o")
+    assert args.fine_weight == "auto" and args.model_config((64, 64)).fine_weight == 0.0
     assert TrainArgs("d", "c", "o", fine_weight=0.35).model_config((64, 64)).fine_weight == 0.35
     assert parse_weight("AUTO") == "auto" and parse_weight("0.25") == 0.25
     assert train_args_from(build_parser().parse_args(BASE + ["--fine-weight", "0"])).fine_weight == 0.0

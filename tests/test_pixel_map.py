@@ -17,7 +17,8 @@ from tests.conftest import DEMO_ROOT
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pixel_map")
     train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(root / "run"), image_size=(64, 128),
-                    steps=3, time_budget=0, batch_size=4, progress=False, final_eval=False))
+                    steps=3, time_budget=0, batch_size=4, progress=False, final_eval=False,
+                    fine_weight=0.0))  # the pixel maps alone: the fine branch would be added to each
     return root / "run"
 
 
