@@ -558,8 +558,11 @@ class CFRG(nn.Module):
                                 and config.image_score == "combined" else None)
         if not config.fine_weight >= 0:
             raise ValueError(f"fine_weight must be >= 0 (0: no fine-feature branch), got {config.fine_weight}")
-        self.fine = (FineGaussian(channels, self.strides, config.gaussian_sigma) if config.fine_weight > 0
-                     else None)
+        self.fine = self.new_fine_branch() if config.fine_weight > 0 else None
+
+    def new_fine_branch(self) -> FineGaussian:
+        """An unfitted FineGaussian for this teacher and smoothing (calibrate_fine fits and scales it)."""
+        return FineGaussian([fi.channels for fi in self.teacher.feature_info], self.strides, self.config.gaussian_sigma)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -22,7 +22,7 @@ from sdk.files import atomic_output, check_output_folder, write_json
 from sdk.model_info import software_versions
 
 from .config import FINE_SPREAD_LIMIT, CFRGConfig
-from .model import (CFRG, FineGaussian, GlobalGaussian, auto_fine_weight, cos_distance, fold_batchnorm, load_checkpoint,
+from .model import (CFRG, GlobalGaussian, auto_fine_weight, cos_distance, fold_batchnorm, load_checkpoint,
                     save_checkpoint)
 from .options import TrainArgs, auto_image_size, auto_memory_pool, shared_aspect
 from .runs import RunRecord
@@ -334,8 +334,7 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
     weight = model.config.fine_weight if weight is None else weight
     if weight != "auto" and not weight:
         return None
-    fine = model.fine or FineGaussian([fi.channels for fi in model.teacher.feature_info], model.strides,
-                                      model.config.gaussian_sigma)
+    fine = model.fine or model.new_fine_branch()
     was_training = model.training
     model.eval()
     index = torch.from_numpy(np.array(spread_indices(len(images), limit)))
@@ -390,6 +389,10 @@ def torch_predictor(model: CFRG):
 def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> dict:
     preds = predict_dataset(torch_predictor(model), test, model.config.image_size, progress=progress, limit=limit)
     return evaluate(preds, test)
+
+
+# what last.pt leaves out: the frozen teacher, and the fine branch, refitted at the end ("auto" may add or drop it)
+NOT_TRAINING_STATE = ("teacher.", "fine.")
 
 
 def _resume_key(config: CFRGConfig, args: TrainArgs) -> dict:
@@ -483,7 +486,7 @@ def resume_state(last: Path, model: CFRG, opt: torch.optim.Optimizer, config: CF
                          f"delete it and train without --resume") from exc
     _check_resume(state, last, config, args)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    missing = [k for k in missing if not k.startswith(("teacher.", "fine."))]
+    missing = [k for k in missing if not k.startswith(NOT_TRAINING_STATE)]
     if missing or unexpected:
         raise ValueError(f"--resume: {last} holds another architecture (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}); resume with the options of the first run, or use a new --out")
@@ -560,8 +563,7 @@ def train(args: TrainArgs) -> dict:
 
     def save_last():
         with atomic_output(last) as tmp:
-            # the fine branch is refitted at the end (with "auto" it may come or go): not training state
-            torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith(("teacher.", "fine."))},
+            torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith(NOT_TRAINING_STATE)},
                         "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
                         "history": json.dumps(history), "run": json.dumps(_resume_key(config, args)),
                         **({"average": average.state_dict()} if average is not None else {})}, tmp)
