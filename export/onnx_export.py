@@ -1,6 +1,6 @@
 """Export a CFRG checkpoint to one ONNX graph that does the whole numeric job.
 
-Graph: frames uint8 NHWC at the model size (colour order recorded) -> Cast/Transpose/normalise ->
+Graph: frames uint8 NHWC at the model size (colour order recorded) -> Cast, then Transpose, normalise ->
 teacher, student, recovery, segmentation -> fused map -> fixed Gaussian -> outputs
 `anomaly_map` (N,H,W) float32 and `score` (N,) float32. Dynamic batch. TorchScript exporter
 (no onnxscript needed), then our constant folding.
@@ -35,7 +35,8 @@ class DeployGraph(nn.Module):
         self.eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
 
     def forward(self, frames: torch.Tensor):
-        x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # as export.train._to_tensor
+        # Cast first: TensorRT takes UINT8 only as a network input that feeds a Cast (export/tensorrt_rules.json)
+        x = frames.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # as export.train._to_tensor
         amap, score = self.model(x)
         return amap[:, 0], score
 

@@ -6,7 +6,7 @@ calibration, so both precisions are prepared here, in ONNX, where ONNX Runtime r
     model.fp16.onnx      the CNNs (teacher, student, recovery, segmentation head) in FP16
     model.int8.onnx      for TensorRT: symmetric int8 activations, per-channel int8 weights on the convolutions
                          and residual adds of the student, recovery branch and segmentation head (where
-                         TensorRT fuses conv + activation + add); the teacher in FP16
+                         TensorRT fuses conv + activation + add), float biases; the teacher in FP16
     model.cpu-int8.onnx  for ONNX Runtime on a CPU: asymmetric uint8 activations, per-channel int8 weights on
                          all four CNNs, convolution outputs quantized too (fused into QLinearConv)
 
@@ -186,7 +186,8 @@ def int8_options(target: str) -> dict:
     if target == "int8":  # TensorRT: symmetric int8, Q/DQ on the inputs of convs and residual adds only
         return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True, op_types_to_quantize=["Conv", "Add"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                    # QuantizeBias off: TensorRT's DequantizeLinear takes INT8/FP8/INT4, not ORT's INT32 biases
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                    "QDQKeepRemovableActivations": True, "DedicatedQDQPair": True,
                                    "OpTypesToExcludeOutputQuantization": ["Conv", "Add"]})
     if target == "cpu-int8":  # ONNX Runtime CPU (u8s8): outputs quantized too, so convs become QLinearConv, and
