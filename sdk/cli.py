@@ -124,8 +124,10 @@ def cmd_export(ns) -> int:
 
 
 def cmd_build(ns) -> int:
-    """trtexec-style: the precision graph, then a TensorRT engine where TensorRT is installed."""
+    """trtexec-style: the precision graph, TensorRT's documented rules checked on what TensorRT would parse, then
+    a TensorRT engine where TensorRT is installed."""
     engine = factory("engine", "building an engine")
+    from .backends import ModelFileError
     from .backends.onnxruntime import OnnxRuntimeBackend
     from .files import atomic_write, check_output_folder, image_files
     from .model_info import ModelInfo
@@ -140,11 +142,15 @@ def cmd_build(ns) -> int:
         workspace_mib=ns.memPoolSize or engine.WORKSPACE_MIB,
         timing_cache=Path(ns.timingCacheFile) if ns.timingCacheFile else None,
         optimization_level=ns.builderOptimizationLevel, dla_core=ns.useDLACore, gpu_fallback=ns.allowGPUFallback,
-        verbose=ns.verbose)
+        version_compatible=ns.versionCompatible, verbose=ns.verbose)
     info = ModelInfo.read(onnx_path, OnnxRuntimeBackend(onnx_path))
     if info.precision != "fp32":
         raise ValueError(f"--onnx={onnx_path} is a {info.precision} graph; pass the FP32 model.onnx of `cfrg export`")
-    options.check((info.input.height, info.input.width))
+    trt = engine.tensorrt_module()
+    if trt is not None and ns.tensorrt and engine.target_of(trt.__version__) != ns.tensorrt:
+        raise ValueError(f"--tensorrt {ns.tensorrt}: this machine has TensorRT {trt.__version__}; drop --tensorrt "
+                         f"(it picks the rules of a TensorRT that is not installed, for --dry-run)")
+    options.check((info.input.height, info.input.width), trt)
     calib_files = None
     if options.calib is not None:
         if options.calib.is_dir():
@@ -161,32 +167,59 @@ def cmd_build(ns) -> int:
     if calib_files is None and "int8" in options.precision and not current:
         calib_files = _held_back_images(info)
     check_output_folder(options.engine.parent)
-    trt = engine.tensorrt_module()
-    print(engine.plan_text(options, info, trt))
-    if ns.dry_run:
-        return 0
-    if not current or calib_files:
-        from export.precision import write_precision_graph
-
-        print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
-        write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files,
-                              progress=ns.progress)
-    if ns.data:
-        _report_precision_accuracy(onnx_path, options.graph, ns)
     if options.precision == "cpu-int8":
+        print(engine.plan_text(options, info, trt))
+        if ns.dry_run:
+            return 0
+        _write_precision_graph(options, onnx_path, calib_files, ns)
         print(f"wrote {options.graph} for ONNX Runtime on a CPU (cfrg run --model {options.graph})")
         return 0
+    targets = engine.plan_targets(options, trt, ns.tensorrt)
+    if ns.dry_run:
+        proto = engine.graph_for_check(options, calib_files, fresh=current)
+        findings = engine.check_targets(options, targets, proto)
+        print(engine.plan_text(options, info, trt, findings, ns.tensorrt))
+        _refuse_rule_errors(engine, options, findings, ns, ModelFileError)
+        return 0
+    if not current or calib_files:
+        _write_precision_graph(options, onnx_path, calib_files, ns)
+    if options.dla and options.precision == "int8":
+        n = engine.write_dla_calibration(options)
+        print(f"wrote {options.dla_calibration} (the Q/DQ graph's ranges of {n} tensors, for DLA's implicit INT8)")
+    findings = engine.check_targets(options, targets, engine.graph_for_check(options))
+    print(engine.plan_text(options, info, trt, findings, ns.tensorrt))
+    _refuse_rule_errors(engine, options, findings, ns, ModelFileError)
+    if ns.data:
+        _report_precision_accuracy(onnx_path, options.graph, ns)
     if trt is None:
         print(f"no engine built: TensorRT is not installed here (`import tensorrt` failed). {options.graph} is "
               f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
               f"with the same command, or with the trtexec line above", file=sys.stderr)
         return EXIT_NO_ENGINE
-    data, extra = engine.TensorRTBuilder(trt, options, info, progress=ns.progress).build()
+    builder = engine.TensorRTBuilder(trt, options, info, progress=ns.progress,
+                                     warn=lambda text: print(text, file=sys.stderr))
+    data, extra = builder.build()
     atomic_write(options.engine, data)
     engine.engine_description(info, options, trt, extra).write_beside(options.engine)
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
           f"{options.engine.with_suffix('.json').name}")
     return 0
+
+
+def _write_precision_graph(options, onnx_path: Path, calib_files, ns) -> None:
+    from export.precision import write_precision_graph
+
+    print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
+    write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files, progress=ns.progress)
+
+
+def _refuse_rule_errors(engine, options, findings: dict, ns, error) -> None:
+    """One line naming the broken TensorRT rules (the plan above lists them), before TensorRT spends minutes."""
+    bad = engine.relevant_errors(options, findings, explicit=bool(ns.tensorrt))
+    if bad:
+        target, first = bad[0]
+        raise error(f"{options.engine_source} would not build: {len(bad)} violation(s) of TensorRT's documented rules "
+                    f"(first, for TensorRT {target}: {first.line()}); see the plan above")
 
 
 def _made_from(graph: Path, onnx_path: Path) -> bool:
@@ -479,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builderOptimizationLevel", type=int, help="0 to 5 (TensorRT's default 3)")
     p.add_argument("--useDLACore", type=checked_type(int, whole(0)), help="DLA core (Jetson Orin: 0 or 1)")
     p.add_argument("--allowGPUFallback", action="store_true", help="layers DLA cannot run go to the GPU")
+    p.add_argument("--versionCompatible", action="store_true",
+                   help="an engine later TensorRT releases of the same major can run (GPU only)")
+    p.add_argument("--tensorrt", choices=["10.3", "10.x", "11.x"],
+                   help="the TensorRT whose rules the plan and check use where none is installed (default: all "
+                        "three; 10.3 = JetPack 6)")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalent trtexec line only")
     p.add_argument("--data", help="dataset root: report the precision graph's accuracy against FP32")
@@ -555,8 +593,8 @@ def main(argv=None) -> int:
         if ns.command == "build":
             print(f"cfrg build: error: unknown option {unknown[0]} (trtexec spellings: --onnx, --saveEngine, --fp16, "
                   f"--int8, --best, --stronglyTyped, --calib, --minShapes, --optShapes, --maxShapes, --memPoolSize, "
-                  f"--timingCacheFile, --builderOptimizationLevel, --useDLACore, --allowGPUFallback, --verbose, "
-                  f"--dry-run; see cfrg build --help)", file=sys.stderr)
+                  f"--timingCacheFile, --builderOptimizationLevel, --useDLACore, --allowGPUFallback, --versionCompatible, "
+                  f"--verbose, --dry-run, --tensorrt; see cfrg build --help)", file=sys.stderr)
             return EXIT_USAGE
         parser.parse_args(argv)  # argparse's own error for the other commands
     try:

@@ -39,3 +39,22 @@ def exported_model(tmp_path_factory):
     info = export_checkpoint(out / "run" / "model.pt", onnx_path, defect_split="test", progress=False)
     model, _ = load_checkpoint(out / "run" / "model.pt")
     return model, onnx_path, info
+
+
+@pytest.fixture(scope="session")
+def precision_graphs(exported_model, tmp_path_factory):
+    """The exported FP32 graph and its three precision graphs, calibrated on the run's held-back good images."""
+    import shutil
+
+    from export.precision import precision_path, write_precision_graph
+    from export.runs import RunRecord
+
+    folder = tmp_path_factory.mktemp("precision")
+    fp32 = folder / "model.onnx"
+    shutil.copy(exported_model[1], fp32)
+    shutil.copy(exported_model[1].with_suffix(".json"), folder / "model.json")
+    run = RunRecord.read(exported_model[1].parent / "run")
+    calib = [str(p) for p in run.holdout_files]
+    infos = {p: write_precision_graph(fp32, p, precision_path(fp32, p), calib_files=calib)
+             for p in ("fp16", "int8", "cpu-int8")}
+    return fp32, infos, calib

@@ -25,14 +25,16 @@ def test_dry_run_prints_the_plan_and_the_trtexec_line_and_writes_nothing(model, 
     onnx_path, _ = model
     before = sorted(p.name for p in onnx_path.parent.iterdir())
     assert main(["build", "--onnx", str(onnx_path), "--int8", "--useDLACore=0", "--allowGPUFallback",
-                 "--maxShapes=frames:4x64x128x3", "--memPoolSize=workspace:2G", "--dry-run"]) == 0
+                 "--minShapes=frames:4x64x128x3", "--maxShapes=frames:4x64x128x3", "--memPoolSize=workspace:2G",
+                 "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "DLA core 0 with GPU fallback" in out and "max 4x64x128x3" in out and "2048 MiB" in out
-    assert "TensorRT 10.x" in out and "TensorRT 11.x" in out and "patch-memory search and its soft max" in out
-    flags_line, typed_line = [line for line in out.splitlines() if "trtexec: trtexec" in line]
-    assert "--int8 --fp16 --precisionConstraints=obey --layerPrecisions=" in flags_line
-    assert "/model/memory/MatMul:fp32" in flags_line and "/model/teacher/" not in flags_line.split("--layerPrec")[1]
-    assert "--stronglyTyped" in typed_line and "--useDLACore=0 --allowGPUFallback" in typed_line
+    assert "TensorRT 10.3 (JetPack 6" in out and "TensorRT 11.x: refused" in out
+    assert "patch-memory search and its soft max" in out and "model.int8-dla0.engine" in out
+    [dla_line] = [line for line in out.splitlines() if "trtexec: trtexec" in line]
+    assert f"--onnx={onnx_path} " in dla_line and "--int8 --fp16 --calib=" in dla_line and "--noTF32" in dla_line
+    assert "--precisionConstraints=prefer '--layerPrecisions=*:fp32,/model/teacher/*:fp16" in dla_line
+    assert "--useDLACore=0 --allowGPUFallback" in dla_line and "--stronglyTyped" not in dla_line
     assert sorted(p.name for p in onnx_path.parent.iterdir()) == before
 
 
@@ -45,9 +47,13 @@ def test_dry_run_prints_the_plan_and_the_trtexec_line_and_writes_nothing(model, 
     (["--fp16", "--minShapes=frames:4x64x128x3", "--maxShapes=frames:2x64x128x3"], "min <= opt <= max"),
     (["--fp16", "--builderOptimizationLevel=9"], "give 0 to 5"),
     (["--fp16", "--workspace=10"], "unknown option --workspace=10"),
+    (["--int8", "--useDLACore=0", "--allowGPUFallback", "--maxShapes=frames:4x64x128x3"], "DLA needs static shapes"),
+    (["--fp16", "--saveEngine={dir}/model.engine"], "would replace the one of model.onnx"),
+    (["--fp16", "--useDLACore=0", "--stronglyTyped"], "--stronglyTyped cannot be combined"),
 ])
 def test_conflicting_or_unknown_flags_are_trtexec_like_errors(model, args, words, capsys):
     onnx_path, _ = model
+    args = [a.replace("{dir}", str(onnx_path.parent)) for a in args]
     try:
         code = main(["build", "--onnx", str(onnx_path), *args])
         err = capsys.readouterr().err

@@ -122,9 +122,12 @@ def test_build_engine_script_checks_the_platform_and_prepares_the_graphs(exporte
                           env={**__import__("os").environ, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:"
                                                                   f"{__import__('os').environ['PATH']}"})
     assert "not a Jetson" in done.stderr and done.stdout.count("cfrg build plan") == 2
-    assert "--useDLACore=0 --allowGPUFallback" in done.stdout
+    assert "--useDLACore=0 --allowGPUFallback" in done.stdout and "--stronglyTyped --noTF32" in done.stdout
+    assert done.stdout.count("no violation of TensorRT's documented rules") == 2
+    assert "min 1x64x128x3, opt 1x64x128x3, max 1x64x128x3" in done.stdout  # DLA: a static batch
     try:
         import tensorrt  # noqa: F401 - only whether it imports
     except ImportError:
         assert done.returncode == 8 and "no engine built" in done.stderr
         assert (folder / "model.fp16.onnx").is_file() and (folder / "model.int8.onnx").is_file()
+        assert (folder / "model.int8.dla.calib").read_text().startswith("TRT-100300-EntropyCalibration2")

@@ -10,7 +10,6 @@ from onnx import TensorProto, numpy_helper
 
 from export.onnx_utils import TENSORRT_OPS, graph_report
 from export.precision import CNN_PARTS, HEADS, calibration_cache_path, precision_path, write_precision_graph
-from export.runs import RunRecord
 from sdk import Detector
 from sdk.data import read_image
 from sdk.evaluate import resize_for_model
@@ -18,19 +17,8 @@ from tests.conftest import DEMO_ROOT
 
 
 @pytest.fixture(scope="module")
-def graphs(exported_model, tmp_path_factory):
-    """The exported FP32 graph and its three precision graphs, calibrated on the run's held-back good images."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("precision")
-    fp32 = folder / "model.onnx"
-    shutil.copy(exported_model[1], fp32)
-    shutil.copy(exported_model[1].with_suffix(".json"), folder / "model.json")
-    run = RunRecord.read(exported_model[1].parent / "run")
-    calib = [str(p) for p in run.holdout_files]
-    infos = {p: write_precision_graph(fp32, p, precision_path(fp32, p), calib_files=calib)
-             for p in ("fp16", "int8", "cpu-int8")}
-    return fp32, infos, calib
+def graphs(precision_graphs):
+    return precision_graphs
 
 
 def _frames(size, n=6):

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 NAMES = ROOT / "tests" / "data" / "api_names"
 TRT_ROOTS = {"trt", "self.trt", "builder", "network", "parser", "config", "profile", "layer", "error", "cache",
-             "self.runtime", "self.engine", "self.context", "self.logger"}
+             "self.runtime", "self.engine", "self.context", "self.logger", "engine", "tensor", "first_in", "first_out"}
 CUDA_PYTHON_ROOTS = {"cudart", "self.rt", "props"}
 PYCUDA_ROOTS = {"cuda", "self.cuda", "self.context", "dev", "stream", "ptr"}
 # where each kind of object lives: (file, the class or function holding the code, its roots, the name lists)
@@ -22,7 +22,8 @@ SCOPES = [
     ("export/engine.py", None, TRT_ROOTS, "tensorrt"),
     ("export/engine.py", "build_progress", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "TensorRTBackend", TRT_ROOTS, "tensorrt"),
-    ("sdk/backends/tensorrt.py", "_check_engine_description", TRT_ROOTS, "tensorrt"),
+    ("sdk/backends/tensorrt.py", "_check_engine_here", TRT_ROOTS, "tensorrt"),
+    ("sdk/backends/tensorrt.py", "_open", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "CudaPython", CUDA_PYTHON_ROOTS, "cuda-python"),
     ("sdk/backends/tensorrt.py", "PyCuda", PYCUDA_ROOTS, "pycuda"),
 ]
