@@ -1,6 +1,7 @@
 """sdk.Detector: frames of any size in, verdicts and pixel masks at the frame's resolution out."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -191,11 +192,12 @@ class Detector:
         if len(frames) == 0:
             return []
         t0 = time.perf_counter()
-        input_buffer = None if self.tiling else getattr(self.backend, "input_buffer", None)  # pinned memory
-        batch = self.preprocess(frames, input_buffer(self.input_name, len(frames)) if input_buffer else None)
-        t1 = time.perf_counter()
-        raw = self.infer(batch)
-        t2 = time.perf_counter()
+        filled_input = None if self.tiling else getattr(self.backend, "filled_input", None)  # pinned memory
+        with filled_input(self.input_name, len(frames)) if filled_input else contextlib.nullcontext() as buffer:
+            batch = self.preprocess(frames, buffer)  # in place, under the backend's lock, then run
+            t1 = time.perf_counter()
+            raw = self.infer(batch)
+            t2 = time.perf_counter()
         results = self.postprocess(frames, raw)
         t3 = time.perf_counter()
         n = len(frames)
@@ -206,6 +208,19 @@ class Detector:
 
     def __call__(self, frame: np.ndarray) -> Result:
         return self.batch([frame])[0]
+
+    def close(self) -> None:
+        """Release the backend (a TensorRT engine's context, stream and buffers; an ONNX Runtime session).
+        Idempotent; the detector cannot run afterwards. `with Detector(...) as det:` closes on the way out."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (f"Detector({str(self.path)!r}, backend={self.backend.name}, size={self.size}, "

@@ -164,6 +164,29 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """What a TensorRT engine needs from the machine that runs it (model.json's "engine", by cfrg build)."""
+
+    tensorrt: str  # the exact TensorRT version that built it
+    version_compatible: bool = False  # built with --versionCompatible: runs on that version or a later one
+    gpu: str | None = None
+    compute_capability: str | None = None
+    dla_core: int | None = None  # the DLA core the runtime must select before deserializing
+    shapes: dict = field(default_factory=dict)  # min / opt / max of the input
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineSpec":
+        version = d.get("tensorrt")
+        if not isinstance(version, str) or not version[:1].isdigit():
+            raise _Invalid(f"'engine.tensorrt' must be the TensorRT version that built the engine, got {version!r}")
+        dla = d.get("dla_core")
+        return cls(tensorrt=version, version_compatible=bool(d.get("version_compatible", False)), gpu=d.get("gpu"),
+                   compute_capability=d.get("compute_capability"),
+                   dla_core=None if dla is None else _int(dla, "'engine.dla_core'", low=0),
+                   shapes=dict(d.get("shapes") or {}))
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     input: InputSpec
     thresholds: dict[str, Threshold]
@@ -327,6 +350,16 @@ class ModelInfo:
             raise ValueError(f"threshold {choice!r}: this model has {sorted(self.thresholds)} (or give a number)")
         entry = self.thresholds[name]
         return entry.image, entry.pixel
+
+    def engine_spec(self, model_path: str | os.PathLike) -> EngineSpec:
+        """The engine's requirements; ModelFileError where this is not an engine's description."""
+        if not self.engine:
+            raise ModelFileError(f"{sidecar_path(model_path)} describes no TensorRT engine (no 'engine' entry): it "
+                                 f"belongs to an ONNX model; build the engine with `cfrg build`, which writes its own")
+        try:
+            return EngineSpec.from_dict(self.engine)
+        except _Invalid as exc:
+            raise ModelFileError(f"{sidecar_path(model_path)}: {exc}; rebuild the engine with `cfrg build`") from None
 
     def normalise_score(self, score: float) -> float:
         return (score - self.score_normalisation.offset) / self.score_normalisation.scale

@@ -235,8 +235,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _inference_workers(detector: Any, workers: int | str) -> list:
-    """The infer callables of the inference workers.
+def _inference_workers(detector: Any, workers: int | str) -> tuple[list, list]:
+    """The infer callables of the inference workers, and the replicas made for them (the stream closes those).
 
     "auto": as many as the detector's backend says suit it (preferred_workers(): two single-thread
     sessions on a multi-core CPU, one on a GPU), else one. With several, each worker gets its own
@@ -247,11 +247,12 @@ def _inference_workers(detector: Any, workers: int | str) -> list:
         preferred = getattr(detector, "preferred_workers", None)
         workers = int(preferred()) if callable(preferred) else 1
     if workers == 1:
-        return [detector.infer]
+        return [detector.infer], []
     replicas = getattr(detector, "replicas", None)
     if not callable(replicas):
-        return [detector.infer] * workers
-    return [d.infer for d in replicas(workers)]
+        return [detector.infer] * workers, []
+    made = replicas(workers)
+    return [d.infer for d in made], made
 
 
 class Stream:
@@ -295,7 +296,7 @@ class Stream:
         self.on_error, self.batch_timeout, self.drain_timeout = on_error, float(batch_timeout), float(drain_timeout)
         self.max_source_errors = int(max_source_errors)
         self.max_frames = max_frames  # capture stops after this many frames: exactly that many records
-        self._infers = _inference_workers(detector, infer_workers)
+        self._infers, self._replicas = _inference_workers(detector, infer_workers)
         self.infer_workers = len(self._infers)
         self._infer_take = threading.Lock()  # tickets are handed out in queue order
         self._infer_turn = threading.Condition()  # results go on in ticket order
@@ -439,6 +440,11 @@ class Stream:
             self._t_end = time.monotonic()
             self.flushed = self._outbox.close(self._seq, f"stream stopped ({reason}) before this frame finished")
             interrupted = self._flush(self.flushed) or interrupted
+        if not any(t.is_alive() for t in self._threads):  # a stuck worker may still use its replica
+            for replica in self._replicas:
+                close = getattr(replica, "close", None)
+                if callable(close):
+                    close()
         for sink in self.sinks:
             try:
                 close = getattr(sink, "close", None)

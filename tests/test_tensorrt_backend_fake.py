@@ -1,200 +1,306 @@
-"""sdk/backends/tensorrt.py's data flow with a FAKE TensorRT and a FAKE CUDA runtime (this machine has neither).
+"""`cfrg build` and sdk/backends/tensorrt.py against a FAKE TensorRT and a FAKE CUDA runtime (tests/fake_tensorrt.py;
+this machine has neither). The fake enforces the documented rules it stands for (see its docstring): UINT8 only
+into a Cast, TF32 on until cleared, no precision flags or layer precisions on a strongly typed network, DLA's
+static shapes, precisions, implicit INT8 and GPU fallback, timing caches of another TensorRT refused, plans of
+another build refused at deserialization, a DLA plan only with the runtime's DLA core set, set_input_shape False
+outside the profile. Its "engine" runs the parsed ONNX graph in ONNX Runtime.
 
-The fake "engine" is the ONNX graph run by ONNX Runtime, and "device memory" is NumPy arrays keyed by address.
-What this proves: the backend binds every tensor by name, sets the input shape per batch, copies inputs in
-and outputs out through its pinned buffers (or uses the caller's in-place batch), refuses batches beyond the
-profile and engines built for another TensorRT or GPU before deserializing, and shares one engine between
-replicas with a context each. What it does not prove: that real TensorRT or CUDA accept these calls (the
-names are checked by test_tensorrt_api.py, the behaviour by tests/gpu on a GPU)."""
-import dataclasses
+What this proves: our builder and runtime keep those rules and move the data correctly (binding by name, shapes,
+pinned buffers, padding to the profile's minimum, locking, releasing). What it does not prove: that real
+TensorRT or CUDA accept these calls or compute the same numbers (names: test_tensorrt_api.py; behaviour:
+tests/gpu where TensorRT and a GPU exist)."""
 import json
 import shutil
 import sys
-import types
+import threading
 
 import numpy as np
 import pytest
 
+from export import engine as engine_module
 from sdk import Detector, ModelFileError, Stream
+from sdk import cli
 from sdk.backends import tensorrt as trt_backend
-
-MAX_BATCH = 4
-
-
-class FakeCuda:
-    name = "fake-cuda"
-
-    def __init__(self):
-        self.memory, self.next, self.copies = {}, 4096, 0
-
-    def stream(self):
-        return object()
-
-    def stream_handle(self, stream) -> int:
-        return id(stream)
-
-    def malloc(self, nbytes):
-        addr, self.next = self.next, self.next + nbytes + 4096
-        self.memory[addr] = np.zeros(nbytes, np.uint8)
-        return addr
-
-    def free(self, ptr):
-        del self.memory[ptr]
-
-    def pinned(self, shape, dtype):
-        return np.zeros(shape, dtype)
-
-    def free_pinned(self, array):
-        pass
-
-    def to_device(self, dst, src, stream):
-        self.copies += 1
-        self.memory[dst][: src.nbytes] = np.ascontiguousarray(src).view(np.uint8).ravel()
-
-    def to_host(self, dst, src, stream):
-        dst.view(np.uint8).reshape(-1)[:] = self.memory[src][: dst.nbytes]
-
-    def synchronize(self, stream):
-        pass
-
-    def destroy(self, stream):
-        pass
-
-    def device(self):
-        return {"gpu": "Fake Orin", "compute_capability": "8.7"}
+from sdk.cli import main
+from tests import fake_tensorrt
 
 
-class FakeEngine:
-    """The ONNX graph, run by ONNX Runtime, behind TensorRT's engine interface."""
-
-    def __init__(self, onnx_bytes: bytes, cuda: FakeCuda):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-        self.cuda = cuda
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.outputs = {o.name: o for o in self.session.get_outputs()}
-        self.names = list(self.inputs) + list(self.outputs)
-        self.contexts = 0
-
-    @property
-    def num_io_tensors(self):
-        return len(self.names)
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_mode(self, name):
-        return "input" if name in self.inputs else "output"
-
-    def get_tensor_shape(self, name):
-        shape = (self.inputs.get(name) or self.outputs[name]).shape
-        return tuple(-1 if not isinstance(d, int) else d for d in shape)
-
-    def get_tensor_dtype(self, name):
-        return np.uint8 if name in self.inputs else np.float32
-
-    def get_tensor_profile_shape(self, name, profile):
-        shape = self.get_tensor_shape(name)
-        return [(1, *shape[1:]), (1, *shape[1:]), (MAX_BATCH, *shape[1:])]
-
-    def create_execution_context(self):
-        self.contexts += 1
-        return FakeContext(self)
-
-
-class FakeContext:
-    def __init__(self, engine: FakeEngine):
-        self.engine, self.addresses, self.shapes = engine, {}, {}
-
-    def set_tensor_address(self, name, address):
-        self.addresses[name] = address
-
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
-
-    def execute_async_v3(self, stream_handle):
-        e, memory = self.engine, self.engine.cuda.memory
-        feeds = {}
-        for name, shape in self.shapes.items():
-            n = int(np.prod(shape))
-            feeds[name] = memory[self.addresses[name]][:n].view(np.uint8).reshape(shape)
-        outputs = e.session.run(list(e.outputs), feeds)
-        for name, value in zip(e.outputs, outputs):
-            raw = np.ascontiguousarray(value, np.float32).view(np.uint8).ravel()
-            memory[self.addresses[name]][: raw.size] = raw
-        return True
+def _install(monkeypatch, version="10.3.0", gpu=("Fake Orin", "8.7")):
+    trt = fake_tensorrt.make_tensorrt(version, fake_tensorrt.FakeCuda(gpu))
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_backend, "cuda_runtime", lambda choice="auto": trt.cuda)
+    return trt
 
 
 @pytest.fixture()
-def fake_tensorrt(monkeypatch):
-    cuda = FakeCuda()
-    fake = types.ModuleType("tensorrt")
-    fake.__version__ = "10.3.0"
-    fake.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity=2: None})
-    fake.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    fake.nptype = lambda dtype: dtype
-    fake.Runtime = lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: FakeEngine(data, cuda))
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_backend, "cuda_runtime", lambda choice="auto": cuda)
-    return cuda
+def model(exported_model, tmp_path):
+    shutil.copy(exported_model[1], tmp_path / "model.onnx")
+    shutil.copy(exported_model[1].with_suffix(".json"), tmp_path / "model.json")
+    return tmp_path / "model.onnx"
 
 
-@pytest.fixture()
-def engine_file(exported_model, tmp_path):
-    """model.engine holding the ONNX bytes (the fake engine runs them), with a TensorRT engine's model.json."""
-    from sdk.model_info import ModelInfo
-
-    engine = tmp_path / "model.engine"
-    shutil.copy(exported_model[1], engine)
-    info = dataclasses.replace(exported_model[2], precision="fp16",
-                               engine={"tensorrt": "10.3.0", "gpu": "Fake Orin", "compute_capability": "8.7"})
-    info.write_beside(engine)
-    assert ModelInfo.read(engine).engine["tensorrt"] == "10.3.0"
-    return engine
+def _build(onnx_path, *args, name="model.fp16-gpu.engine"):
+    engine = onnx_path.with_name(name)
+    code = main(["build", "--onnx", str(onnx_path), *args, f"--saveEngine={engine}", "--no-progress"])
+    return code, engine
 
 
 def _frames(n, seed=0):
     return [np.random.default_rng(seed + i).integers(0, 256, (90, 200, 3), dtype=np.uint8) for i in range(n)]
 
 
-def test_fake_engine_gives_the_onnx_results_through_the_backends_buffers(fake_tensorrt, engine_file, exported_model):
-    det, ref = Detector(engine_file), Detector(exported_model[1])
-    assert det.backend.name == "tensorrt" and det.backend.max_batch == MAX_BATCH and det.info.precision == "fp16"
-    frames = _frames(3)
-    for got, want in zip(det.batch(frames), ref.batch(frames)):
-        assert got.score == pytest.approx(want.score, abs=1e-5) and np.array_equal(got.mask, want.mask)
-    copies = fake_tensorrt.copies
-    batch = det.backend.input_buffer("frames", 2)
-    det.preprocess(frames[:2], batch)  # the pre-processing fills the pinned buffer in place
-    maps, scores = det.infer(batch)
-    assert fake_tensorrt.copies == copies + 1 and scores.shape == (2,)
-    assert scores == pytest.approx([r.score for r in ref.batch(frames[:2])], abs=1e-5)
-    with pytest.raises(ValueError, match="built for batches of 1 to 4"):
+def test_fake_parser_refuses_the_uint8_transpose_graph_and_accepts_the_cast_first_one(model, monkeypatch, tmp_path):
+    import onnx
+
+    _install(monkeypatch)
+    proto = onnx.load(str(model))
+    first, second = proto.graph.node[0], proto.graph.node[1]
+    assert (first.op_type, second.op_type) == ("Cast", "Transpose")
+    # today's order before the fix: Transpose on the uint8 frames, then Cast
+    cast_out, transpose_out = first.output[0], second.output[0]
+    second.input[0], first.input[0] = "frames", "uint8_nchw"
+    second.output[0], first.output[0] = "uint8_nchw", transpose_out
+    del proto.graph.node[:2]
+    proto.graph.node.insert(0, first)
+    proto.graph.node.insert(0, second)
+    del proto.graph.value_info[:]
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    network = fake_tensorrt.Network(strongly_typed=True)
+    parser = fake_tensorrt.OnnxParser(network, None)
+    assert not parser.parse_from_file(str(old)) and "UINT8" in parser.get_error(0).desc()
+    assert cast_out
+    assert fake_tensorrt.OnnxParser(fake_tensorrt.Network(True), None).parse_from_file(str(model))
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+def test_gpu_builds_are_strongly_typed_with_tf32_off_on_both_lines(model, monkeypatch, version, capsys):
+    trt = _install(monkeypatch, version)
+    for flag, graph in (("--fp16", "model.fp16.onnx"), ("--stronglyTyped", "model.onnx")):
+        code, engine = _build(model, flag, "--maxShapes=frames:4x64x128x3", name=f"{flag[2:]}.engine")
+        assert code == 0, (capsys.readouterr().err, trt.build_log)
+        net, config = trt.last_build["network"], trt.last_build["config"]
+        assert net.strongly_typed and "TF32" not in config.flags and not {"FP16", "INT8"} & config.flags
+        assert not any(layer.precision_set for layer in net.layers)  # no per-name constraints
+        spec = json.loads(engine.with_suffix(".json").read_text())["engine"]
+        assert spec["tensorrt"] == version and spec["tf32"] is False and spec["source_onnx"] == graph
+    assert "--stronglyTyped --noTF32" in capsys.readouterr().out
+
+
+def test_dla_int8_builds_from_the_fp32_graph_with_ranges_fallback_and_fp32_held_layers(model, monkeypatch, capsys):
+    trt = _install(monkeypatch, "10.3.0")
+    code, engine = _build(model, "--int8", "--useDLACore=0", "--allowGPUFallback", "--minShapes=frames:2x64x128x3",
+                          "--maxShapes=frames:2x64x128x3", name="dla.engine")
+    assert code == 0, (capsys.readouterr().err, trt.build_log)
+    net, config = trt.last_build["network"], trt.last_build["config"]
+    assert not net.strongly_typed and {"FP16", "INT8", "GPU_FALLBACK", "PREFER_PRECISION_CONSTRAINTS"} <= config.flags
+    assert "TF32" not in config.flags and config.default_device_type == "DLA" and config.DLA_core == 0
+    assert not any(layer.op in ("QuantizeLinear", "DequantizeLinear") for layer in net.layers)
+    ranged = [t for layer in net.layers for t in layer._outputs if t.dynamic_range]
+    cache = engine_module.read_calibration_cache(model.with_name("model.int8.dla.calib"))
+    assert len(ranged) == len(cache) and all(t.dynamic_range[1] == pytest.approx(127 * cache[t.name]) for t in ranged)
+    layers = {layer.name: layer for layer in net.layers}
+    assert layers["/model/memory/MatMul"].precision is trt.float32
+    added = [layer for name, layer in layers.items() if name.endswith("_broadcast_shuffle") and
+             not name.startswith(engine_module.CNN_PARTS)]
+    assert added and all(layer.precision is trt.float32 for layer in added)  # the parser's own layers too
+    assert all(not layer.precision_set for layer in net.layers if layer.precision in (trt.int32, trt.int64))
+    teacher = [layer for layer in net.layers if layer.name.startswith("/model/teacher/") and layer.op == "Conv"]
+    assert teacher and all(layer.precision is trt.float16 for layer in teacher)
+    assert trt.last_build["gpu_layers"]
+    out = capsys.readouterr().out
+    assert f"--calib={model.with_name('model.int8.dla.calib')}" in out and "run on the GPU, not DLA" in out
+
+
+def test_the_fake_refuses_what_the_old_builder_did(model, monkeypatch):
+    """Against the fake, a DLA build with a dynamic batch (which the builder of before accepted) fails."""
+    trt = _install(monkeypatch, "10.3.0")
+    from sdk.model_info import ModelInfo
+
+    info = ModelInfo.read(model)
+    options = engine_module.BuildOptions(onnx=model, fp16=True, dla_core=0, gpu_fallback=True,
+                                         max_shapes=(4, 64, 128, 3))
+    builder = engine_module.TensorRTBuilder(trt, options, info, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="could not build"):
+        builder.build()  # min 1, max 4 on DLA
+    assert trt.build_log[-1] == "DLA needs static shapes"
+
+
+def test_timing_cache_of_another_tensorrt_is_replaced_with_a_warning(model, monkeypatch, capsys, tmp_path):
+    trt = _install(monkeypatch, "10.3.0")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"FAKE-TC:10.2.0:8.7\nold entries")
+    code, _ = _build(model, "--fp16", f"--timingCacheFile={cache}")
+    err = capsys.readouterr().err
+    assert code == 0 and "does not match this one" in err and "replacing it" in err
+    assert cache.read_bytes().startswith(trt.cache_key()) and b"old entries" not in cache.read_bytes()
+    code, _ = _build(model, "--fp16", f"--timingCacheFile={cache}", name="again.engine")
+    assert code == 0 and "does not match" not in capsys.readouterr().err
+
+
+def test_dla_on_tensorrt_11_is_refused_before_any_work(model, monkeypatch, capsys):
+    _install(monkeypatch, "11.4.0")
+    code, engine = _build(model, "--fp16", "--useDLACore=0", "--allowGPUFallback")
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE and "TensorRT 11.4.0 here" in err and "10.3" in err and not engine.exists()
+
+
+# -- the runtime -------------------------------------------------------------------------------------
+
+
+def test_engine_gives_the_onnx_results_and_pads_a_short_batch_to_the_profile_minimum(model, monkeypatch):
+    trt = _install(monkeypatch)
+    code, engine = _build(model, "--fp16", "--minShapes=frames:2x64x128x3", "--optShapes=frames:2x64x128x3",
+                          "--maxShapes=frames:4x64x128x3")
+    assert code == 0
+    det, ref = Detector(engine), Detector(model.with_name("model.fp16.onnx"))
+    assert det.backend.name == "tensorrt" and (det.backend.min_batch, det.backend.max_batch) == (2, 4)
+    frame = _frames(1)[0]
+    assert det(frame).score == pytest.approx(ref(frame).score, abs=1e-5)  # one frame on a min-2 engine
+    got, want = det.batch(_frames(3)), ref.batch(_frames(3))
+    assert [g.score for g in got] == pytest.approx([w.score for w in want], abs=1e-4)
+    with pytest.raises(ValueError, match="batches of up to 4"):
         det.batch(_frames(5))
+    det.backend.context.engine.profile[0] = (3, 64, 128, 3)  # the fake's profile now starts above the batch
+    with pytest.raises(ValueError, match="refused the shape"):
+        det.backend.run({"frames": np.zeros((2, 64, 128, 3), np.uint8)})
+    del trt
 
 
-def test_replicas_share_the_engine_with_a_context_each(fake_tensorrt, engine_file, exported_model):
-    det = Detector(engine_file)
-    assert det.preferred_workers() == 1
-    twins = det.replicas(2)
-    assert all(t.backend.engine is det.backend.engine and t.backend.context is not det.backend.context
-               for t in twins)
-    assert det.backend.engine.contexts == 3
-    with Stream(det, _frames(6), infer_workers=2, batch_size=2) as stream:
-        records = list(stream)
-    ref = Detector(exported_model[1])
-    assert [r.status for r in records] == ["ok"] * 6
-    # batches of 2 against single frames: float32 rounding, relative to scores of ~100
-    assert [r.score for r in records] == pytest.approx([ref(f).score for f in _frames(6)], rel=1e-6, abs=1e-5)
-
-
-@pytest.mark.parametrize("change,words", [({"tensorrt": "11.0.0"}, "built with TensorRT 11.0.0, this machine has 10.3"),
-                                          ({"compute_capability": "9.0", "gpu": "H100"}, "compute capability 9.0")])
-def test_an_engine_built_elsewhere_is_refused_before_deserializing(fake_tensorrt, engine_file, change, words):
-    side = engine_file.with_suffix(".json")
+@pytest.mark.parametrize("change,words", [
+    ({"tensorrt": "10.3.1"}, "built with TensorRT 10.3.1, this machine has 10.3.0: a plan runs only on the TensorRT "
+                             "build that made it"),
+    ({"compute_capability": "9.0", "gpu": "H100"}, "compute capability 9.0")])
+def test_an_engine_built_elsewhere_is_refused_before_deserializing(model, monkeypatch, change, words):
+    _install(monkeypatch)
+    _, engine = _build(model, "--fp16")
+    side = engine.with_suffix(".json")
     d = json.loads(side.read_text())
     d["engine"].update(change)
     side.write_text(json.dumps(d))
     with pytest.raises(ModelFileError, match=words):
-        Detector(engine_file)
+        Detector(engine)
+
+
+def test_a_foreign_plan_that_the_description_hides_is_refused_by_deserialization(model, monkeypatch):
+    trt = _install(monkeypatch)
+    _, engine = _build(model, "--fp16")
+    trt.__version__ = "10.3.1"  # the description is edited to match, the plan is not
+    side = engine.with_suffix(".json")
+    d = json.loads(side.read_text())
+    d["engine"]["tensorrt"] = "10.3.1"
+    side.write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="is not an engine this TensorRT"):
+        Detector(engine)
+
+
+def test_a_version_compatible_engine_runs_on_a_later_release_of_the_same_major(model, monkeypatch):
+    trt = _install(monkeypatch, "10.3.0")
+    code, engine = _build(model, "--fp16", "--versionCompatible")
+    assert code == 0 and "VERSION_COMPATIBLE" in trt.last_build["config"].flags
+    trt.__version__ = "10.9.0"
+    det = Detector(engine)
+    assert trt.runtimes[-1].engine_host_code_allowed and np.isfinite(det(_frames(1)[0]).score)
+    trt.__version__ = "11.0.0"
+    with pytest.raises(ModelFileError, match="version-compatible plan runs on TensorRT 10.3.0 or a later 10.x"):
+        Detector(engine)
+
+
+def test_a_dla_engine_sets_the_runtimes_dla_core_from_its_description(model, monkeypatch):
+    trt = _install(monkeypatch)
+    code, engine = _build(model, "--fp16", "--useDLACore=1", "--allowGPUFallback")
+    assert code == 0
+    det = Detector(engine)
+    assert trt.runtimes[-1].DLA_core == 1 and np.isfinite(det(_frames(1)[0]).score)
+    side = engine.with_suffix(".json")
+    d = json.loads(side.read_text())
+    d["engine"]["dla_core"] = None  # a description that hides the core: the fake plan then will not load
+    side.write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="is not an engine this TensorRT"):
+        Detector(engine)
+
+
+def test_an_engine_description_without_its_engine_entry_is_refused(model, monkeypatch):
+    _install(monkeypatch)
+    _, engine = _build(model, "--fp16")
+    side = engine.with_suffix(".json")
+    d = json.loads(side.read_text())
+    del d["engine"]
+    side.write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="describes no TensorRT engine"):
+        Detector(engine)
+    assert "is a folder" in str(pytest.raises(ModelFileError, Detector, engine.parent, backend="tensorrt").value)
+
+
+def test_two_threads_on_one_detector_each_get_their_own_frames(model, monkeypatch):
+    """The pinned input buffer is filled under the backend's lock: concurrent Detector.batch() calls on one
+    TensorRT detector cannot overwrite each other's frames."""
+    trt = _install(monkeypatch)
+    _, engine = _build(model, "--fp16", "--maxShapes=frames:2x64x128x3")
+    det, ref = Detector(engine), Detector(model.with_name("model.fp16.onnx"))
+    inputs = {k: _frames(2, seed=10 * k) for k in range(2)}
+    want = {k: [r.score for r in ref.batch(f)] for k, f in inputs.items()}
+    original = trt.cuda.to_device
+    gate = threading.Barrier(2, timeout=5)
+
+    def slow_copy(dst, src, stream):  # both threads reach the copy at once if nothing serialises them
+        try:
+            gate.wait(0.2)
+        except threading.BrokenBarrierError:
+            pass
+        original(dst, src, stream)
+
+    trt.cuda.to_device = slow_copy
+    got, errors = {}, []
+
+    def worker(k):
+        try:
+            for _ in range(5):
+                got.setdefault(k, []).append([r.score for r in det.batch(inputs[k])])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    for k in inputs:
+        assert all(scores == pytest.approx(want[k], abs=1e-4) for scores in got[k])
+
+
+def test_close_releases_context_stream_and_buffers_and_the_detector_is_a_context_manager(model, monkeypatch):
+    trt = _install(monkeypatch)
+    _, engine = _build(model, "--fp16", "--maxShapes=frames:2x64x128x3")
+    with Detector(engine) as det:
+        assert np.isfinite(det(_frames(1)[0]).score) and trt.cuda.memory and trt.cuda.streams
+    assert det.backend.context is None and not trt.cuda.memory and not trt.cuda.streams
+    with pytest.raises(RuntimeError, match="is closed"):
+        det(_frames(1)[0])
+    det.close()  # idempotent
+    onnx_det = Detector(model)
+    onnx_det.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        onnx_det(_frames(1)[0])
+
+
+def test_replicas_share_the_engine_with_a_context_each_and_the_stream_closes_them(model, monkeypatch, exported_model):
+    trt = _install(monkeypatch)
+    _, engine = _build(model, "--fp16", "--maxShapes=frames:2x64x128x3")
+    det = Detector(engine)
+    assert det.preferred_workers() == 1
+    twins = det.replicas(2)
+    assert all(t.backend.engine is det.backend.engine and t.backend.context is not det.backend.context
+               for t in twins)
+    for t in twins:
+        t.close()
+    with Stream(det, _frames(6), infer_workers=2, batch_size=2) as stream:
+        records = list(stream)
+        replicas = list(stream._replicas)
+    ref = Detector(model.with_name("model.fp16.onnx"))
+    assert [r.status for r in records] == ["ok"] * 6
+    assert [r.score for r in records] == pytest.approx([ref(f).score for f in _frames(6)], rel=1e-5, abs=1e-4)
+    assert len(replicas) == 2 and all(r.backend.context is None for r in replicas)
+    assert det.backend.context is not None  # the caller's detector stays open
+    del trt, exported_model

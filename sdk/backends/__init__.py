@@ -35,7 +35,12 @@ class Backend(Protocol):
         """load_backend options for each of `workers` parallel sessions (e.g. threads)."""
         ...
 
-    # optional: input_buffer(name, batch) -> a host array the caller may fill in place before run(), or None
+    def close(self) -> None:
+        """Release the session and its memory (idempotent); run() fails afterwards."""
+        ...
+
+    # optional: filled_input(name, batch), a context manager holding the backend's lock that yields a host
+    # array the caller fills in place before calling run() inside it (or None when the batch does not fit)
 
 
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}

@@ -24,6 +24,9 @@ class OnnxRuntimeBackend:
             raise ImportError("the ONNX backend needs onnxruntime: pip install onnxruntime "
                               "(onnxruntime-gpu on a CUDA machine)") from exc
         path = Path(path)
+        if path.is_dir():
+            raise ModelFileError(f"model path {path} is a folder: give the model file inside it "
+                                 f"(e.g. {path / 'model.onnx'})")
         if not path.is_file():
             raise ModelFileError(f"model file {path} does not exist: export one with `cfrg export model.pt -o {path}`")
         available = ort.get_available_providers()
@@ -64,6 +67,8 @@ class OnnxRuntimeBackend:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise RuntimeError("this ONNX Runtime backend is closed")
         outputs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs))
 
@@ -76,3 +81,6 @@ class OnnxRuntimeBackend:
         if self.providers != [CPU]:
             return {"providers": list(self.providers)}
         return {"providers": [CPU], "threads": max(1, (os.cpu_count() or 1) // max(1, workers))}
+
+    def close(self) -> None:
+        self.session = None  # ONNX Runtime frees the session with its last reference

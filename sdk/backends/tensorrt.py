@@ -9,8 +9,8 @@ engine built elsewhere is refused with a message instead of TensorRT aborting.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import json
 import threading
 from pathlib import Path
 
@@ -177,28 +177,38 @@ class Buffer:
             self.host = None
 
 
-def _check_engine_description(path: Path, trt, cuda) -> None:
-    """Refuse an engine built for another TensorRT or GPU before TensorRT sees it (it would abort)."""
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return  # ModelInfo.read says what is missing
-    try:
-        engine = json.loads(side.read_text(encoding="utf-8")).get("engine", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return
-    built, here = engine.get("tensorrt"), trt.__version__
-    if built and built.split(".")[:2] != here.split(".")[:2]:
-        raise ModelFileError(f"{path} was built with TensorRT {built}, this machine has {here}; engines do not move "
-                             f"between TensorRT versions: rebuild it here with `cfrg build --onnx model.onnx ...`")
-    want = engine.get("compute_capability")
-    if want:
+def _check_engine_here(path: Path, spec, trt, cuda) -> None:
+    """Refuse an engine built for another TensorRT build or GPU before TensorRT sees it (it would fail with a
+    generic error or abort). A plan runs only on the TensorRT build that made it, unless it was built
+    version-compatible (then on that build or a later one of the same major); and on the GPU model it was
+    built for."""
+    built, here = spec.tensorrt, trt.__version__
+    if spec.version_compatible:
+        ok = _version(built)[0] == _version(here)[0] and _version(here) >= _version(built)
+        rule = f"a version-compatible plan runs on TensorRT {built} or a later {_version(built)[0]}.x"
+    else:
+        ok = built == here
+        rule = "a plan runs only on the TensorRT build that made it (unless built with --versionCompatible)"
+    if not ok:
+        raise ModelFileError(f"{path} was built with TensorRT {built}, this machine has {here}: {rule}; rebuild it "
+                             f"here with `cfrg build --onnx model.onnx ...`")
+    if spec.compute_capability:
         have = cuda.device()
-        if have.get("compute_capability") != want:
-            raise ModelFileError(f"{path} was built for a GPU of compute capability {want} ({engine.get('gpu')}), this "
-                                 f"one is {have.get('compute_capability')} ({have.get('gpu')}): rebuild it here")
+        if have.get("compute_capability") != spec.compute_capability:
+            raise ModelFileError(f"{path} was built for a GPU of compute capability {spec.compute_capability} "
+                                 f"({spec.gpu}), this one is {have.get('compute_capability')} ({have.get('gpu')}): "
+                                 f"rebuild it here")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 class TensorRTBackend:
+    """One execution context, CUDA stream and set of pinned/device buffers; the engine shared with replicas.
+    Batches shorter than the profile's minimum are padded up to it (the extra rows are dropped), longer than
+    its maximum refused. Closed by close() (or Detector.close(), or `with Detector(...)`)."""
+
     name = "tensorrt"
 
     def __init__(self, path: str | Path, cuda: str = "auto", shared: "TensorRTBackend | None" = None):
@@ -206,33 +216,56 @@ class TensorRTBackend:
             import tensorrt as trt
         except ImportError as exc:
             raise ImportError(INSTALL) from exc
+        from ..model_info import ModelInfo
+
         self.trt, self.path = trt, Path(path)
+        if self.path.is_dir():
+            raise ModelFileError(f"engine path {self.path} is a folder: give the engine file inside it "
+                                 f"(e.g. {self.path / 'model.engine'})")
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist: build one with "
                                  f"`cfrg build --onnx model.onnx --saveEngine={self.path}`")
+        self.spec = ModelInfo.read(self.path).engine_spec(self.path)
+        self.buffers, self.context, self.stream = {}, None, None
+        self._lock = threading.RLock()
         self.cuda = shared.cuda if shared is not None else cuda_runtime(cuda)
         if shared is not None:
             self.runtime, self.engine = shared.runtime, shared.engine
         else:
-            _check_engine_description(self.path, trt, self.cuda)
+            _check_engine_here(self.path, self.spec, trt, self.cuda)
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            if self.spec.dla_core is not None:  # before deserializing: the engine runs on that core
+                self.runtime.DLA_core = self.spec.dla_core
+            if self.spec.version_compatible:  # the plan carries its own lean runtime
+                self.runtime.engine_host_code_allowed = True
             self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
-                raise ModelFileError(f"{self.path} is not an engine this TensorRT ({trt.__version__}) can load; "
-                                     f"rebuild it with `cfrg build`")
-        self.context = self.engine.create_execution_context()
+                raise ModelFileError(f"{self.path} is not an engine this TensorRT ({trt.__version__}) can load "
+                                     f"(another TensorRT build or GPU, or a damaged file); rebuild it with `cfrg build`")
+        try:
+            self._open(trt)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, trt) -> None:
+        engine = self.engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise ModelFileError(f"TensorRT could not create an execution context for {self.path.name} (out of GPU "
+                                 f"memory?); close other detectors or use a smaller --maxShapes")
         self.stream = self.cuda.stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = trt.TensorIOMode.INPUT
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == inputs]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != inputs]
-        self.max_batch = max(int(self.engine.get_tensor_profile_shape(n, 0)[2][0]) for n in self.input_names)
-        self.buffers = {}
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == inputs]
+        self.output_names = [n for n in names if engine.get_tensor_mode(n) != inputs]
+        profiles = {n: engine.get_tensor_profile_shape(n, 0) for n in self.input_names}  # (min, opt, max)
+        self.min_batch = max(int(p[0][0]) for p in profiles.values())
+        self.max_batch = min(int(p[2][0]) for p in profiles.values())
         for n in names:
-            shape = tuple(self.engine.get_tensor_shape(n))
-            self.buffers[n] = Buffer(self.cuda, (self.max_batch, *shape[1:]), trt.nptype(self.engine.get_tensor_dtype(n)))
+            shape = tuple(engine.get_tensor_shape(n))
+            self.buffers[n] = Buffer(self.cuda, (self.max_batch, *shape[1:]), trt.nptype(engine.get_tensor_dtype(n)))
             self.context.set_tensor_address(n, self.buffers[n].address)
-        self._lock = threading.Lock()
 
     def input_shape(self, name: str) -> tuple:
         return tuple(self.engine.get_tensor_shape(name))
@@ -240,34 +273,48 @@ class TensorRTBackend:
     def metadata(self) -> dict[str, str]:
         return {}  # the description lies beside the engine (model.json)
 
+    def _check_open(self) -> None:
+        if self.context is None:
+            raise RuntimeError(f"the TensorRT backend of {self.path.name} is closed")
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
+            self._check_open()
             n = None
             for name, array in feeds.items():
                 buf = self.buffers[name]
                 n = len(array)
                 if not 1 <= n <= self.max_batch:
-                    raise ValueError(f"batch of {n}: {self.path.name} was built for batches of 1 to {self.max_batch} "
+                    raise ValueError(f"batch of {n}: {self.path.name} was built for batches of up to {self.max_batch} "
                                      f"(cfrg build --maxShapes)")
                 if array.dtype != buf.dtype or array.shape[1:] != buf.shape[1:]:
                     raise ValueError(f"{name}: got {array.dtype} {array.shape}, the engine takes {buf.dtype} "
                                      f"(N, {', '.join(map(str, buf.shape[1:]))})")
                 if array.ctypes.data != buf.host.ctypes.data:  # filled in place by the caller: no copy
                     np.copyto(buf.host[:n], array)
-                self.context.set_input_shape(name, array.shape)
-                self.cuda.to_device(buf.device, buf.host[:n], self.stream)
+                rows = max(n, self.min_batch)
+                buf.host[n:rows] = buf.host[n - 1]  # up to the profile's minimum: repeat the last frame
+                shape = (rows, *array.shape[1:])
+                if not self.context.set_input_shape(name, shape):
+                    raise ValueError(f"{name}: TensorRT refused the shape {shape} for {self.path.name} (its profile "
+                                     f"takes batches of {self.min_batch} to {self.max_batch}); rebuild it with "
+                                     f"--minShapes/--maxShapes that cover it")
+                self.cuda.to_device(buf.device, buf.host[:rows], self.stream)
+            rows = max(n, self.min_batch)
             if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
-                raise RuntimeError(f"TensorRT could not run {self.path.name} on a batch of {n}")
+                raise RuntimeError(f"TensorRT could not run {self.path.name} on a batch of {rows}")
             for name in self.output_names:
-                self.cuda.to_host(self.buffers[name].host[:n], self.buffers[name].device, self.stream)
+                self.cuda.to_host(self.buffers[name].host[:rows], self.buffers[name].device, self.stream)
             self.cuda.synchronize(self.stream)
             return {name: self.buffers[name].host[:n].copy() for name in self.output_names}
 
-    def input_buffer(self, name: str, batch: int) -> np.ndarray | None:
-        """The pinned host buffer of an input, for a caller that fills it in place before run()."""
-        if not 1 <= batch <= self.max_batch:
-            return None
-        return self.buffers[name].host[:batch]
+    @contextlib.contextmanager
+    def filled_input(self, name: str, batch: int):
+        """The pinned host buffer of an input for a caller that fills it in place and then calls run(), under
+        this backend's lock (another thread cannot overwrite it meanwhile); None when the batch does not fit."""
+        with self._lock:
+            self._check_open()
+            yield self.buffers[name].host[:batch] if 1 <= batch <= self.max_batch else None
 
     def preferred_workers(self) -> int:
         return 1  # one GPU: more contexts seldom pay
@@ -276,6 +323,13 @@ class TensorRTBackend:
         return {"shared": self}
 
     def close(self) -> None:
-        for buf in self.buffers.values():
-            buf.free()
-        self.cuda.destroy(self.stream)
+        """Release the context, stream and buffers (and this backend's hold on the engine); idempotent."""
+        with self._lock:
+            self.context = None
+            for buf in self.buffers.values():
+                buf.free()
+            self.buffers = {}
+            if self.stream is not None:
+                self.cuda.destroy(self.stream)
+                self.stream = None
+            self.engine = self.runtime = None  # the engine goes when its last replica lets go of it
