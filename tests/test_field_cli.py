@@ -56,3 +56,17 @@ def test_factory_commands_without_torch_say_how_to_install_it(args, exported_mod
 def test_help_lists_every_command_without_torch():
     done = cfrg_without_torch("--help")
     assert done.returncode == 0 and all(c in done.stdout for c in ("train", "eval", "export", "run", "demo"))
+
+
+def test_build_dry_run_and_its_rule_check_run_without_torch(tmp_path, exported_model):
+    """cfrg build on a Jetson: the plan, TensorRT's rules and the FP16 graph need onnx, not PyTorch."""
+    import shutil
+
+    shutil.copy(exported_model[1], tmp_path / "model.onnx")
+    shutil.copy(exported_model[1].with_suffix(".json"), tmp_path / "model.json")
+    done = cfrg_without_torch("build", "--onnx", str(tmp_path / "model.onnx"), "--fp16", "--useDLACore=0",
+                              "--allowGPUFallback", "--tensorrt", "10.3", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "no violation of TensorRT's documented rules" in done.stdout and "run on the GPU, not DLA" in done.stdout
+    done = cfrg_without_torch("build", "--onnx", str(tmp_path / "model.onnx"), "--int8", "--dry-run", "--no-progress")
+    assert done.returncode == 0 and done.stdout.count("no violation") == 3, done.stderr
