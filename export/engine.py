@@ -593,7 +593,7 @@ def set_dynamic_ranges(network, scales: dict[str, float]) -> int:
 
 def build_progress(trt):
     """A trt.IProgressMonitor that shows TensorRT's build phases as progress bars."""
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
 
     class BuildProgress(trt.IProgressMonitor):
         def __init__(self):
@@ -601,7 +601,7 @@ def build_progress(trt):
             self.bars = {}
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=parent_phase is None,
+            self.bars[phase_name] = progress_bar(total=num_steps, desc=phase_name, leave=parent_phase is None,
                                          position=len(self.bars))
 
         def step_complete(self, phase_name, step):

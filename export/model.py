@@ -178,9 +178,9 @@ def greedy_coreset(x: torch.Tensor, k: int, proj_dim: int = 64, seed: int = 0,
     min_d = dist_to(int(chosen[0]))
     steps = range(1, k)
     if progress:
-        from tqdm import tqdm
+        from sdk.progress import progress_bar
 
-        steps = tqdm(steps, desc="memory coreset", unit="patch", leave=False, mininterval=0.5)
+        steps = progress_bar(steps, desc="memory coreset", unit="patch", leave=False, mininterval=0.5)
     for i in steps:
         j = int(min_d.argmax())
         chosen[i] = j
@@ -756,6 +756,9 @@ def save_checkpoint(model: CFRG, path, extra: dict | None = None) -> None:
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CFRG, dict]:
     """The model in a model.pt; ModelFileError (one line: the file, the problem, the fix) for a bad one."""
+    if os.path.isdir(path):
+        raise ModelFileError(f"checkpoint {path} is a folder: pass the model.pt inside it "
+                             f"({os.path.join(path, 'model.pt')})")
     if not os.path.isfile(path):
         raise ModelFileError(f"checkpoint {path} does not exist: train one with `cfrg train ... --out DIR` "
                              f"and pass DIR/model.pt")

@@ -147,12 +147,12 @@ class GoodFrames:
         self._batches = None
 
     def _iterate(self):
-        from tqdm import tqdm
+        from sdk.progress import progress_bar
 
         from sdk.data import read_image
         from sdk.evaluate import resize_for_model
 
-        for s in tqdm(range(0, len(self.files), self.batch), desc="calibrate", unit="batch",
+        for s in progress_bar(range(0, len(self.files), self.batch), desc="calibrate", unit="batch",
                       disable=not self.progress, leave=False):
             frames = np.stack([resize_for_model(read_image(p, self.colour_order), self.size)
                                for p in self.files[s:s + self.batch]])

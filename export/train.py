@@ -214,19 +214,49 @@ def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
     """Deterministic split: every k-th good image is held back (k = round(1 / fraction))."""
     if fraction <= 0:
         return list(range(n)), []
-    k = max(2, int(round(1 / fraction)))
-    held = [i for i in range(n) if i % k == k - 1]
-    if n - len(held) < 2:
+    train, held = _split(n, fraction)
+    if len(train) < MIN_FIT_IMAGES:
         raise ValueError(f"only {n} good training images: too few to hold back {fraction:.0%}; use --holdout 0")
-    return [i for i in range(n) if i % k != k - 1], held
+    return train, held
+
+
+MIN_FIT_IMAGES = 2  # the map's and the global branch's statistics need two good images to have a spread
+
+
+def minimum_training_images(holdout: float) -> int:
+    """The fewest good images that leave MIN_FIT_IMAGES to fit on and, with --holdout > 0, one held back."""
+    n = MIN_FIT_IMAGES
+    while True:
+        train, held = (list(range(n)), []) if holdout <= 0 else _split(n, holdout)
+        if len(train) >= MIN_FIT_IMAGES and (holdout <= 0 or held):
+            return n
+        n += 1
+
+
+def _split(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    k = max(2, int(round(1 / fraction)))
+    return [i for i in range(n) if i % k != k - 1], [i for i in range(n) if i % k == k - 1]
+
+
+def check_training_size(n: int, holdout: float, folder) -> None:
+    """Refuse, before any work, a training set too small for every step after it (statistics, thresholds)."""
+    need = minimum_training_images(holdout)
+    if n < need:
+        from sdk.data import DatasetError
+
+        held = "" if holdout <= 0 else f", and one in {max(2, int(round(1 / holdout)))} held back for the thresholds"
+        raise DatasetError(f"{folder} holds {n} good image(s); training needs at least {need} ({MIN_FIT_IMAGES} to "
+                           f"fit the statistics on{held}): add good images" + (
+                               "" if holdout <= 0 else f", or use --holdout 0 with {MIN_FIT_IMAGES} (the export "
+                                                       f"then needs --calib-dir with good images)"))
 
 
 def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool,
                       index: Sequence[int] | None = None) -> np.ndarray:
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
     index = range(len(dataset)) if index is None else index
     imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
-            for i in tqdm(index, desc="load train", unit="img", disable=not progress, leave=False)]
+            for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False)]
     return np.stack(imgs)
 
 
@@ -243,12 +273,12 @@ def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torc
 def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
                   batch: int = 16) -> int:
     """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
 
     if model.config.map_normalisation != "position":
         return 0
     index = np.array(spread_indices(len(images), limit))
-    bar = tqdm(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(index), desc="map statistics", unit="img", disable=not progress, leave=False)
 
     def batches():
         for s in range(0, len(index), batch):
@@ -271,7 +301,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     else the training images with each image's own patches left out of its nearest-neighbour search.
     The global branch (if any) is fitted on all the training images and z-scored on the same held-out
     ones (else cross-fitted on the training images). Run after calibrate_map. Returns the images in the bank."""
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
 
     memory = model.memory
     if memory is None:
@@ -282,7 +312,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     if cache is None:  # the same float16 features training caches, so a rebuilt memory equals the trained one
         cache = teacher_cache(model, images)
     embeddings = []
-    for s in tqdm(range(0, len(index), batch), desc="patch memory", unit="batch", disable=not progress,
+    for s in progress_bar(range(0, len(index), batch), desc="patch memory", unit="batch", disable=not progress,
                   leave=False):
         idx = torch.from_numpy(index[s:s + batch])
         embeddings.append(memory.embed([c[idx].float() for c in cache]).half())
@@ -295,7 +325,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     held_descriptors = [] if model.global_gaussian is not None and use_holdout else None  # global branch's z-scores
 
     def maps_and_distances():
-        for s in tqdm(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
+        for s in progress_bar(range(0, len(stat_images), batch), desc="memory statistics", unit="batch",
                       disable=not progress, leave=False):
             x = _to_tensor(stat_images[s:s + batch])
             t_feats = model.teacher_features(x)
@@ -329,7 +359,7 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
     the pixel map. `weight`: None keeps config.fine_weight (nothing to do at 0); "auto" takes auto_fine_weight of
     the fit's spread, and at 0 leaves the model without the branch. Returns {"images", "spread", "weight"} (None
     when there was nothing to fit)."""
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
 
     weight = model.config.fine_weight if weight is None else weight
     if weight != "auto" and not weight:
@@ -344,7 +374,7 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
     n = len(index)
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for s in tqdm(range(0, n, batch), desc="fine Gaussian", unit="batch", disable=not progress, leave=False):
+    for s in progress_bar(range(0, n, batch), desc="fine Gaussian", unit="batch", disable=not progress, leave=False):
         f = fine.features([c[index[s:s + batch]].float() for c in cache])
         f = f.permute(0, 2, 3, 1).reshape(len(f), -1, f.shape[1])  # (images, cells, D)
         per_image = min(f.shape[1], max(1, max_rows // n))
@@ -449,6 +479,7 @@ def open_datasets(args: TrainArgs) -> tuple[AnomalyDataset, AnomalyDataset | Non
     """Every option in range, the training images present and the output folder writable, before any work."""
     args.validate()
     train_set = AnomalyDataset(args.data, args.category, "train")
+    check_training_size(len(train_set), args.holdout, Path(args.data) / args.category / "train")
     test_set = None
     if args.eval_every or args.final_eval:
         try:
@@ -532,7 +563,7 @@ def write_run(args: TrainArgs, model: CFRG, train_set: AnomalyDataset, test_set:
 
 def train(args: TrainArgs) -> dict:
     """Train and write OUT/model.pt, OUT/config.json (and OUT/last.pt for resuming)."""
-    from tqdm import tqdm
+    from sdk.progress import progress_bar
 
     train_set, test_set = open_datasets(args)
     torch.manual_seed(args.seed)
@@ -571,7 +602,7 @@ def train(args: TrainArgs) -> dict:
     maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step,
                        flip=args.augment == "flip")
     teacher = fold_batchnorm(model.teacher)  # a third less time than model.teacher, the same features
-    bar = tqdm(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
+    bar = progress_bar(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total}% [{elapsed}<{remaining}{postfix}]")
     bar.update(100 * progress_fraction())
     next_eval = elapsed + args.eval_every * 60 if args.eval_every else math.inf

@@ -33,7 +33,7 @@ class Timing:
 def bench(paths, batch: int = 1, iterations: int = 100, duration: float = 0.0, warmup: int = 5, turn: int = 5,
           seed: int = 0, progress: bool = True) -> list[dict]:
     """Latency summaries of each model's inference on one batch (same frames for all), in turns."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     from .detector import Detector
 
@@ -44,7 +44,7 @@ def bench(paths, batch: int = 1, iterations: int = 100, duration: float = 0.0, w
     for det, frames in zip(detectors, batches):
         for _ in range(warmup):
             det.infer(frames)
-    bar = tqdm(total=iterations * len(paths), desc="bench", unit="batch", disable=not progress)
+    bar = progress_bar(total=iterations * len(paths), desc="bench", unit="batch", disable=not progress)
     start = time.perf_counter()
     while True:
         done = min(len(t.seconds) for t in timings)

@@ -88,11 +88,11 @@ def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progr
 
 def _predict(run, dataset: AnomalyDataset, batch_size: int, progress: bool, limit: int | None) -> Predictions:
     """Batches of RGB images of a split (all, or `limit` spread over it) through run(images) -> (maps, scores)."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     index = spread_indices(len(dataset), limit)
     maps, scores, shapes = [], [], []
-    bar = tqdm(total=len(index), desc="predict", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(index), desc="predict", unit="img", disable=not progress, leave=False)
     for start in range(0, len(index), batch_size):
         chunk = index[start:start + batch_size]
         images = [dataset.load_image(i, color="rgb") for i in chunk]
@@ -146,6 +146,26 @@ def evaluate(preds: Predictions, dataset: AnomalyDataset, fpr_limit: float = 0.3
     result["per_defect"] = per_defect
     result["n_images"] = len(preds.paths)
     result["n_good"] = len(good)
+    return undefined_as_null(result, n_good=len(good), n_defect=len(preds.paths) - len(good))
+
+
+def undefined_as_null(result: dict, n_good: int, n_defect: int) -> dict:
+    """Metrics that cannot be computed (NaN) become None, with the reason under "undefined": JSON has no NaN."""
+    reasons = {}
+    why = ("the split has no good images" if n_good == 0 else "the split has no defect images" if n_defect == 0
+           else "no defect pixel in the masks, or no good pixel")
+
+    def clean(d: dict, where: str) -> None:
+        for k in METRIC_KEYS:
+            if k in d and d[k] is not None and not np.isfinite(d[k]):
+                d[k] = None
+                reasons[f"{where}{k}"] = why
+
+    clean(result, "")
+    for t, m in result.get("per_defect", {}).items():
+        clean(m, f"{t}.")
+    if reasons:
+        result["undefined"] = reasons
     return result
 
 
@@ -154,7 +174,8 @@ def format_table(result: dict) -> str:
     rows = [head, "-" * len(head)]
 
     def row(name, n, m):
-        vals = "".join(f"{100 * m[k]:>{w}.1f}" for k, w in zip(METRIC_KEYS, (8, 9, 8, 8)))
+        vals = "".join(f"{'n/a':>{w}}" if m[k] is None else f"{100 * m[k]:>{w}.1f}"
+                       for k, w in zip(METRIC_KEYS, (8, 9, 8, 8)))
         return f"{name:<16}{n:>5}  {vals}"
 
     for t, m in result.get("per_defect", {}).items():
