@@ -14,15 +14,20 @@ Factory commands need PyTorch (pip install 'cfrg-inspect[train]') and load it on
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from .values import checked_type, number, whole
+from .values import INT64_MAX, checked_type, number, whole
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo"  # package data: found from any install
+DEMO_DATA = Path(__file__).resolve().parent / "demo"
+MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server  # package data: found from any install
 FACTORY_INSTALL = "pip install 'cfrg-inspect[train]' (or pip install torch==2.13.0 and the package's [train] extras)"
 
 
@@ -86,6 +91,12 @@ def cmd_eval(ns) -> int:
         det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))
         predict, size = (det if ns.tile else det.predictor()), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
+    if not any(smp.label for smp in test.samples):
+        from .data import DatasetError
+
+        raise DatasetError(f"{Path(ns.data) / ns.category / 'test'} holds {len(test)} good images and no defect images: "
+                           f"I-AUROC, P-AUROC, AUPRO and AP need both; add defect images with their masks, or use "
+                           f"`cfrg run` for verdicts on good parts")
     for output in ([Path(ns.json).parent] if ns.json else []) + ([Path(ns.save_maps)] if ns.save_maps else []):
         check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
@@ -98,6 +109,8 @@ def cmd_eval(ns) -> int:
         result["tiling"] = {"overlap": ns.tile_overlap, "scale": ns.tile_scale or "short side fits the model",
                             "tile": list(size)}
     print(format_table(result))
+    for name, why in result.get("undefined", {}).items():
+        print(f"  {name}: not defined ({why}); written as null")
     if ns.json:
         write_json(ns.json, result)
         print(f"wrote {ns.json}")
@@ -133,6 +146,8 @@ def cmd_build(ns) -> int:
     from .model_info import ModelInfo
 
     onnx_path = Path(ns.onnx)
+    if onnx_path.is_dir():
+        raise ModelFileError(f"--onnx={onnx_path} is a folder: give the model.onnx inside it")
     if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
         raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
     options = engine.BuildOptions(
@@ -199,8 +214,11 @@ def cmd_build(ns) -> int:
     builder = engine.TensorRTBuilder(trt, options, info, progress=ns.progress,
                                      warn=lambda text: print(text, file=sys.stderr))
     data, extra = builder.build()
+    import hashlib
+
+    description = engine.engine_description(info, options, trt, {**extra, "plan_sha256": hashlib.sha256(data).hexdigest()})
     atomic_write(options.engine, data)
-    engine.engine_description(info, options, trt, extra).write_beside(options.engine)
+    description.write_beside(options.engine)
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
           f"{options.engine.with_suffix('.json').name}")
     return 0
@@ -286,47 +304,93 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                infer_workers="auto", tiling: dict | None = None) -> dict:
     """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
 
-    The model and the source are opened and the outputs checked before anything is written: a run that
-    cannot start leaves an earlier run's outputs as they were."""
-    from tqdm import tqdm
-
+    The outputs form one unit (sdk.run_unit): written into OUT.incomplete and swapped in for OUT when the run
+    is complete. The model and the source are opened and the output folder checked before anything is written.
+    A write failure stops the run (OSError naming the path; exit 6); an interruption says where the complete and
+    the incomplete results are."""
     from .detector import Detector
-    from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
+    from .model_info import file_sha256
+    from .progress import progress_bar
+    from .run_unit import RunUnit
+    from .sinks import JsonlSink, MaskSink, OverlaySink, StopOnWriteError, VideoSink
     from .sources import open_source
     from .stream import Stream
 
     det = Detector(model, threshold=threshold, min_area=min_area, **(tiling or {}))
+    unit = None
+    if out is not None:
+        unit = RunUnit(out, {"model": str(Path(model).resolve()), "model_sha256": file_sha256(model),
+                             "precision": det.info.precision, "source": str(source),
+                             "threshold": {"option": threshold, "image": det.image_threshold,
+                                           "pixel": det.pixel_threshold},
+                             "min_area": min_area, "tiling": tiling or None})
+        unit.check()
     stream_source = open_source(source) if isinstance(source, (str, int, Path)) else source
-    sinks = []
+    sinks, failures = [], []
     try:
-        if out is not None:
-            sinks.append(JsonlSink(out / "verdicts.jsonl"))
+        if unit is not None:
+            for note in unit.notes:
+                print(note, file=sys.stderr)
+            folder = unit.open()
+            sinks.append(JsonlSink(folder / "verdicts.jsonl", append=True))
             if masks:
-                sinks.append(MaskSink(out / "masks"))
+                sinks.append(MaskSink(folder / "masks", in_place=True))
             if overlays:
-                sinks.append(OverlaySink(out / "overlays"))
+                sinks.append(OverlaySink(folder / "overlays", in_place=True))
             if video:
-                sinks.append(VideoSink(out / video, fps=10))
-        stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks,
-                        infer_workers=infer_workers, max_frames=limit)
-    except BaseException:
+                sinks.append(VideoSink(folder / video, fps=10, in_place=True))
+        stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop,
+                        sinks=[StopOnWriteError(sink, failures) for sink in sinks], infer_workers=infer_workers,
+                        max_frames=limit)
+    except BaseException as exc:
         for sink in sinks:
             sink.discard()
         getattr(stream_source, "close", lambda: None)()
+        if unit is not None and unit.state is not None:
+            unit.abandon(f"could not start: {exc}")
         raise
     counts = {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
-    bar = tqdm(desc="run", unit="frame", disable=not progress, total=limit)
-    with stream:
-        for n, rec in enumerate(stream, 1):
-            key = rec.verdict if rec.status == "ok" else rec.status
-            counts[key] = counts.get(key, 0) + 1
-            bar.update(1)
-            if n % 10 == 0:
-                bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"], errors=counts["error"])
-    bar.close()
-    stats = stream.stats()
-    stats["verdicts"] = counts
+    bar = progress_bar(desc="run", unit="frame", disable=not progress, total=limit)
+    try:
+        with stream:
+            for n, rec in enumerate(stream, 1):
+                key = rec.verdict if rec.status == "ok" else rec.status
+                counts[key] = counts.get(key, 0) + 1
+                bar.update(1)
+                if n % 10 == 0:
+                    bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"],
+                                    errors=counts["error"])
+                if failures:
+                    break
+        bar.close()
+        stats = stream.stats()
+        stats["verdicts"] = counts
+        if failures:
+            path, exc = failures[0]
+            raise OutputWriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc} (after {stats['frames']} "
+                                   f"frames); free space or fix the folder's permissions, or give another --out"
+                                   + (f"; {unit.abandon(f'write failed: {exc}', {'verdicts': counts})}" if unit else ""))
+        if unit is not None:
+            unit.complete({"frames": stats["frames"], "verdicts": counts})
+    except KeyboardInterrupt as exc:
+        bar.close()
+        why = str(exc) or ("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C")
+        where = unit.abandon(f"interrupted ({why})", {"verdicts": counts}) if unit else ""
+        raise type(exc)(why + (f"; {where}" if where else "")) from None
+    except OutputWriteError:
+        raise
+    except BaseException as exc:
+        if unit is not None:
+            print(unit.abandon(f"failed: {type(exc).__name__}: {exc}", {"verdicts": counts}), file=sys.stderr)
+        raise
     return stats
+
+
+class OutputWriteError(OSError):
+    """An output could not be written mid-run (exit code 6); the message names the path, the cause, the fix."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def cmd_run(ns) -> int:
@@ -344,8 +408,9 @@ def cmd_run(ns) -> int:
     print(f"{stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors, "
           f"{v['dropped']} dropped; {stats['fps']:.1f} frames/s end to end")
     if out is not None:
-        print(f"wrote {out / 'verdicts.jsonl'}" + ("" if ns.no_masks else f", {out / 'masks'}")
-              + ("" if ns.no_overlays else f", {out / 'overlays'}"))
+        print(f"wrote {out}: verdicts.jsonl" + ("" if ns.no_masks else ", masks/")
+              + ("" if ns.no_overlays else ", overlays/") + (f", {ns.video}" if ns.video else "")
+              + f", RUN.json (complete; {stats['frames']} records)")
     return 0 if v["error"] == 0 else EXIT_FRAME_ERRORS
 
 
@@ -360,9 +425,9 @@ def _tile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action="store_true",
                    help="tiled inference for frames much larger than the model input (line-scan strips): "
                         "overlapping tiles of the model's size, maps stitched, the highest tile score")
-    p.add_argument("--tile-overlap", type=checked_type(int, whole(0)), default=32,
+    p.add_argument("--tile-overlap", type=checked_type(int, whole(0, 4096)), default=32,
                    help="overlap of neighbouring tiles in model pixels (default 32)")
-    p.add_argument("--tile-scale", type=checked_type(float, number(0, low_open=True)),
+    p.add_argument("--tile-scale", type=checked_type(float, number(0, 64, low_open=True, high_open=False)),
                    help="model pixels per frame pixel (default: the frame's short side fits the model's)")
 
 
@@ -424,14 +489,25 @@ def cmd_demo(ns) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line refusal (its usage only with --help, or with --debug)."""
+
+    verbose_errors = False
+
+    def error(self, message: str):
+        if self.verbose_errors:
+            super().error(message)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     options = _options()
-    parser = argparse.ArgumentParser(prog="cfrg", description="CFRG visual anomaly detection",
+    parser = OneLineParser(prog="cfrg", description="CFRG visual anomaly detection",
                                      epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
                                             "3 bad data or source; 4 bad model file; 5 missing dependency; "
                                             "6 output not writable; 7 not in this release; 8 no engine built (no TensorRT); "
                                             "130 interrupted")
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -449,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True)
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--save-maps", help="folder for anomaly-map overlays beside the ground truth")
-    p.add_argument("--batch-size", type=checked_type(int, whole(1)), default=8)
+    p.add_argument("--batch-size", type=checked_type(int, whole(1, MAX_BATCH)), default=8)
     p.add_argument("--fpr-limit", type=checked_type(float, number(0, 1, low_open=True, high_open=False)),
                    default=0.3, help="AUPRO integration limit (default 0.3)")
     options.add_eval_options(p)
@@ -474,10 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing)")
     p.add_argument("--threshold", type=_threshold_arg, default="default",
                    help="default, good_only, f1 or a raw score")
-    p.add_argument("--min-area", type=checked_type(int, whole(0)), default=0,
+    p.add_argument("--min-area", type=checked_type(int, whole(0, INT64_MAX)), default=0,
                    help="smallest region in frame pixels (default 0)")
-    p.add_argument("--batch-size", type=checked_type(int, whole(1)), default=1)
-    p.add_argument("--queue-size", type=checked_type(int, whole(1)), default=4)
+    p.add_argument("--batch-size", type=checked_type(int, whole(1, MAX_BATCH)), default=1)
+    p.add_argument("--queue-size", type=checked_type(int, whole(1, MAX_BATCH)), default=4)
     p.add_argument("--infer-workers", type=workers_arg, default="auto",
                    help="parallel inference sessions: auto (what the backend suits: 2 on a multi-core CPU) or N")
     p.add_argument("--drop", choices=["none", "oldest"], default="none",
@@ -485,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", help="also write an annotated video with this file name into --out")
     p.add_argument("--no-masks", action="store_true")
     p.add_argument("--no-overlays", action="store_true")
-    p.add_argument("--max-frames", type=checked_type(int, whole(1)), help="stop after N frames")
+    p.add_argument("--max-frames", type=checked_type(int, whole(1, INT64_MAX)), help="stop after N frames")
     _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_run)
@@ -526,11 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", help="inference latency percentiles and throughput of one or more models (any backend)")
     p.add_argument("--model", action="append", required=True,
                    help="model.onnx or model.engine; repeat to compare in one run (the first is the baseline)")
-    p.add_argument("--batch", type=checked_type(int, whole(1)), default=1)
-    p.add_argument("--iterations", type=checked_type(int, whole(1)), default=100, help="batches per model")
+    p.add_argument("--batch", type=checked_type(int, whole(1, MAX_BATCH)), default=1)
+    p.add_argument("--iterations", type=checked_type(int, whole(1, 10**9)), default=100, help="batches per model")
     p.add_argument("--duration", type=checked_type(float, number(0)), default=0.0,
                    help="seconds per model at most (0: only --iterations)")
-    p.add_argument("--warmup", type=checked_type(int, whole(0)), default=5, help="batches before timing")
+    p.add_argument("--warmup", type=checked_type(int, whole(0, 10**9)), default=5, help="batches before timing")
     p.add_argument("--json", help="also write the figures here")
     _no_progress(p)
     p.set_defaults(func=cmd_bench)
@@ -568,7 +644,8 @@ EXIT_MISSING = 5  # a dependency is not installed (e.g. PyTorch for the factory 
 EXIT_OUTPUT = 6  # an output cannot be written
 EXIT_UNSUPPORTED = 7  # not available in this release
 EXIT_NO_ENGINE = 8  # cfrg build prepared the precision graph, but TensorRT is not installed: no engine
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C and SIGTERM alike
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def exit_code(exc: BaseException) -> int | None:
@@ -586,9 +663,34 @@ def exit_code(exc: BaseException) -> int | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the same clean-up, one line, exit code 130."""
+
+
+_SIGNALLED: list[str] = []  # a library that catches broadly may turn the interrupt into its own error
+
+
+def _terminate(signum, frame) -> None:
+    _SIGNALLED.append("SIGTERM")
+    raise Terminated("SIGTERM")
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """OpenCV's and FFmpeg's own warnings stay out of the terminal unless --debug (set before cv2 loads)."""
+    if not debug:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+
 def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    OneLineParser.verbose_errors = debug
+    _quiet_libraries(debug)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
-    ns, unknown = parser.parse_known_args(argv)
+    ns, unknown = parser.parse_known_args(args)
     if unknown:
         if ns.command == "build":
             print(f"cfrg build: error: unknown option {unknown[0]} (trtexec spellings: --onnx, --saveEngine, --fp16, "
@@ -596,17 +698,26 @@ def main(argv=None) -> int:
                   f"--timingCacheFile, --builderOptimizationLevel, --useDLACore, --allowGPUFallback, --versionCompatible, "
                   f"--verbose, --dry-run, --tensorrt; see cfrg build --help)", file=sys.stderr)
             return EXIT_USAGE
-        parser.parse_args(argv)  # argparse's own error for the other commands
+        parser.parse_args(args)  # argparse's own error for the other commands
     try:
         return ns.func(ns)
     except KeyboardInterrupt as exc:
-        print(f"cfrg {ns.command}: interrupted" + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
+        if ns.debug:
+            raise
+        why = str(exc) or ("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C")
+        print(f"cfrg {ns.command}: interrupted ({why})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # expected failures: one line that names the problem and the fix
+        if _SIGNALLED and not ns.debug:  # e.g. SIGTERM inside an import that re-raised it as ImportError
+            print(f"cfrg {ns.command}: interrupted ({_SIGNALLED[0]})", file=sys.stderr)
+            return EXIT_INTERRUPTED
         code = exit_code(exc)
         if code is None or ns.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError) and exc.errno in WRITE_ERRNOS:
+            message = (f"{exc.filename or 'an output'}: {exc.strerror}; free space, fix the permissions or choose "
+                       f"another path")
         print(f"cfrg {ns.command}: error: {message}", file=sys.stderr)
         return code
 

@@ -18,7 +18,11 @@ from .native import check_color, check_frame
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
 from .tiling import make_tiles, stitch
-from .values import number, optional, whole
+from .values import INT64_MAX, number, optional, whole
+
+
+MIN_TILE_SIDE = 32  # the teacher's coarsest stride: a smaller frame has no feature left
+MAX_TILED_PIXELS = 1 << 28  # a scaled frame beyond this would not fit in memory as tiles
 
 
 @dataclass
@@ -86,8 +90,8 @@ class Detector:
         self.input_name = self.info.input.name
         self.size = (self.info.input.height, self.info.input.width)
         self.model_colour = self.info.input.colour_order.lower()
-        if whole(0)(_python_int(min_area)):
-            raise ValueError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
+        if whole(0, INT64_MAX)(_python_int(min_area)):
+            raise ValueError(f"min_area must be a whole number of pixels from 0 to {INT64_MAX}, got {min_area!r}")
         self.min_area = int(min_area)
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
         self.tiling = bool(tiling)
@@ -141,6 +145,14 @@ class Detector:
         for frame in frames:
             scale = self._scale_for(frame.shape[:2])
             scaled_hw = (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale)))
+            h, w = frame.shape[:2]
+            if min(scaled_hw) < MIN_TILE_SIDE:
+                raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled_hw[1]}x{scaled_hw[0]} model "
+                                 f"pixels; the model needs at least {MIN_TILE_SIDE} a side (its coarsest stride): give "
+                                 f"a scale of at least {MIN_TILE_SIDE / min(h, w):.4g}, or leave it out")
+            if scaled_hw[0] * scaled_hw[1] > MAX_TILED_PIXELS:
+                raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled_hw[1]}x{scaled_hw[0]} model "
+                                 f"pixels, more than {MAX_TILED_PIXELS} to tile: give a smaller scale")
             scaled = np.empty((1, *scaled_hw, 3), np.uint8)
             preprocess(frame, scaled, index=0, color_in=self.color, color_out=self.model_colour)
             frame_tiles, origins = make_tiles(scaled[0], self.size, self.tile_overlap)

@@ -173,6 +173,7 @@ class EngineSpec:
     compute_capability: str | None = None
     dla_core: int | None = None  # the DLA core the runtime must select before deserializing
     shapes: dict = field(default_factory=dict)  # min / opt / max of the input
+    plan_sha256: str | None = None  # the plan this description was written for
 
     @classmethod
     def from_dict(cls, d: dict) -> "EngineSpec":
@@ -183,7 +184,7 @@ class EngineSpec:
         return cls(tensorrt=version, version_compatible=bool(d.get("version_compatible", False)), gpu=d.get("gpu"),
                    compute_capability=d.get("compute_capability"),
                    dla_core=None if dla is None else _int(dla, "'engine.dla_core'", low=0),
-                   shapes=dict(d.get("shapes") or {}))
+                   shapes=dict(d.get("shapes") or {}), plan_sha256=d.get("plan_sha256"))
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,28 @@ class ModelInfo:
         info = cls.from_dict(d, source)
         if backend is not None:
             info.check_graph(backend, model_path, side)
+            info.check_metadata(backend, model_path, side)
         return info
+
+    def check_metadata(self, backend, model_path, side) -> None:
+        """model.json and the description inside the graph come from the same export (a crash between the two
+        writes, or a model.json copied from another export, would pair a graph with another's thresholds)."""
+        if not Path(side).is_file():
+            return
+        inner = backend.metadata().get(METADATA_KEY)
+        if inner is None:
+            return
+        try:
+            theirs = json.loads(inner).get("provenance", {})
+        except (json.JSONDecodeError, AttributeError):
+            return
+        ours = dataclasses.asdict(self.provenance)
+        if ours.get("created") is None and ours.get("source_sha256") is None:
+            return  # a cfrg-model-1 description (before provenance): nothing to compare
+        if any(theirs.get(k) != ours.get(k) for k in ("source_sha256", "created")):
+            raise ModelFileError(f"{side} belongs to another export than {Path(model_path).name} (its description "
+                                 f"inside was created {theirs.get('created')}, {Path(side).name} {ours.get('created')}): "
+                                 f"re-export the model, or remove {Path(side).name} to use the one inside")
 
     def check_graph(self, backend, model_path: str | os.PathLike, side: str | os.PathLike | None = None) -> None:
         """The graph's input and outputs are the ones described."""

@@ -193,9 +193,24 @@ def _check_overlay_options(alpha: Any, map_range: Any) -> tuple[float, tuple[flo
     return float(alpha), (lo, hi)
 
 
+def _write_png_in_place(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{path}: cannot encode a {image.dtype} {image.shape} image as PNG")
+    try:
+        with open(path, "wb") as f:
+            f.write(buf.tobytes())
+    except OSError as exc:  # name the file: a failed write() does not
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
 class _ImageDirSink(Sink):
-    def __init__(self, directory: str | os.PathLike, pattern: str):
+    """in_place=True writes each PNG straight to its name (inside a run unit, sdk.run_unit, which says itself
+    whether it is whole); else through a temporary file and a rename."""
+
+    def __init__(self, directory: str | os.PathLike, pattern: str, in_place: bool = False):
         super().__init__()
+        self.write_image = _write_png_in_place if in_place else write_png
         self.directory = Path(directory)
         check_output_folder(self.directory)  # created at the first write: a failed run leaves no empty folder
         self._made = False
@@ -223,8 +238,9 @@ class _ImageDirSink(Sink):
 class MaskSink(_ImageDirSink):
     """One PNG per ok record: the binary mask as 0/255 uint8 at frame resolution."""
 
-    def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_mask.png"):
-        super().__init__(directory, pattern)
+    def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_mask.png", *,
+                 in_place: bool = False):
+        super().__init__(directory, pattern, in_place)
 
     def write(self, record: Any) -> None:
         self._check_open()
@@ -232,7 +248,7 @@ class MaskSink(_ImageDirSink):
             self.skipped += 1
             return
         mask = np.asarray(record.result.mask)
-        write_png(self.path_for(record), np.where(mask.reshape(mask.shape[:2]) > 0, 255, 0).astype(np.uint8))
+        self.write_image(self.path_for(record), np.where(mask.reshape(mask.shape[:2]) > 0, 255, 0).astype(np.uint8))
         self.written += 1
 
 
@@ -243,8 +259,9 @@ class OverlaySink(_ImageDirSink):
     """
 
     def __init__(self, directory: str | os.PathLike, pattern: str = "{frame_id:06d}_overlay.png", *,
-                 alpha: float = 0.45, map_range: Sequence[float] | None = None, only_defects: bool = False):
-        super().__init__(directory, pattern)
+                 alpha: float = 0.45, map_range: Sequence[float] | None = None, only_defects: bool = False,
+                 in_place: bool = False):
+        super().__init__(directory, pattern, in_place)
         self.alpha, self.map_range = _check_overlay_options(alpha, map_range)
         self.only_defects = only_defects
 
@@ -257,7 +274,7 @@ class OverlaySink(_ImageDirSink):
         if picture is None:  # dropped frames and source errors have no image
             self.skipped += 1
             return
-        write_png(self.path_for(record), picture)
+        self.write_image(self.path_for(record), picture)
         self.written += 1
 
 
@@ -316,7 +333,7 @@ class VideoSink(Sink):
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = 25.0, *, fourcc: str = "mp4v",
-                 alpha: float = 0.45, map_range: Sequence[float] | None = None):
+                 alpha: float = 0.45, map_range: Sequence[float] | None = None, in_place: bool = False):
         super().__init__()
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
@@ -327,7 +344,9 @@ class VideoSink(Sink):
         check_output_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.fourcc, self.alpha, self.map_range = float(fps), fourcc, alpha, map_range
-        self._tmp = temp_path_beside(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
+        self.in_place = in_place  # inside a run unit: written under its own name
+        self._tmp = self.path if in_place else temp_path_beside(self.path if self.path.suffix else
+                                                                self.path.with_suffix(".mp4"))
         self._writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None  # (width, height)
 
@@ -366,8 +385,38 @@ class VideoSink(Sink):
         if self._writer is not None:
             self._writer.release()
         if publish and self.written:
-            replace_with_temp(self._tmp, self.path)
+            if not self.in_place:
+                replace_with_temp(self._tmp, self.path)
             return
         self._tmp.unlink(missing_ok=True)
         if publish:
             log.warning("%s: no frame had an image; no video written", self.path)
+
+
+class StopOnWriteError:
+    """A sink whose first OSError (a full disk, EIO, a permission taken away mid-run) is kept in `failures`
+    instead of being logged by the stream frame after frame; the caller stops the run on it."""
+
+    def __init__(self, sink: Sink, failures: list):
+        self.sink, self.failures = sink, failures
+
+    def _path(self) -> str:
+        return str(getattr(self.sink, "live_path", None) or getattr(self.sink, "path", None)
+                   or getattr(self.sink, "directory", ""))
+
+    def write(self, record: Any) -> None:
+        if self.failures:
+            return
+        try:
+            self.sink.write(record)
+        except OSError as exc:
+            self.failures.append((exc.filename or self._path(), exc))
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except OSError as exc:
+            self.failures.append((exc.filename or self._path(), exc))
+
+    def discard(self) -> None:
+        self.sink.discard()

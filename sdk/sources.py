@@ -503,6 +503,18 @@ def _check_no_options(uri: str, opts: dict) -> None:
         raise TypeError(f"open_source({uri!r}): unknown option(s) {sorted(opts)} for this kind of source")
 
 
+def _distinct_files(paths: list[str]) -> list[str]:
+    """Each file once: a recursive glob through a symlinked folder (or a symlink loop) reaches the same file
+    under many names; the shortest name, then the first in sorted order, stands for it."""
+    seen, kept = set(), []
+    for p in sorted(paths, key=lambda q: (q.count(os.sep), q)):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            kept.append(p)
+    return sorted(kept)
+
+
 def open_source(uri: str | int | os.PathLike, **opts: Any) -> Source:
     """Open a frame source from a URI (see the module docstring).
 
@@ -571,7 +583,7 @@ def open_source(uri: str | int | os.PathLike, **opts: Any) -> Source:
             return ImageFilesSource(text, [text], loop=loop, color=color)
         return VideoFileSource(path, loop=loop, color=color)
     if _GLOB_CHARS.search(text):
-        files = sorted(p for p in globlib.glob(text, recursive=True) if is_image_file(p))
+        files = _distinct_files(sorted(p for p in globlib.glob(text, recursive=True) if is_image_file(p)))
         return ImageFilesSource(text, files, loop=loop, color=color)
     raise SourceError(
         f"{text!r}: no such file or folder, and not a source URI; use a camera index (0), /dev/videoN, "

@@ -11,10 +11,15 @@ from typing import Any, Callable, Optional
 Check = Callable[[Any], Optional[str]]  # the problem with a value, or None
 
 
-def whole(low: int) -> Check:
+INT64_MAX = 2**63 - 1  # what the C++ extension's int64 arguments (e.g. min_area) hold
+
+
+def whole(low: int, high: int | None = None) -> Check:
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            return f"give a whole number >= {low}"
+            return f"give a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
+        if high is not None and v > high:
+            return f"give a whole number from {low} to {high}"
         return None
     return check
 

@@ -51,6 +51,9 @@ def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
     """The runtime that runs `path`: `backend`, or with "auto" the one its suffix names."""
     if backend not in NAMES:
         raise ValueError(f"unknown backend {backend!r}: choose {', '.join(repr(n) for n in NAMES)}")
+    if Path(path).is_dir():
+        raise ModelFileError(f"model path {path} is a folder: give the model file inside it (model.onnx from "
+                             f"`cfrg export`, or an engine from `cfrg build`)")
     if backend != "auto":
         return backend
     name = SUFFIXES.get(Path(path).suffix.lower())

@@ -38,6 +38,7 @@ class OnnxRuntimeBackend:
         if missing:
             raise ValueError(f"execution providers {missing} are not in this onnxruntime build (it has {available})")
         options = ort.SessionOptions()
+        options.log_severity_level = int(os.environ.get("CFRG_ORT_LOG_LEVEL", "3"))  # errors only (0: verbose)
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import threading
 from pathlib import Path
 
@@ -238,7 +239,11 @@ class TensorRTBackend:
                 self.runtime.DLA_core = self.spec.dla_core
             if self.spec.version_compatible:  # the plan carries its own lean runtime
                 self.runtime.engine_host_code_allowed = True
-            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            plan = self.path.read_bytes()
+            if self.spec.plan_sha256 and hashlib.sha256(plan).hexdigest() != self.spec.plan_sha256:
+                raise ModelFileError(f"{self.path} is not the plan its description {self.path.with_suffix('.json').name} "
+                                     f"was written for (another build replaced one of the two): rebuild with `cfrg build`")
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
             if self.engine is None:
                 raise ModelFileError(f"{self.path} is not an engine this TensorRT ({trt.__version__}) can load "
                                      f"(another TensorRT build or GPU, or a damaged file); rebuild it with `cfrg build`")
