@@ -88,26 +88,30 @@ def test_train_args_built_in_python_are_validated_the_same_way(field, value):
 
 
 FIELD_FLAGS = [("run", "--batch-size"), ("run", "--queue-size"), ("run", "--min-area"), ("run", "--max-frames"),
-               ("run", "--threshold"), ("run", "--infer-workers"), ("eval", "--batch-size"),
-               ("eval", "--fpr-limit"), ("export", "--target-frr")]
+               ("run", "--threshold"), ("run", "--infer-workers"), ("run", "--tile-scale"), ("run", "--tile-overlap"),
+               ("eval", "--batch-size"), ("eval", "--fpr-limit"), ("export", "--target-frr"), ("bench", "--batch")]
+HUGE = st.one_of(st.integers(2**31, 10**30).map(str), st.integers(-10**30, -1).map(str))  # beyond int32/int64
 
 
-@given(flag=st.sampled_from(FIELD_FLAGS), text=TEXT_JUNK)
+@given(flag=st.sampled_from(FIELD_FLAGS), text=st.one_of(TEXT_JUNK, HUGE))
 def test_field_flags_refuse_non_finite_and_out_of_range_values(flag, text, capsys):
     command, name = flag
     base = {"run": ["--model", "m.onnx", "--source", "0"], "eval": ["--model", "m.onnx", "--data", "d",
                                                                      "--category", "c"],
-            "export": ["model.pt", "-o", "m.onnx"]}[command]
+            "export": ["model.pt", "-o", "m.onnx"], "bench": ["--model", "m.onnx"]}[command]
     try:
         ns = build_parser().parse_args([command, *base, name, text])
     except SystemExit as exc:
-        assert exc.code == EXIT_USAGE and name in capsys.readouterr().err.strip().splitlines()[-1]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.code == EXIT_USAGE and len(err) == 1 and name in err[0]  # one line, no usage
         return
-    value = getattr(ns, name.lstrip("-").replace("-", "_"))
+    value = getattr(ns, name.replace("--", "").replace("-", "_"))
     if isinstance(value, float):
-        assert math.isfinite(value)
-    if isinstance(value, int) and name != "--min-area":
-        assert value >= 1 or name == "--target-frr"
+        assert math.isfinite(value) and (name != "--tile-scale" or 0 < value <= 64)
+    if isinstance(value, int) and name not in ("--min-area", "--tile-overlap"):
+        assert 1 <= value <= 4096 or name in ("--target-frr", "--max-frames")
+    if isinstance(value, int):
+        assert value <= 2**63 - 1  # what the C++ extension's int64 takes
 
 
 # -- model descriptions --------------------------------------------------------------------------------

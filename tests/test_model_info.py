@@ -135,3 +135,21 @@ def test_the_exported_model_runs_the_demo_images_through_its_description(exporte
     frame = __import__("cv2").imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]))
     r = det(frame)
     assert r.normalized_score == pytest.approx(info.normalise_score(r.score))
+
+
+def test_a_model_json_of_another_export_beside_the_graph_is_refused(exported_model, tmp_path):
+    """A crash between writing model.onnx and model.json (or a model.json copied from another export) would pair
+    the graph with another export's thresholds: the provenance of the description inside the graph says so."""
+    import json
+    import shutil
+
+    from sdk import Detector, ModelFileError
+
+    shutil.copy(exported_model[1], tmp_path / "model.onnx")
+    d = json.loads(exported_model[1].with_suffix(".json").read_text())
+    d["provenance"]["created"] = "2020-01-01T00:00:00Z"
+    (tmp_path / "model.json").write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="belongs to another export"):
+        Detector(tmp_path / "model.onnx")
+    (tmp_path / "model.json").unlink()
+    assert Detector(tmp_path / "model.onnx").info.provenance.created != "2020-01-01T00:00:00Z"

@@ -304,3 +304,14 @@ def test_replicas_share_the_engine_with_a_context_each_and_the_stream_closes_the
     assert len(replicas) == 2 and all(r.backend.context is None for r in replicas)
     assert det.backend.context is not None  # the caller's detector stays open
     del trt, exported_model
+
+
+def test_an_engine_whose_plan_was_replaced_after_its_description_is_refused(model, monkeypatch):
+    """A crash between writing the plan and its description, or a plan copied over, pairs an engine with another
+    build's description: the plan's sha256 in the description says so."""
+    _install(monkeypatch)
+    _, engine = _build(model, "--fp16")
+    _, other = _build(model, "--fp16", "--maxShapes=frames:2x64x128x3", name="other.engine")
+    engine.write_bytes(other.read_bytes())
+    with pytest.raises(ModelFileError, match="is not the plan its description"):
+        Detector(engine)
