@@ -274,13 +274,45 @@ def keep_fp32_inputs(model, quantized: set[str]) -> None:
         model.graph.initializer.remove(init)
 
 
+class PrecisionDropError(ValueError):
+    """A reduced-precision graph (or engine) that does not hold FP32's accuracy (export.precision_check)."""
+
+
+CHECK_IMAGES = 64  # held-back good images the precision check uses at most (and as many synthetic ones)
+
+
+def check_against(reference_backend, backend, files, size, colour_order, input_name, thresholds, name, precision,
+                  accept_drop: bool, warn=print) -> dict:
+    """export.precision_check of `backend` against `reference_backend`; PrecisionDropError unless it holds or
+    accept_drop; returns the check's figures for the description."""
+    from sdk.data import read_image
+    from sdk.evaluate import backend_predictor, resize_for_model
+
+    from .precision_check import check_precision
+
+    picks = [files[i] for i in np.linspace(0, len(files) - 1, min(len(files), CHECK_IMAGES)).round().astype(int)]
+    good = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in picks])
+    result = check_precision(backend_predictor(reference_backend, input_name, colour_order),
+                             backend_predictor(backend, input_name, colour_order), good, thresholds[0], thresholds[1],
+                             name, precision, batch=min(8, getattr(backend, "max_batch", 8)))
+    if not result.passed:
+        if not accept_drop:
+            raise PrecisionDropError(f"{name} refused, it does not hold FP32's accuracy: {'; '.join(result.failures())} "
+                                     f"({result.line()}); keep FP32 or FP16, or write it anyway with --accept-drop")
+        result.accepted_drop = True
+        warn(f"warning: {name} written under --accept-drop: {'; '.join(result.failures())}")
+    return result.to_dict()
+
+
 def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str | os.PathLike, *,
                           calib_files: Sequence[str | os.PathLike] | None = None, target_frr: float | None = None,
-                          progress: bool = False):
+                          progress: bool = False, accept_drop: bool = False, warn=print):
     """model.<precision>.onnx (out) and its model.json from the FP32 export at fp32_path; returns its ModelInfo.
 
     The description carries the FP32 model's, with precision and provenance of this graph; with calibration
-    images the good_only thresholds are measured again with this graph (as `cfrg export` measured them)."""
+    images the good_only thresholds are measured again with this graph (as `cfrg export` measured them), and
+    the graph is checked against FP32 on them and on their synthetic-defect twins (export.precision_check):
+    one that does not hold is refused (PrecisionDropError, nothing written) unless accept_drop."""
     import dataclasses
 
     import onnx
@@ -311,17 +343,23 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
                       if calib_files else None)
             to_int8(fp32_path, tmp, precision, reader, calibration_cache_path(out, "fp32"))
         thresholds, scale = dict(source.thresholds), source.score_normalisation
+        check = {}
         if calib_files:
-            predict = backend_predictor(OnnxRuntimeBackend(tmp), source.input.name, source.input.colour_order)
+            graph_backend = OnnxRuntimeBackend(tmp)
+            predict = backend_predictor(graph_backend, source.input.name, source.input.colour_order)
             frr = target_frr if target_frr is not None else source.thresholds["good_only"].details.get(
                 "target_frr", 0.01)
             measured, good_scores = calibrate_thresholds(predict, size, [str(p) for p in calib_files], frr, None,
                                                          None, progress)
             thresholds["good_only"] = measured["good_only"]
             scale = score_normalisation(np.array(good_scores), measured["good_only"].image)
+            check = check_against(OnnxRuntimeBackend(fp32_path), graph_backend, [str(p) for p in calib_files], size,
+                                  source.input.colour_order, source.input.name,
+                                  (source.thresholds["good_only"].image, measured["good_only"].image), out.name,
+                                  precision, accept_drop, warn)
         info = dataclasses.replace(
             source, thresholds=thresholds, score_normalisation=scale, precision="int8" if "int8" in precision
-            else precision,
+            else precision, precision_check=check,
             provenance=Provenance(source_model=fp32_path.name, source_sha256=file_sha256(fp32_path),
                                   data_fingerprint=source.provenance.data_fingerprint,
                                   versions={**software_versions("onnx", "onnxruntime", "numpy"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import importlib
 import math
 import os
@@ -179,8 +180,8 @@ def cmd_build(ns) -> int:
         else:
             raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
     current = options.precision == "fp32" or _made_from(options.graph, onnx_path)
-    if calib_files is None and "int8" in options.precision and not current:
-        calib_files = _held_back_images(info)
+    if calib_files is None and options.precision != "fp32" and not current:
+        calib_files = _held_back_images(info)  # INT8's calibration, and every graph's check against FP32
     check_output_folder(options.engine.parent)
     if options.precision == "cpu-int8":
         print(engine.plan_text(options, info, trt))
@@ -211,24 +212,70 @@ def cmd_build(ns) -> int:
               f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
               f"with the same command, or with the trtexec line above", file=sys.stderr)
         return EXIT_NO_ENGINE
-    builder = engine.TensorRTBuilder(trt, options, info, progress=ns.progress,
-                                     warn=lambda text: print(text, file=sys.stderr))
+    builder = engine.TensorRTBuilder(trt, options, info, progress=ns.progress, warn=_warn)
     data, extra = builder.build()
-    import hashlib
-
-    description = engine.engine_description(info, options, trt, {**extra, "plan_sha256": hashlib.sha256(data).hexdigest()})
-    atomic_write(options.engine, data)
-    description.write_beside(options.engine)
+    description = engine.engine_description(info, options, trt,
+                                            {**extra, "plan_sha256": hashlib.sha256(data).hexdigest()})
+    description = _checked_engine(options, description, data, calib_files or _held_back_images(info, quiet=True), ns)
     print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
           f"{options.engine.with_suffix('.json').name}")
     return 0
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _checked_engine(options, description, data: bytes, good_files, ns):
+    """The engine against the graph it was built from (export.precision_check), staged under a visible name
+    beside it; moved into place only when it holds (or under --accept-drop)."""
+    import dataclasses
+
+    from export.precision import check_against
+
+    from .backends.onnxruntime import OnnxRuntimeBackend
+    from .backends.tensorrt import TensorRTBackend
+    from .files import atomic_write
+    from .model_info import ModelInfo, sidecar_path
+
+    staged = options.engine.with_name(f"{options.engine.stem}.unchecked{options.engine.suffix}")
+    try:
+        atomic_write(staged, data)
+        description.write_beside(staged)
+        if good_files and options.precision != "fp32":
+            backend = TensorRTBackend(staged)
+            try:
+                size = (description.input.height, description.input.width)
+                reference = options.graph
+                check = check_against(OnnxRuntimeBackend(reference), backend, good_files, size,
+                                      description.input.colour_order, description.input.name,
+                                      (ModelInfo.read(reference).thresholds["good_only"].image,
+                                       description.thresholds["good_only"].image), options.engine.name,
+                                      options.precision, ns.accept_drop, _warn)
+            finally:
+                backend.close()
+            description = dataclasses.replace(description, precision_check=check)
+        elif options.precision != "fp32":
+            _warn(f"note: {options.engine.name} not checked against {options.graph.name}: no good images (pass --calib DIR)")
+        os.replace(staged, options.engine)
+        description.write_beside(options.engine)
+    finally:
+        staged.unlink(missing_ok=True)
+        sidecar_path(staged).unlink(missing_ok=True)
+    return description
 
 
 def _write_precision_graph(options, onnx_path: Path, calib_files, ns) -> None:
     from export.precision import write_precision_graph
 
     print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
-    write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files, progress=ns.progress)
+    info = write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files,
+                                 progress=ns.progress, accept_drop=ns.accept_drop, warn=_warn)
+    check = info.precision_check
+    if check:
+        print(f"checked against FP32: score rank correlation {check['score_rank_correlation']:.4f}, good-vs-synthetic "
+              f"AUROC {100 * check['auroc']:.2f} (FP32 {100 * check['auroc_fp32']:.2f}), verdicts agree "
+              f"{100 * check['verdict_agreement']:.1f} %" + (" (accepted drop)" if check["accepted_drop"] else ""))
 
 
 def _refuse_rule_errors(engine, options, findings: dict, ns, error) -> None:
@@ -252,16 +299,17 @@ def _made_from(graph: Path, onnx_path: Path) -> bool:
         return False
 
 
-def _held_back_images(info) -> list[str] | None:
-    """INT8 calibration by default: the good images held back at training, from the run the export recorded."""
+def _held_back_images(info, quiet: bool = False) -> list[str] | None:
+    """INT8 calibration and the precision check by default: the good images held back at training, from the run
+    the export recorded."""
     from export.runs import RunRecord
 
     run_dir = info.training.get("run_dir")
     if not run_dir or not (Path(run_dir) / "config.json").is_file():
         return None  # write_precision_graph then asks for --calib
     files = [str(p) for p in RunRecord.read(run_dir).holdout_files if p.is_file()]
-    if files:
-        print(f"calibrating on the {len(files)} good images held back at training ({run_dir})")
+    if files and not quiet:
+        print(f"calibrating and checking on the {len(files)} good images held back at training ({run_dir})")
     return files or None
 
 
@@ -506,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
                                             "3 bad data or source; 4 bad model file; 5 missing dependency; "
                                             "6 output not writable; 7 not in this release; 8 no engine built (no TensorRT); "
-                                            "130 interrupted")
+                                            "9 a precision graph fails its check against FP32; 130 interrupted")
     common = OneLineParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -595,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "three; 10.3 = JetPack 6)")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalent trtexec line only")
+    p.add_argument("--accept-drop", action="store_true",
+                   help="write a reduced-precision graph or engine that fails its check against FP32 (with a "
+                        "warning, recorded in its model.json) instead of refusing it")
     p.add_argument("--data", help="dataset root: report the precision graph's accuracy against FP32")
     p.add_argument("--category", help="category for --data")
     _no_progress(p)
@@ -644,6 +695,7 @@ EXIT_MISSING = 5  # a dependency is not installed (e.g. PyTorch for the factory 
 EXIT_OUTPUT = 6  # an output cannot be written
 EXIT_UNSUPPORTED = 7  # not available in this release
 EXIT_NO_ENGINE = 8  # cfrg build prepared the precision graph, but TensorRT is not installed: no engine
+EXIT_PRECISION = 9  # cfrg build: a reduced-precision graph or engine does not hold FP32's accuracy (--accept-drop)
 EXIT_INTERRUPTED = 130  # Ctrl-C and SIGTERM alike
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
@@ -654,6 +706,12 @@ def exit_code(exc: BaseException) -> int | None:
     from .data import DatasetError
     from .sources import SourceError
 
+    try:
+        from export.precision import PrecisionDropError
+    except ImportError:  # a field install without onnx
+        PrecisionDropError = ()
+    if PrecisionDropError and isinstance(exc, PrecisionDropError):
+        return EXIT_PRECISION
     for kinds, code in (((ImportError,), EXIT_MISSING), ((ModelFileError,), EXIT_MODEL),
                         ((DatasetError, SourceError, FileNotFoundError, NotADirectoryError), EXIT_DATA),
                         ((NotImplementedError,), EXIT_UNSUPPORTED), ((ValueError,), EXIT_USAGE),
@@ -696,7 +754,7 @@ def main(argv=None) -> int:
             print(f"cfrg build: error: unknown option {unknown[0]} (trtexec spellings: --onnx, --saveEngine, --fp16, "
                   f"--int8, --best, --stronglyTyped, --calib, --minShapes, --optShapes, --maxShapes, --memPoolSize, "
                   f"--timingCacheFile, --builderOptimizationLevel, --useDLACore, --allowGPUFallback, --versionCompatible, "
-                  f"--verbose, --dry-run, --tensorrt; see cfrg build --help)", file=sys.stderr)
+                  f"--verbose, --dry-run, --tensorrt, --accept-drop; see cfrg build --help)", file=sys.stderr)
             return EXIT_USAGE
         parser.parse_args(args)  # argparse's own error for the other commands
     try:

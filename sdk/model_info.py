@@ -14,7 +14,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "precision": "fp32" | "fp16" | "int8",
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
      "training": {...}, "model": {...}, "map_statistics": {...},
-     "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...}}  (engines)
+     "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
+     "precision_check": {...}}  (reduced-precision graphs and engines: export.precision_check against FP32)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -201,6 +202,7 @@ class ModelInfo:
     model: dict = field(default_factory=dict)
     map_statistics: dict = field(default_factory=dict)
     engine: dict = field(default_factory=dict)  # TensorRT engines: version, GPU, precision, shapes, source graph
+    precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -220,6 +222,7 @@ class ModelInfo:
             "model": dict(self.model),
             "map_statistics": dict(self.map_statistics),
             **({"engine": dict(self.engine)} if self.engine else {}),
+            **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -264,7 +267,7 @@ class ModelInfo:
             for v in values:
                 _finite(v, f"'normalisation.{key}'", positive=key == "std")
         provenance = d.get("provenance", {})
-        for key in ("provenance", "training", "model", "map_statistics", "engine"):
+        for key in ("provenance", "training", "model", "map_statistics", "engine", "precision_check"):
             if not isinstance(d.get(key, {}), dict):
                 raise _Invalid(f"'{key}' must be an object")
         return cls(
@@ -280,6 +283,7 @@ class ModelInfo:
             training=dict(d.get("training", {})),
             model=dict(d.get("model", {})),
             map_statistics=dict(d.get("map_statistics", {})),
+            precision_check=dict(d.get("precision_check", {})),
             engine=dict(d.get("engine", {})),
         )
 

@@ -82,8 +82,12 @@ def test_gpu_builds_are_strongly_typed_with_tf32_off_on_both_lines(model, monkey
         net, config = trt.last_build["network"], trt.last_build["config"]
         assert net.strongly_typed and "TF32" not in config.flags and not {"FP16", "INT8"} & config.flags
         assert not any(layer.precision_set for layer in net.layers)  # no per-name constraints
-        spec = json.loads(engine.with_suffix(".json").read_text())["engine"]
+        description = json.loads(engine.with_suffix(".json").read_text())
+        spec = description["engine"]
         assert spec["tensorrt"] == version and spec["tf32"] is False and spec["source_onnx"] == graph
+        if flag == "--fp16":  # the engine checked against the graph it was built from, on the held-back images
+            assert description["precision_check"]["passed"] and description["precision_check"]["n_good"] > 0
+            assert not list(model.parent.glob("*.unchecked.*"))
     assert "--stronglyTyped --noTF32" in capsys.readouterr().out
 
 
