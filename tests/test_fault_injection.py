@@ -36,7 +36,8 @@ def long_source(tmp_path_factory):
 def cfrg(*args, env=None, wait=True):
     cmd = [sys.executable, "-c", "import sys; from sdk.cli import main; sys.exit(main(sys.argv[1:]))", *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})},  # SIGINT as a terminal gives it, even in a background job
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if not wait:
         return proc
     out, err = proc.communicate(timeout=120)

@@ -269,9 +269,14 @@ def _long_source(tmp_path, passes=4):
     return folder
 
 
+def _default_sigint():
+    """A job started in the background of a shell inherits SIGINT ignored (POSIX); a person's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_process(*args):
     return subprocess.Popen([sys.executable, "-m", "sdk.cli", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _run_until_masks(tmp_path, exported_model, out):
