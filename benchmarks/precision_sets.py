@@ -25,7 +25,9 @@ FLAGS = {"fp16": ["--fp16"], "int8": ["--int8"], "cpu-int8": ["--cpuInt8"]}
 
 
 def run_set(run: Path, data: str) -> dict:
-    category = json.loads((run / "config.json").read_text())["category"]
+    from export.runs import RunRecord
+
+    category = RunRecord.read(run, data).category
     onnx_path = run / "model.onnx"
     if not onnx_path.is_file():
         assert main(["export", str(run / "model.pt"), "-o", str(onnx_path), "--data", data, "--no-progress"]) == 0

@@ -123,17 +123,17 @@ class TrainArgs:
                                          type=parse_size, check=image_size_check)
     teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
     teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
-    steps: int = option(0, "stop after N steps (0: only the time budget)", type=int, check=whole(0))
+    steps: int = option(0, "stop after N steps (0: only the time budget)", type=int, check=whole(0, 10**9))
     time_budget: float = option(30.0, "minutes of training (evaluation not counted)", type=float,
-                                check=number(0), demo=3.0)
-    batch_size: int = option(8, "synthetic images per step", type=int, check=whole(1))
+                                check=number(0, 10**6), demo=3.0)
+    batch_size: int = option(8, "synthetic images per step", type=int, check=whole(1, 1024))
     lr: float = option(2e-3, "AdamW learning rate (cosine schedule)", type=float, check=number(0, low_open=True))
     anomaly_prob: float = option(0.7, "share of training images that get a synthetic defect",
                                  check=number(0, 1, high_open=False), cli=False)
-    seed: int = option(0, "random seed", type=int, check=whole(0))
+    seed: int = option(0, "random seed", type=int, check=whole(0, 2**32 - 1))
     eval_every: float = option(0.0, "minutes between evaluations (0: end only)", type=float, check=number(0))
     eval_limit: Optional[int] = option(None, "images per periodic evaluation (default: all)", type=int,
-                                       check=optional(whole(1)))
+                                       check=optional(whole(1, 10**9)))
     resume: bool = option(False, "continue from OUT/last.pt", action="store_true")
     holdout: float = option(0.1, "fraction of good training images held back for threshold calibration "
                                  "(default 0.1)", type=float, check=number(0, 1))
@@ -150,9 +150,9 @@ class TrainArgs:
     recovery_code_stride: int = option(_RECIPE.recovery_code_stride, "stride of the recovery bottleneck "
                                        "(default 32)", flag="--recovery-stride", type=int, choices=(16, 32))
     student_width: int = option(_RECIPE.student_width, f"student width at stride 4, doubled at each stride "
-                                f"(default {_RECIPE.student_width})", type=int, check=multiple_of(2, 2))
+                                f"(default {_RECIPE.student_width})", type=int, check=multiple_of(2, 2, 1024))
     recovery_width: int = option(_RECIPE.recovery_width, "recovery branch width (default 128)", type=int,
-                                 check=multiple_of(4, 4))
+                                 check=multiple_of(4, 4, 4096))
     map_normalisation: str = option(
         _RECIPE.map_normalisation, "anomaly map: 'sum' adds every student and recovery discrepancy and the "
         "segmentation (default); 'position' z-scores each discrepancy per position with good-image statistics; "
@@ -161,12 +161,12 @@ class TrainArgs:
     gaussian_sigma: float = option(
         _RECIPE.gaussian_sigma,
         f"sigma, in input pixels, of the Gaussian that smooths the maps (default {_RECIPE.gaussian_sigma:g})",
-        type=float, check=number(0, low_open=True),
+        type=float, check=number(0, 64, low_open=True, high_open=False),
         eval_help="checkpoints: evaluate the same weights with the maps smoothed at this sigma (the memory's "
                   "statistics rebuilt; default: the trained one)")
     seg_sigma: float = option(
         _RECIPE.seg_sigma, "sigma, in input pixels, of the Gaussian that smooths the segmentation's probability "
-        "in the map (default 0: not smoothed)", type=float, check=number(0),
+        "in the map (default 0: not smoothed)", type=float, check=number(0, 64, high_open=False),
         eval_help="checkpoints: evaluate the same weights with the segmentation's probability smoothed at this "
                   "sigma (0: not smoothed; the memory's statistics rebuilt; default: the trained one)")
     sum_seg_weight: float = option(
@@ -177,7 +177,7 @@ class TrainArgs:
                   "'sum' map (the memory's statistics rebuilt; default: the trained one)")
     memory_size: int = option(
         _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
-        type=int, check=whole(0),
+        type=int, check=whole(0, 10**7),
         eval_help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the run's "
                   "good images (0: none; default: the trained one)")
     memory_pool: int | str = option(
@@ -210,7 +210,7 @@ class TrainArgs:
         "surfaces (see docs/quality.md); 0: none", type=parse_weight, check=weight_check,
         eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight or auto, "
                   "fitted on the run's good images (0: none; default: the trained one)")
-    threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0))
+    threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0, 1024))
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
 

@@ -41,10 +41,10 @@ def odd(v) -> Optional[str]:
     return None
 
 
-def multiple_of(k: int, low: int) -> Check:
+def multiple_of(k: int, low: int, high: int | None = None) -> Check:
     def check(v):
-        if whole(low)(v) or v % k:
-            return f"give a multiple of {k} that is >= {low}"
+        if whole(low, high)(v) or v % k:
+            return f"give a multiple of {k} that is >= {low}" + (f" and <= {high}" if high is not None else "")
         return None
     return check
 

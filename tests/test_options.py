@@ -82,7 +82,7 @@ def test_student_width_reaches_the_model():
 
 
 @pytest.mark.parametrize("flag,value,words", [
-    ("--steps", "-1", "whole number >= 0"), ("--time-budget", "nan", "finite"), ("--time-budget", "-2", "[0, inf)"),
+    ("--steps", "-1", "whole number >= 0"), ("--time-budget", "nan", "finite"), ("--time-budget", "-2", "[0, 1e+06)"),
     ("--batch-size", "0", ">= 1"), ("--lr", "0", "(0, inf)"), ("--holdout", "1", "[0, 1)"),
     ("--memory-pool", "4", "odd"), ("--memory-pool", "wide", "or 'auto'"), ("--memory-size", "-3", ">= 0"),
     ("--recovery-width", "0", "multiple of 4"), ("--student-width", "7", "multiple of 2"),
