@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 # the smallest (min_) or largest (max_) value a graph may show
-LIMITS = {"min_score_rank_correlation": 0.95, "max_auroc_drop": 0.02, "max_pixel_auroc_drop": 0.01,
+LIMITS = {"min_score_rank_correlation": 0.99, "max_auroc_drop": 0.02, "max_pixel_auroc_drop": 0.01,
           "max_verdict_changes": 0.05}  # share of images whose verdict may change (one at least: small sets)
 
 
