@@ -53,7 +53,7 @@ def test_a_graph_that_does_not_hold_is_refused_naming_the_numbers_and_accepted_o
     bad = _negated_score_graph(fp32, tmp_path)
     args = (OnnxRuntimeBackend(fp32), OnnxRuntimeBackend(bad), calib, (64, 128), "RGB", "frames", (1.0, -1.0),
             "bad.onnx", "cpu-int8")
-    with pytest.raises(PrecisionDropError, match="score rank correlation -1.000 < 0.99") as info:
+    with pytest.raises(PrecisionDropError, match="good-vs-synthetic AUROC") as info:  # 8 images: no rank test
         check_against(*args, accept_drop=False)
     assert "--accept-drop" in str(info.value)
     warned = []
@@ -68,6 +68,9 @@ def test_a_graph_that_holds_passes_and_its_check_is_recorded(precision_graphs):
     assert set(fp16) >= {"auroc", "auroc_fp32", "pixel_auroc", "verdict_agreement", "map_difference", "passed"}
     same = PrecisionCheck("x", "fp16", 10, 10, 1.0, 0.9, 0.9, 0.95, 0.95, 1.0, 0.0)
     assert same.passed and PrecisionCheck("x", "int8", 10, 10, 1.0, 0.9, 0.85, 0.95, 0.95, 1.0, 0.0).failures()
+    assert PrecisionCheck("x", "cpu-int8", 3, 3, 0.9, 0.9, 0.9, 0.95, 0.95, 1.0, 0.0).passed  # 6 images: no rank test
+    assert "rank correlation 0.970" in PrecisionCheck("x", "cpu-int8", 30, 30, 0.97, 0.9, 0.9, 0.95, 0.95, 1.0,
+                                                      0.0).failures()[0]
 
 
 def test_cfrg_build_refuses_in_one_line_with_exit_9_and_writes_on_accept_drop(precision_graphs, tmp_path, capsys,
@@ -81,6 +84,7 @@ def test_cfrg_build_refuses_in_one_line_with_exit_9_and_writes_on_accept_drop(pr
     shutil.copy(fp32, folder / "model.onnx")
     shutil.copy(fp32.with_suffix(".json"), folder / "model.json")
     monkeypatch.setitem(pc.LIMITS, "min_score_rank_correlation", 1.01)  # checked on the run's held-back images
+    monkeypatch.setitem(pc.LIMITS, "min_images_for_rank", 0)
     code = main(["build", "--onnx", str(folder / "model.onnx"), "--fp16", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_PRECISION and len(err) == 1 and "refused" in err[0] and "score rank correlation" in err[0]
