@@ -203,8 +203,8 @@ def spec_precision(name: str, spec: list[tuple[str, str]]) -> str | None:
     return found
 
 
-def trtexec_line(options: BuildOptions, size: tuple[int, int], target: str) -> str:
-    """The trtexec command that builds the same engine for a target ("10.3", "10.x", "11.x")."""
+def trtexec_line(options: BuildOptions, size: tuple[int, int]) -> str:
+    """The trtexec command that builds the same engine (the same line for every target that can build it)."""
     args = ["trtexec", f"--onnx={options.engine_source}", f"--saveEngine={options.engine}"]
     if options.dla:
         args += {"fp16": ["--fp16"], "int8": ["--int8", "--fp16", f"--calib={options.dla_calibration}"]}[
@@ -444,7 +444,7 @@ def plan_text(options: BuildOptions, info, trt=None, findings: dict | None = Non
             lines.append(f"    {part:<48}{precision or cnn_precision(options.precision, options.dla)}")
         if findings is not None and target in findings:
             lines += [f"    {line}" for line in summary_lines(findings[target])]
-        lines.append(f"    trtexec: {trtexec_line(options, size, target)}")
+        lines.append(f"    trtexec: {trtexec_line(options, size)}")
     return "\n".join(lines)
 
 

@@ -329,7 +329,8 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(SUFFIXES)}")
     require_onnx()
     fp32_path, out = Path(fp32_path), Path(out)
-    source = ModelInfo.read(fp32_path, OnnxRuntimeBackend(fp32_path))
+    fp32_backend = OnnxRuntimeBackend(fp32_path)
+    source = ModelInfo.read(fp32_path, fp32_backend)
     if source.precision != "fp32":
         raise ValueError(f"{fp32_path} is already a {source.precision} graph; start from the FP32 export")
     size = (source.input.height, source.input.width)
@@ -353,7 +354,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
                                                          None, progress)
             thresholds["good_only"] = measured["good_only"]
             scale = score_normalisation(np.array(good_scores), measured["good_only"].image)
-            check = check_against(OnnxRuntimeBackend(fp32_path), graph_backend, [str(p) for p in calib_files], size,
+            check = check_against(fp32_backend, graph_backend, [str(p) for p in calib_files], size,
                                   source.input.colour_order, source.input.name,
                                   (source.thresholds["good_only"].image, measured["good_only"].image), out.name,
                                   precision, accept_drop, warn)

@@ -233,8 +233,13 @@ def minimum_training_images(holdout: float) -> int:
         n += 1
 
 
+def _holdout_every(fraction: float) -> int:
+    """Every k-th good image is held back."""
+    return max(2, int(round(1 / fraction)))
+
+
 def _split(n: int, fraction: float) -> tuple[list[int], list[int]]:
-    k = max(2, int(round(1 / fraction)))
+    k = _holdout_every(fraction)
     return [i for i in range(n) if i % k != k - 1], [i for i in range(n) if i % k == k - 1]
 
 
@@ -244,7 +249,7 @@ def check_training_size(n: int, holdout: float, folder) -> None:
     if n < need:
         from sdk.data import DatasetError
 
-        held = "" if holdout <= 0 else f", and one in {max(2, int(round(1 / holdout)))} held back for the thresholds"
+        held = "" if holdout <= 0 else f", and one in {_holdout_every(holdout)} held back for the thresholds"
         raise DatasetError(f"{folder} holds {n} good image(s); training needs at least {need} ({MIN_FIT_IMAGES} to "
                            f"fit the statistics on{held}): add good images" + (
                                "" if holdout <= 0 else f", or use --holdout 0 with {MIN_FIT_IMAGES} (the export "

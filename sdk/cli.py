@@ -27,8 +27,8 @@ from pathlib import Path
 
 from .values import INT64_MAX, checked_type, number, whole
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo"
-MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server  # package data: found from any install
+DEMO_DATA = Path(__file__).resolve().parent / "demo"  # package data: found from any install
+MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server
 FACTORY_INSTALL = "pip install 'cfrg-inspect[train]' (or pip install torch==2.13.0 and the package's [train] extras)"
 
 
@@ -141,14 +141,13 @@ def cmd_build(ns) -> int:
     """trtexec-style: the precision graph, TensorRT's documented rules checked on what TensorRT would parse, then
     a TensorRT engine where TensorRT is installed."""
     engine = factory("engine", "building an engine")
-    from .backends import ModelFileError
+    from .backends import ModelFileError, refuse_folder
     from .backends.onnxruntime import OnnxRuntimeBackend
     from .files import atomic_write, check_output_folder, image_files
     from .model_info import ModelInfo
 
     onnx_path = Path(ns.onnx)
-    if onnx_path.is_dir():
-        raise ModelFileError(f"--onnx={onnx_path} is a folder: give the model.onnx inside it")
+    refuse_folder(onnx_path)
     if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
         raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
     options = engine.BuildOptions(
@@ -708,11 +707,10 @@ def exit_code(exc: BaseException) -> int | None:
 
     try:
         from export.precision import PrecisionDropError
+        precision_drop = (PrecisionDropError,)
     except ImportError:  # a field install without onnx
-        PrecisionDropError = ()
-    if PrecisionDropError and isinstance(exc, PrecisionDropError):
-        return EXIT_PRECISION
-    for kinds, code in (((ImportError,), EXIT_MISSING), ((ModelFileError,), EXIT_MODEL),
+        precision_drop = ()
+    for kinds, code in ((precision_drop, EXIT_PRECISION), ((ImportError,), EXIT_MISSING), ((ModelFileError,), EXIT_MODEL),
                         ((DatasetError, SourceError, FileNotFoundError, NotADirectoryError), EXIT_DATA),
                         ((NotImplementedError,), EXIT_UNSUPPORTED), ((ValueError,), EXIT_USAGE),
                         ((OSError,), EXIT_OUTPUT)):
@@ -744,6 +742,7 @@ def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     OneLineParser.verbose_errors = debug
+    _SIGNALLED.clear()  # main() may run several times in one process (tests, embedding)
     _quiet_libraries(debug)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

@@ -81,14 +81,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def write_png(path: str | os.PathLike, image) -> None:
-    """A uint8 image (HxW or HxWx3 BGR) as PNG, written atomically."""
+def encode_png(path: str | os.PathLike, image) -> bytes:
+    """A uint8 image (HxW or HxWx3 BGR) as PNG bytes; ValueError naming `path` when it cannot be encoded."""
     import cv2
 
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"{path}: cannot encode a {image.dtype} {image.shape} image as PNG")
-    atomic_write(path, buf.tobytes())
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """A uint8 image (HxW or HxWx3 BGR) as PNG, written atomically."""
+    atomic_write(path, encode_png(path, image))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

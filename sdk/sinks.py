@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .files import IMAGE_EXTENSIONS, check_output_folder, replace_with_temp, temp_path_beside, write_png
+from .files import (IMAGE_EXTENSIONS, check_output_folder, encode_png, replace_with_temp, temp_path_beside,
+                    write_png)
 
 log = logging.getLogger("sdk.sinks")
 
@@ -194,12 +195,10 @@ def _check_overlay_options(alpha: Any, map_range: Any) -> tuple[float, tuple[flo
 
 
 def _write_png_in_place(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"{path}: cannot encode a {image.dtype} {image.shape} image as PNG")
+    data = encode_png(path, image)
     try:
         with open(path, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(data)
     except OSError as exc:  # name the file: a failed write() does not
         raise OSError(exc.errno, exc.strerror, str(path)) from None
 

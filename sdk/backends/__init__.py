@@ -43,6 +43,13 @@ class Backend(Protocol):
     # array the caller fills in place before calling run() inside it (or None when the batch does not fit)
 
 
+def refuse_folder(path: str | os.PathLike) -> None:
+    """ModelFileError when a model path names a folder (else it would read as "does not exist")."""
+    if Path(path).is_dir():
+        raise ModelFileError(f"model path {path} is a folder: give the model file inside it (model.onnx from "
+                             f"`cfrg export`, or an engine from `cfrg build`)")
+
+
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 NAMES = ("auto", "onnxruntime", "tensorrt")
 
@@ -51,9 +58,7 @@ def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
     """The runtime that runs `path`: `backend`, or with "auto" the one its suffix names."""
     if backend not in NAMES:
         raise ValueError(f"unknown backend {backend!r}: choose {', '.join(repr(n) for n in NAMES)}")
-    if Path(path).is_dir():
-        raise ModelFileError(f"model path {path} is a folder: give the model file inside it (model.onnx from "
-                             f"`cfrg export`, or an engine from `cfrg build`)")
+    refuse_folder(path)
     if backend != "auto":
         return backend
     name = SUFFIXES.get(Path(path).suffix.lower())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ModelFileError
+from . import ModelFileError, refuse_folder
 
 CPU = "CPUExecutionProvider"
 
@@ -24,9 +24,7 @@ class OnnxRuntimeBackend:
             raise ImportError("the ONNX backend needs onnxruntime: pip install onnxruntime "
                               "(onnxruntime-gpu on a CUDA machine)") from exc
         path = Path(path)
-        if path.is_dir():
-            raise ModelFileError(f"model path {path} is a folder: give the model file inside it "
-                                 f"(e.g. {path / 'model.onnx'})")
+        refuse_folder(path)
         if not path.is_file():
             raise ModelFileError(f"model file {path} does not exist: export one with `cfrg export model.pt -o {path}`")
         available = ort.get_available_providers()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ModelFileError
+from . import ModelFileError, refuse_folder
 
 INSTALL = ("the TensorRT backend needs TensorRT's Python bindings (JetPack ships them; elsewhere "
            "pip install tensorrt) and cuda-python (pip install cuda-python) or pycuda")
@@ -220,9 +220,7 @@ class TensorRTBackend:
         from ..model_info import ModelInfo
 
         self.trt, self.path = trt, Path(path)
-        if self.path.is_dir():
-            raise ModelFileError(f"engine path {self.path} is a folder: give the engine file inside it "
-                                 f"(e.g. {self.path / 'model.engine'})")
+        refuse_folder(self.path)
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist: build one with "
                                  f"`cfrg build --onnx model.onnx --saveEngine={self.path}`")
