@@ -21,6 +21,7 @@ Needs onnx and onnxruntime (no torch).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -168,42 +169,71 @@ class GoodFrames:
 
 
 HEADS = ("/model/student/", "/model/recovery/", "/model/seg/")
-# What each INT8 graph quantizes, and how far beyond the good images' activation range its ranges reach. The
-# memory search and the global branch read the teacher's features, so a quantized teacher costs image AUROC
+# The teacher's three feature taps (the residual adds the memory search, the global Gaussian, the discrepancies
+# and the heads read), found by name in the graph.
+TEACHER_TAPS = ("/model/teacher/_blocks.2/Add", "/model/teacher/_blocks.4/Add", "/model/teacher/_blocks.10/Add")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Recipe:
+    """What an INT8 graph quantizes and how: the node-name prefixes of the parts (`parts`), the op types in them,
+    node-name prefixes kept float inside them (`keep_float`), activation type (uint8 asymmetric or int8 symmetric), weights
+    per channel or per tensor, the calibration method (minmax, percentile, entropy) and how far beyond the good
+    images' activation range the ranges of each part reach (`headroom`)."""
+    parts: tuple[str, ...]
+    op_types: tuple[str, ...]
+    activations: str  # "uint8" (asymmetric, ONNX Runtime CPU) or "int8" (symmetric, TensorRT)
+    per_channel: bool = True
+    method: str = "minmax"
+    headroom: tuple[tuple[str, float], ...] = ()
+    keep_float: tuple[str, ...] = ()
+    outputs_quantized: bool = True  # conv outputs quantized too (QLinearConv on a CPU); TensorRT: inputs only
+
+    def options(self) -> dict:
+        """onnxruntime.quantization.quantize_static options (without the nodes)."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        if self.method not in methods:
+            raise ValueError(f"calibration method {self.method!r}: choose one of {', '.join(methods)}")
+        symmetric = self.activations == "int8"
+        extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+        if not self.outputs_quantized:
+            # QuantizeBias off: TensorRT's DequantizeLinear takes INT8/FP8/INT4, not ORT's INT32 biases
+            extra.update({"QuantizeBias": False, "QDQKeepRemovableActivations": True, "DedicatedQDQPair": True,
+                          "OpTypesToExcludeOutputQuantization": list(self.op_types)})
+        if self.method == "percentile":
+            extra["CalibPercentile"] = 99.99
+        return dict(quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(self.op_types), calibrate_method=methods[self.method],
+                    extra_options=extra)
+
+    def nodes(self, proto) -> list[str]:
+        return [n.name for n in proto.graph.node if n.name.startswith(self.parts) and n.op_type in self.op_types
+                and not n.name.startswith(self.keep_float)]
+
+
+# The memory search and the global branch read the teacher's features, so a quantized teacher costs image AUROC
 # (-1.1 and -2.7 points with TensorRT's symmetric int8 on ball_screw and magnetic_tile): the TensorRT graph
-# keeps the teacher in FP16 and quantizes the trainable heads. On a CPU the teacher is a fifth of the time and
-# its u8 quantization cost less, so it is quantized too. The heads' activations grow on defects beyond the
-# good images' range: a range twice as wide keeps them from saturating (pixel AP on ball_screw -2.5 -> -1.1
-# on the CPU graph); with TensorRT's int8 the narrower range did better (docs/deployment.md).
-QUANTIZED = {"int8": HEADS, "cpu-int8": CNN_PARTS}
-HEADROOM = {"int8": {}, "cpu-int8": dict.fromkeys(HEADS, 2.0)}
-
-
-def int8_options(target: str) -> dict:
-    """onnxruntime.quantization.quantize_static options for a target: "int8" (TensorRT) or "cpu-int8"."""
-    from onnxruntime.quantization import QuantFormat, QuantType
-
-    if target == "int8":  # TensorRT: symmetric int8, Q/DQ on the inputs of convs and residual adds only
-        return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, op_types_to_quantize=["Conv", "Add"],
-                    # QuantizeBias off: TensorRT's DequantizeLinear takes INT8/FP8/INT4, not ORT's INT32 biases
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "QDQKeepRemovableActivations": True, "DedicatedQDQPair": True,
-                                   "OpTypesToExcludeOutputQuantization": ["Conv", "Add"]})
-    if target == "cpu-int8":  # ONNX Runtime CPU (u8s8): outputs quantized too, so convs become QLinearConv, and
-        # the pads, upsamplings and concatenations between them run on uint8 (no float round trip)
-        return dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, op_types_to_quantize=["Conv", "Add", "Relu", "Clip", "Pad", "Resize", "Concat"],
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    raise ValueError(f"unknown INT8 target {target!r}: choose 'int8' (TensorRT) or 'cpu-int8' (ONNX Runtime CPU)")
+# keeps the teacher in FP16 and quantizes the trainable heads, conv and residual-add inputs only (where TensorRT
+# fuses conv + activation + add). The CPU recipe was chosen over the six development sets
+# (benchmarks/cpu_int8_recipe.py, docs/deployment.md): ...
+RECIPES = {
+    "int8": Int8Recipe(parts=HEADS, op_types=("Conv", "Add"), activations="int8", outputs_quantized=False),
+    "cpu-int8": Int8Recipe(parts=CNN_PARTS, op_types=("Conv", "Add", "Relu", "Clip", "Pad", "Resize", "Concat"),
+                           activations="uint8", headroom=tuple((part, 2.0) for part in HEADS)),
+}
 
 
 def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: str,
-            reader: GoodFrames | None, cache: str | os.PathLike) -> None:
-    """Quantize the CNN parts of the FP32 graph at fp32_path into out_path. The calibration ranges come from
-    `cache` when it exists (then `reader` may be None), else from `reader` and are saved to `cache`."""
+            reader: GoodFrames | None, cache: str | os.PathLike, recipe: Int8Recipe | None = None) -> None:
+    """Quantize the CNN parts of the FP32 graph at fp32_path into out_path by the target's recipe (or `recipe`).
+    The calibration ranges come from `cache` when it exists (then `reader` may be None), else from `reader` and
+    are saved to `cache`."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization import quantize_static
 
     cache = Path(cache)
     if reader is None and not cache.is_file():
@@ -211,21 +241,23 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: s
                                 f"images (the held-back good images of the training run suit)")
     proto = onnx.load(str(fp32_path))
     check_cnn_parts(proto, str(fp32_path))
-    options = int8_options(target)
-    op_types = set(options["op_types_to_quantize"])
-    nodes = [n.name for n in proto.graph.node if n.name.startswith(QUANTIZED[target]) and n.op_type in op_types]
+    if target not in RECIPES:
+        raise ValueError(f"unknown INT8 target {target!r}: choose 'int8' (TensorRT) or 'cpu-int8' (ONNX Runtime CPU)")
+    recipe = recipe or RECIPES[target]
+    options, nodes = recipe.options(), recipe.nodes(proto)
+    if reader is not None and recipe.method != "minmax":
+        reader.batch = 1  # ORT's histogram calibrators stack every batch's outputs: they must be one size
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # its advice to pre-process (shape inference) does not apply
     try:
         if not cache.is_file():  # calibrate once: the cache keeps the good images' own ranges
             quantize_static(str(fp32_path), str(out_path), reader, nodes_to_quantize=nodes,
-                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache), **options)
+                            calibration_cache_path=str(cache), **options)
         with_headroom = Path(str(out_path) + ".ranges.json")
         try:
-            with_headroom.write_text(json.dumps(widen_ranges(json.loads(cache.read_text()), HEADROOM[target])))
+            with_headroom.write_text(json.dumps(widen_ranges(json.loads(cache.read_text()), dict(recipe.headroom))))
             quantize_static(str(fp32_path), str(out_path), None, nodes_to_quantize=nodes,
-                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(with_headroom),
-                            **options)
+                            calibration_cache_path=str(with_headroom), **options)
         finally:
             with_headroom.unlink(missing_ok=True)
     finally:
@@ -242,8 +274,11 @@ def widen_ranges(cache: dict, headroom: dict[str, float]) -> dict:
     cache = json.loads(json.dumps(cache))
     for name, tensor in cache.get("data", {}).items():
         factor = next((f for part, f in headroom.items() if name.startswith(part)), 1.0)
-        for key in ("lowest", "highest"):
-            tensor[key]["data"] = [v * factor for v in tensor[key]["data"]]
+        for key in ("lowest", "highest"):  # a list (min/max) or a float (histogram methods)
+            if isinstance(tensor[key], dict):
+                tensor[key]["data"] = [v * factor for v in tensor[key]["data"]]
+            else:
+                tensor[key] *= factor
     return cache
 
 
@@ -306,15 +341,15 @@ def check_against(reference_backend, backend, files, size, colour_order, input_n
 
 def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str | os.PathLike, *,
                           calib_files: Sequence[str | os.PathLike] | None = None, target_frr: float | None = None,
-                          progress: bool = False, accept_drop: bool = False, warn=print):
+                          progress: bool = False, accept_drop: bool = False, warn=print,
+                          recipe: Int8Recipe | None = None):
     """model.<precision>.onnx (out) and its model.json from the FP32 export at fp32_path; returns its ModelInfo.
 
     The description carries the FP32 model's, with precision and provenance of this graph; with calibration
     images the good_only thresholds are measured again with this graph (as `cfrg export` measured them), and
     the graph is checked against FP32 on them and on their synthetic-defect twins (export.precision_check):
-    one that does not hold is refused (PrecisionDropError, nothing written) unless accept_drop."""
-    import dataclasses
-
+    one that does not hold is refused (PrecisionDropError, nothing written) unless accept_drop. `recipe`
+    replaces the INT8 target's recipe (benchmarks/cpu_int8_recipe.py compares them)."""
     import onnx
 
     from sdk.backends.onnxruntime import OnnxRuntimeBackend
@@ -342,7 +377,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
         else:
             reader = (GoodFrames(calib_files, size, source.input.colour_order, source.input.name, progress=progress)
                       if calib_files else None)
-            to_int8(fp32_path, tmp, precision, reader, calibration_cache_path(out, "fp32"))
+            to_int8(fp32_path, tmp, precision, reader, calibration_cache_path(out, "fp32"), recipe)
         thresholds, scale = dict(source.thresholds), source.score_normalisation
         check = {}
         if calib_files:
