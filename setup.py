@@ -39,7 +39,7 @@ setup(
     description="CFRG anomaly detection: training, ONNX export, TensorRT engines and a streaming SDK",
     packages=find_packages(include=["sdk", "sdk.*", "export", "export.*"]),
     # py.typed: the SDK's type hints are public; demo/: the built-in data `cfrg demo` trains on (CC BY-SA 4.0)
-    package_data={"sdk": ["py.typed", "demo/*.md", "demo/LICENSE", "demo/*/*/*/*"], "export": ["tensorrt_rules.json"]},
+    package_data={"sdk": ["py.typed", "demo/*.md", "demo/LICENSE", "demo/*/*/*/*"], "sdk.build": ["tensorrt_rules.json"]},
     python_requires=">=3.10",  # zip(strict=...), X | Y in isinstance; torch 2.13 needs 3.10 too
     # the field runtime: `import sdk`, `cfrg run` and `cfrg eval --model model.onnx`, no torch
     install_requires=["numpy>=1.23", "opencv-python-headless>=4.7", "tqdm>=4.60", "onnxruntime>=1.17"],

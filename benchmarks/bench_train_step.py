@@ -16,7 +16,7 @@ import torch
 
 from export.model import CFRG, fold_batchnorm
 from export.options import TrainArgs
-from export.synthesis import DefectSynthesizer
+from sdk.synthesis import DefectSynthesizer
 from export.train import (BatchMaker, _to_tensor, cfrg_losses, flipped_images, load_train_images,
                           resolve_image_size, step_inputs, teacher_cache)
 from sdk.data import AnomalyDataset

@@ -4,7 +4,7 @@
         [--out runs/recipe] [--speed-run runs/prec/ball_screw]
 
 Each run folder holds model.onnx and model.json (cfrg export) and config.json with its held-back good images
-(cfrg train). For every variant of the CPU recipe (export.precision.Int8Recipe) and every run, the graph is
+(cfrg train). For every variant of the CPU recipe (sdk.build.precision.Int8Recipe) and every run, the graph is
 written from the run's FP32 graph, calibrated on its held-back good images (with --accept-drop, so that each
 is measured and its check recorded) and evaluated on the full test split. Speed: each variant's graph of the
 speed run against its FP32 graph in one `sdk.bench` run, batch 1 and 8.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import export.precision as P  # noqa: E402
+import sdk.build.precision as P  # noqa: E402
 from sdk.cli import main  # noqa: E402
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -53,7 +53,7 @@ VARIANTS = {
 
 
 def measure(run: Path, data: str, out: Path, names) -> dict:
-    from export.runs import RunRecord
+    from sdk.run_record import RunRecord
 
     record = RunRecord.read(run, data)
     out.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from export.runs import RunRecord  # noqa: E402
+from sdk.run_record import RunRecord  # noqa: E402
 from export.model import (GaussianBlur, high_pass, inverse_cholesky, ledoit_wolf, peak_above_mean,  # noqa: E402
                           soft_max, upsample as up)
 from export.train import _to_tensor, load_model, run_images  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.config import PIXEL_MAPS  # noqa: E402
-from export.synthesis import DefectSynthesizer  # noqa: E402
+from sdk.synthesis import DefectSynthesizer  # noqa: E402
 from export.train import load_model, run_images, torch_predictor, with_map_fusion  # noqa: E402
 from sdk import metrics  # noqa: E402
 

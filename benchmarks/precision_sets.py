@@ -1,5 +1,5 @@
 """Each precision graph against FP32 on several development sets: the four metrics on the full test split and
-cfrg build's own check (export.precision_check, on held-back good images and synthetic defects only).
+cfrg build's own check (sdk.build.precision_check, on held-back good images and synthetic defects only).
 
     python benchmarks/precision_sets.py --data ../shared/data --runs runs/prec/ball_screw,runs/prec/tire,... \
         [--json runs/prec/precision_sets.json]
@@ -25,7 +25,7 @@ FLAGS = {"fp16": ["--fp16"], "int8": ["--int8"], "cpu-int8": ["--cpuInt8"]}
 
 
 def run_set(run: Path, data: str) -> dict:
-    from export.runs import RunRecord
+    from sdk.run_record import RunRecord
 
     category = RunRecord.read(run, data).category
     onnx_path = run / "model.onnx"
@@ -48,10 +48,10 @@ def run_set(run: Path, data: str) -> dict:
 
 
 def passes(recorded: dict) -> bool:
-    """The recorded figures judged by today's limits (export.precision_check.LIMITS)."""
+    """The recorded figures judged by today's limits (sdk.build.precision_check.LIMITS)."""
     from dataclasses import fields
 
-    from export.precision_check import LIMITS, PrecisionCheck
+    from sdk.build.precision_check import LIMITS, PrecisionCheck
 
     names = {f.name for f in fields(PrecisionCheck)} - {"limits", "accepted_drop"}
     return PrecisionCheck(**{k: recorded[k] for k in names}, limits=dict(LIMITS)).passed

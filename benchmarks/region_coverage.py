@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--run", required=True, help="a training run folder (model.pt, config.json)")
     p.add_argument("--data", help="the data root, if it moved since training")
     args = p.parse_args()
-    from export.runs import RunRecord  # the training stack only here: coverage_report serves the peer's venv too
+    from sdk.run_record import RunRecord  # the training stack only here: coverage_report serves the peer's venv too
     from export.train import load_model, torch_predictor
 
     run = Path(args.run)

@@ -1,6 +1,4 @@
-"""CFRG factory side: model, defect synthesis, training, calibration, ONNX export.
-
-Its modules need PyTorch (pip install 'cfrg-inspect[train]'), except config and options, which hold
-the model's and the training's declarations as plain data for the CLI, and what `cfrg build` uses on a
-Jetson: engine, precision, tensorrt_rules and runs (numpy, onnx, onnxruntime only).
+"""CFRG factory side: the model, its training and statistics, the ONNX export. Needs PyTorch
+(pip install 'cfrg-inspect[train]'), except config and options, the model's and the training's
+declarations as plain data for the CLI. What `cfrg build` runs on a Jetson is in sdk.build.
 """

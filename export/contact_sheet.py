@@ -19,7 +19,7 @@ from sdk.data import AnomalyDataset
 from sdk.evaluate import spread_indices
 from sdk.files import atomic_output
 
-from .synthesis import DefectSynthesizer
+from sdk.synthesis import DefectSynthesizer
 
 SHEET_COLUMNS = 4  # sample+mask pairs per row
 GAP = 4  # pixels between cells

@@ -20,8 +20,8 @@ from sdk.files import IMAGE_EXTENSIONS, atomic_output, check_output_folder, imag
 from sdk.model_info import OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, file_sha256, software_versions, utc_now
 
 from .model import CFRG
-from .onnx_utils import fold_constants, save_with_description
-from .runs import RunRecord
+from sdk.build.onnx_utils import fold_constants, save_with_description
+from sdk.run_record import RunRecord
 
 OPSET = 17  # parsed by TensorRT 8.6, 10.x (JetPack 6: 10.3) and 11
 INPUT_NAME = "frames"
@@ -35,7 +35,7 @@ class DeployGraph(nn.Module):
         self.eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
 
     def forward(self, frames: torch.Tensor):
-        # Cast first: TensorRT takes UINT8 only as a network input that feeds a Cast (export/tensorrt_rules.json)
+        # Cast first: TensorRT takes UINT8 only as a network input that feeds a Cast (sdk/build/tensorrt_rules.json)
         x = frames.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # as export.train._to_tensor
         amap, score = self.model(x)
         return amap[:, 0], score
@@ -104,7 +104,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor
 
-    from .calibrate import calibrate_thresholds, score_normalisation
+    from sdk.build.thresholds import calibrate_thresholds, score_normalisation
     from .model import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)

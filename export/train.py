@@ -25,8 +25,8 @@ from .config import FINE_SPREAD_LIMIT, CFRGConfig
 from .model import (CFRG, GlobalGaussian, auto_fine_weight, cos_distance, fold_batchnorm, load_checkpoint,
                     save_checkpoint)
 from .options import TrainArgs, auto_image_size, auto_memory_pool, shared_aspect
-from .runs import RunRecord
-from .synthesis import DefectSynthesizer
+from sdk.run_record import RunRecord
+from sdk.synthesis import DefectSynthesizer
 
 
 def _to_tensor(batch_u8: np.ndarray) -> torch.Tensor:

@@ -140,7 +140,7 @@ def cmd_export(ns) -> int:
 def cmd_build(ns) -> int:
     """trtexec-style: the precision graph, TensorRT's documented rules checked on what TensorRT would parse, then
     a TensorRT engine where TensorRT is installed."""
-    engine = factory("engine", "building an engine")
+    from .build import engine
     from .backends import ModelFileError, refuse_folder
     from .backends.onnxruntime import OnnxRuntimeBackend
     from .files import atomic_write, check_output_folder, image_files
@@ -173,7 +173,8 @@ def cmd_build(ns) -> int:
             if not calib_files:
                 raise FileNotFoundError(f"--calib={options.calib}: the folder holds no images; give good images")
         elif options.calib.suffix == ".json" and options.calib.is_file():
-            cache = factory("precision", "building an engine").calibration_cache_path(options.graph, "fp32")
+            from .build.precision import calibration_cache_path
+            cache = calibration_cache_path(options.graph, "fp32")
             if options.calib.resolve() != cache.resolve():
                 atomic_write(cache, options.calib.read_bytes())
         else:
@@ -226,11 +227,11 @@ def _warn(text: str) -> None:
 
 
 def _checked_engine(options, description, data: bytes, good_files, ns):
-    """The engine against the graph it was built from (export.precision_check), staged under a visible name
+    """The engine against the graph it was built from (sdk.build.precision_check), staged under a visible name
     beside it; moved into place only when it holds (or under --accept-drop)."""
     import dataclasses
 
-    from export.precision import check_against
+    from sdk.build.precision import check_against
 
     from .backends.onnxruntime import OnnxRuntimeBackend
     from .backends.tensorrt import TensorRTBackend
@@ -265,7 +266,7 @@ def _checked_engine(options, description, data: bytes, good_files, ns):
 
 
 def _write_precision_graph(options, onnx_path: Path, calib_files, ns) -> None:
-    from export.precision import write_precision_graph
+    from sdk.build.precision import write_precision_graph
 
     print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
     info = write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files,
@@ -301,7 +302,7 @@ def _made_from(graph: Path, onnx_path: Path) -> bool:
 def _held_back_images(info, quiet: bool = False) -> list[str] | None:
     """INT8 calibration and the precision check by default: the good images held back at training, from the run
     the export recorded."""
-    from export.runs import RunRecord
+    from sdk.run_record import RunRecord
 
     run_dir = info.training.get("run_dir")
     if not run_dir or not (Path(run_dir) / "config.json").is_file():
@@ -669,9 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_arg(name: str):
-    """An argparse type from export.engine's parsers (BuildError becomes the flag's error)."""
+    """An argparse type from sdk.build.engine's parsers (BuildError becomes the flag's error)."""
     def parse(text: str):
-        engine = factory("engine", "building an engine")
+        from .build import engine
         try:
             return getattr(engine, name)(text)
         except engine.BuildError as exc:
@@ -706,7 +707,7 @@ def exit_code(exc: BaseException) -> int | None:
     from .sources import SourceError
 
     try:
-        from export.precision import PrecisionDropError
+        from sdk.build.precision import PrecisionDropError
         precision_drop = (PrecisionDropError,)
     except ImportError:  # a field install without onnx
         precision_drop = ()

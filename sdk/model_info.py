@@ -15,7 +15,7 @@ with one ModelFileError that names the file, the problem and the fix.
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
      "training": {...}, "model": {...}, "map_statistics": {...},
      "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
-     "precision_check": {...}}  (reduced-precision graphs and engines: export.precision_check against FP32)
+     "precision_check": {...}}  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """

@@ -46,8 +46,8 @@ def precision_graphs(exported_model, tmp_path_factory):
     """The exported FP32 graph and its three precision graphs, calibrated on the run's held-back good images."""
     import shutil
 
-    from export.precision import precision_path, write_precision_graph
-    from export.runs import RunRecord
+    from sdk.build.precision import precision_path, write_precision_graph
+    from sdk.run_record import RunRecord
 
     folder = tmp_path_factory.mktemp("precision")
     fp32 = folder / "model.onnx"

@@ -1,12 +1,12 @@
 """A FAKE TensorRT (and CUDA runtime) for this machine, which has neither: it enforces the documented rules it
 stands for, so that code breaking them fails here.
 
-What it enforces (each rule as export/tensorrt_rules.json states it, with its source there):
+What it enforces (each rule as sdk/build/tensorrt_rules.json states it, with its source there):
 - the ONNX parser: a UINT8 network input may feed only a Cast (NVIDIA/TensorRT#3985); DequantizeLinear takes
   INT8 only (no INT32 biases); parse_from_file() returns False with the node named;
 - the builder: TF32 is on until cleared (the flag state is recorded, `config.flags`); a strongly typed network
   refuses the FP16/INT8 flags and per-layer precisions; DLA needs static shapes (min = opt = max), FP16 or INT8,
-  no strongly typed network, and GPU fallback for any layer that is not a DLA layer (export.tensorrt_rules'
+  no strongly typed network, and GPU fallback for any layer that is not a DLA layer (sdk.build.tensorrt_rules'
   list); INT8 on DLA from Q/DQ nodes is refused; a layer given a float precision whose output is INT32/BOOL
   fails the build; set_timing_cache() returns False for a cache of another TensorRT or GPU;
 - the runtime: deserialize_cuda_engine() returns None for a plan of another TensorRT build or GPU (unless built
@@ -26,7 +26,7 @@ import types
 
 import numpy as np
 
-from export.tensorrt_rules import rules
+from sdk.build.tensorrt_rules import rules
 
 HEADER_END = b"\n--fake-plan--\n"
 

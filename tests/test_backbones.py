@@ -48,7 +48,7 @@ def test_lite_exports_to_onnx_without_shape_ops(tmp_path):
     path = tmp_path / "lite0.onnx"
     torch.onnx.export(net, torch.rand(1, 3, 128, 128), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["f4", "f8", "f16"])
-    from export.onnx_utils import fold_constants
+    from sdk.build.onnx_utils import fold_constants
 
     model = fold_constants(onnx.load(str(path)))
     onnx.checker.check_model(model)

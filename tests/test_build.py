@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from export.runs import RunRecord
+from sdk.run_record import RunRecord
 from sdk import cli
 from sdk.cli import main
 from tests.conftest import DEMO_ROOT

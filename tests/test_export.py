@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from export.onnx_export import export_checkpoint
-from export.onnx_utils import TENSORRT_OPS, graph_report
+from sdk.build.onnx_utils import TENSORRT_OPS, graph_report
 from export.train import TrainArgs, torch_predictor, train
 from sdk.data import AnomalyDataset
 from sdk.backends.onnxruntime import OnnxRuntimeBackend

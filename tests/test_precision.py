@@ -1,4 +1,4 @@
-"""Precision graphs (export.precision): FP16 keeps the numerically sensitive parts FP32, the TensorRT INT8 graph
+"""Precision graphs (sdk.build.precision): FP16 keeps the numerically sensitive parts FP32, the TensorRT INT8 graph
 has Q/DQ exactly where TensorRT fuses them, the CPU INT8 graph runs in ONNX Runtime, all three pass the
 TensorRT operator check and run in sdk.Detector; the calibration is cached and reused."""
 import json
@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from export.onnx_utils import TENSORRT_OPS, graph_report
-from export.precision import CNN_PARTS, HEADS, calibration_cache_path, precision_path, write_precision_graph
+from sdk.build.onnx_utils import TENSORRT_OPS, graph_report
+from sdk.build.precision import CNN_PARTS, HEADS, calibration_cache_path, precision_path, write_precision_graph
 from sdk import Detector
 from sdk.data import read_image
 from sdk.evaluate import resize_for_model

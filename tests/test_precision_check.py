@@ -1,4 +1,4 @@
-"""export.precision_check: a reduced-precision graph is compared with FP32 on held-back good images and their
+"""sdk.build.precision_check: a reduced-precision graph is compared with FP32 on held-back good images and their
 synthetic-defect twins before cfrg build keeps it; one that does not hold is refused in one line (exit 9) unless
 --accept-drop, and the figures go into its model.json."""
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from export.precision import PrecisionDropError, check_against
-from export.precision_check import LIMITS, PrecisionCheck, ranks, spearman, synthetic_set
+from sdk.build.precision import PrecisionDropError, check_against
+from sdk.build.precision_check import LIMITS, PrecisionCheck, ranks, spearman, synthetic_set
 from sdk import cli
 from sdk.backends.onnxruntime import OnnxRuntimeBackend
 from sdk.cli import main
@@ -76,7 +76,7 @@ def test_a_graph_that_holds_passes_and_its_check_is_recorded(precision_graphs):
 def test_cfrg_build_refuses_in_one_line_with_exit_9_and_writes_on_accept_drop(precision_graphs, tmp_path, capsys,
                                                                             monkeypatch):
     """cfrg build with the precision check failing (here: forced by an impossible limit on the real graph)."""
-    import export.precision_check as pc
+    import sdk.build.precision_check as pc
 
     fp32, _, calib = precision_graphs
     folder = tmp_path / "m"

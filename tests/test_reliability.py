@@ -158,7 +158,7 @@ def test_a_damaged_run_record_is_one_line(tmp_path, exported_model, edit, capsys
 
 
 def test_export_or_eval_interrupted_leaves_nothing_half_written(tmp_path, exported_model, monkeypatch, capsys):
-    from export import calibrate
+    from sdk.build import thresholds
     from sdk import evaluate
 
     checkpoint, _ = _run_copy(tmp_path, exported_model)
@@ -169,7 +169,7 @@ def test_export_or_eval_interrupted_leaves_nothing_half_written(tmp_path, export
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(calibrate, "calibrate_thresholds", interrupted)
+    monkeypatch.setattr(thresholds, "calibrate_thresholds", interrupted)
     code, _ = _cfrg(capsys, "export", checkpoint, "-o", out / "m.onnx", "--no-progress")
     assert code == cli.EXIT_INTERRUPTED and os.listdir(out) == ["m.onnx"]
     assert (out / "m.onnx").read_bytes() == b"an earlier export"

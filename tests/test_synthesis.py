@@ -1,4 +1,4 @@
-"""Tests of export/synthesis.py and export/contact_sheet.py, mostly on real good images."""
+"""Tests of sdk/synthesis.py and export/contact_sheet.py, mostly on real good images."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.contact_sheet import GAP, load_category_images, main, sheet_shape, write_contact_sheet
-from export.synthesis import (ALL_KINDS, MIN_MEAN_CHANGE, MIN_PIXEL_CHANGE, DefectSynthesizer, perlin_mask,
+from sdk.synthesis import (ALL_KINDS, MIN_MEAN_CHANGE, MIN_PIXEL_CHANGE, DefectSynthesizer, perlin_mask,
                               perlin_noise, procedural_texture)
 
 DATA_ROOT = Path(os.environ.get("CFRG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -1,5 +1,5 @@
 """API conformance of the TensorRT and CUDA code, checked here where neither can run: every TensorRT attribute,
-method and enum that export/engine.py and sdk/backends/tensorrt.py use exists in the official Python bindings
+method and enum that sdk/build/engine.py and sdk/backends/tensorrt.py use exists in the official Python bindings
 of TensorRT 10.3 (JetPack 6) and 11.x, and every CUDA call exists in cuda-python (cuda.bindings) and pycuda.
 
 The name lists in tests/data/api_names were read from the published wheels (and pycuda's source) by
@@ -9,7 +9,7 @@ import ast
 
 import pytest
 
-from export.engine import TENSORRT_10_ONLY
+from sdk.build.engine import TENSORRT_10_ONLY
 from tests.conftest import ROOT
 
 NAMES = ROOT / "tests" / "data" / "api_names"
@@ -19,8 +19,8 @@ CUDA_PYTHON_ROOTS = {"cudart", "self.rt", "props"}
 PYCUDA_ROOTS = {"cuda", "self.cuda", "self.context", "dev", "stream", "ptr"}
 # where each kind of object lives: (file, the class or function holding the code, its roots, the name lists)
 SCOPES = [
-    ("export/engine.py", None, TRT_ROOTS, "tensorrt"),
-    ("export/engine.py", "build_progress", TRT_ROOTS, "tensorrt"),
+    ("sdk/build/engine.py", None, TRT_ROOTS, "tensorrt"),
+    ("sdk/build/engine.py", "build_progress", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "TensorRTBackend", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "_check_engine_here", TRT_ROOTS, "tensorrt"),
     ("sdk/backends/tensorrt.py", "_open", TRT_ROOTS, "tensorrt"),
@@ -100,7 +100,7 @@ def test_every_tensorrt_and_cuda_name_we_use_exists(path, scope, roots, kind):
 
 def test_the_check_fails_on_a_misspelt_or_removed_name():
     """It can fail: a misspelt method, an enum TensorRT 11 removed, a wrong CUDA call."""
-    source = (ROOT / "export/engine.py").read_text()
+    source = (ROOT / "sdk/build/engine.py").read_text()
     misspelt = source.replace("config.set_memory_pool_limit(", "config.set_memory_pool_limt(")
     assert any("set_memory_pool_limt is missing" in p for p in problems(misspelt, TRT_ROOTS, "tensorrt"))
     removed = "def f(trt, config):\n    config.set_flag(trt.BuilderFlag.STRICT_TYPES)\n"

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 import pytest
 
-from export import engine as engine_module
+from sdk.build import engine as engine_module
 from sdk import Detector, ModelFileError, Stream
 from sdk import cli
 from sdk.backends import tensorrt as trt_backend

@@ -1,4 +1,4 @@
-"""export.tensorrt_rules: TensorRT's documented rules, as data with sources, checked without TensorRT on every
+"""sdk.build.tensorrt_rules: TensorRT's documented rules, as data with sources, checked without TensorRT on every
 graph the project writes (FP32, FP16, TensorRT INT8) and on the DLA build cases that would fail.
 
 These tests prove the graphs and plans keep the rules as the rule file states them; they do not prove that the
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from export import onnx_export
-from export.engine import BuildOptions, calibration_cache_text, dla_calibration_cache, dla_ranges, read_calibration_cache
-from export.precision import CNN_PARTS, precision_path
-from export.tensorrt_rules import RULES_FILE, check, check_parser, errors, gpu_layers, rules, source_text
+from sdk.build.engine import BuildOptions, calibration_cache_text, dla_calibration_cache, dla_ranges, read_calibration_cache
+from sdk.build.precision import CNN_PARTS, precision_path
+from sdk.build.tensorrt_rules import RULES_FILE, check, check_parser, errors, gpu_layers, rules, source_text
 from sdk import cli
 from sdk.cli import main
 

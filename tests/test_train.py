@@ -20,7 +20,7 @@ def tiny_args(tmp_path, **kw):
 def test_loss_falls_on_real_images():
     """A fixed synthetic batch of real ball_screw images: 25 steps lower every loss term."""
     from export.model import CFRG, CFRGConfig
-    from export.synthesis import DefectSynthesizer
+    from sdk.synthesis import DefectSynthesizer
     from export.train import _to_tensor, load_train_images, teacher_cache
     from sdk.data import AnomalyDataset
 
@@ -56,7 +56,7 @@ def test_loss_falls_on_real_images():
 def _demo_batch(n=6, flip=False):
     """A CFRG, its clean-feature cache and one BatchMaker batch of real ball_screw images."""
     from export.model import CFRG, CFRGConfig
-    from export.synthesis import DefectSynthesizer
+    from sdk.synthesis import DefectSynthesizer
     from export.train import BatchMaker, load_train_images, teacher_cache
     from sdk.data import AnomalyDataset
 

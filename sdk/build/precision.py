@@ -274,11 +274,11 @@ def widen_ranges(cache: dict, headroom: dict[str, float]) -> dict:
     cache = json.loads(json.dumps(cache))
     for name, tensor in cache.get("data", {}).items():
         factor = next((f for part, f in headroom.items() if name.startswith(part)), 1.0)
-        for key in ("lowest", "highest"):  # a list (min/max) or a float (histogram methods)
-            if isinstance(tensor[key], dict):
-                tensor[key]["data"] = [v * factor for v in tensor[key]["data"]]
-            else:
-                tensor[key] *= factor
+        for key in ("lowest", "highest"):  # a number, or an array as {"data": number or list} (by method)
+            value = tensor[key]
+            data = value["data"] if isinstance(value, dict) else value
+            data = [v * factor for v in data] if isinstance(data, list) else data * factor
+            tensor[key] = {**value, "data": data} if isinstance(value, dict) else data
     return cache
 
 
@@ -310,7 +310,7 @@ def keep_fp32_inputs(model, quantized: set[str]) -> None:
 
 
 class PrecisionDropError(ValueError):
-    """A reduced-precision graph (or engine) that does not hold FP32's accuracy (export.precision_check)."""
+    """A reduced-precision graph (or engine) that does not hold FP32's accuracy (sdk.build.precision_check)."""
 
 
 CHECK_IMAGES = 64  # held-back good images the precision check uses at most (and as many synthetic ones)
@@ -318,7 +318,7 @@ CHECK_IMAGES = 64  # held-back good images the precision check uses at most (and
 
 def check_against(reference_backend, backend, files, size, colour_order, input_name, thresholds, name, precision,
                   accept_drop: bool, warn=print) -> dict:
-    """export.precision_check of `backend` against `reference_backend`; PrecisionDropError unless it holds or
+    """sdk.build.precision_check of `backend` against `reference_backend`; PrecisionDropError unless it holds or
     accept_drop; returns the check's figures for the description."""
     from sdk.data import read_image
     from sdk.evaluate import backend_predictor, resize_for_model
@@ -347,7 +347,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
 
     The description carries the FP32 model's, with precision and provenance of this graph; with calibration
     images the good_only thresholds are measured again with this graph (as `cfrg export` measured them), and
-    the graph is checked against FP32 on them and on their synthetic-defect twins (export.precision_check):
+    the graph is checked against FP32 on them and on their synthetic-defect twins (sdk.build.precision_check):
     one that does not hold is refused (PrecisionDropError, nothing written) unless accept_drop. `recipe`
     replaces the INT8 target's recipe (benchmarks/cpu_int8_recipe.py compares them)."""
     import onnx
@@ -357,7 +357,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
     from sdk.files import atomic_output
     from sdk.model_info import ModelInfo, Provenance, file_sha256, software_versions, utc_now
 
-    from .calibrate import calibrate_thresholds, score_normalisation
+    from .thresholds import calibrate_thresholds, score_normalisation
     from .onnx_utils import save_with_description
 
     if precision not in SUFFIXES:

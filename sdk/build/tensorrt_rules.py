@@ -1,6 +1,6 @@
 """TensorRT's documented rules checked on an ONNX graph and a build, without TensorRT (no torch either).
 
-The rules are data (export/tensorrt_rules.json), each with its source (document and release): what TensorRT's
+The rules are data (sdk/build/tensorrt_rules.json), each with its source (document and release): what TensorRT's
 ONNX parser takes per op and dtype for 10.3 (JetPack 6), current 10.x and 11.x; the UINT8 and Q/DQ rules; and
 for DLA (TensorRT 10.3) which ops become DLA layers under what conditions, static shapes, FP16/INT8 only,
 implicit INT8, GPU fallback. `cfrg build` (and `--dry-run`) runs check() before TensorRT would spend minutes,
@@ -294,7 +294,7 @@ def summary_lines(findings: list[Finding], limit: int = 8) -> list[str]:
     """The plan's lines for one target: the errors (each), and the layers DLA leaves to the GPU (by reason)."""
     bad, gpu = errors(findings), gpu_layers(findings)
     if not bad:
-        lines = ["rules         no violation of TensorRT's documented rules (export/tensorrt_rules.json)"]
+        lines = ["rules         no violation of TensorRT's documented rules (sdk/build/tensorrt_rules.json)"]
     else:
         lines = [f"rules         {len(bad)} violation(s): this would not build"]
         lines += [f"  error       {f.line()}" for f in bad[:limit]]

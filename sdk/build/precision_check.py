@@ -2,7 +2,7 @@
 onnxruntime; no torch, no labelled test data).
 
 Both graphs run on the good images held back at training and on the same images with one synthetic defect
-each (export.synthesis, the defects training draws). What is compared:
+each (sdk.synthesis, the defects training draws). What is compared:
 
     score_rank_correlation   Spearman correlation of the image scores, good and synthetic together (judged
                              from 20 images on: fewer make it noise)
@@ -113,7 +113,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def synthetic_set(good: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each good image (uint8 RGB NHWC at the model size) with one synthetic defect: (images, masks 0/1)."""
-    from .synthesis import DefectSynthesizer
+    from ..synthesis import DefectSynthesizer
 
     synth = DefectSynthesizer(donor_images=list(good), seed=seed)
     rng = np.random.default_rng(seed)

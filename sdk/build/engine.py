@@ -1,8 +1,8 @@
 """TensorRT engines from the exported ONNX graph: the build plan (`cfrg build --dry-run`), the equivalent
-trtexec line, the rule check (export.tensorrt_rules) and the build itself where TensorRT is installed. No torch.
+trtexec line, the rule check (sdk.build.tensorrt_rules) and the build itself where TensorRT is installed. No torch.
 
 One precision story for both TensorRT lines. On the GPU every build is strongly typed, from a typed graph
-(model.onnx, model.fp16.onnx or the Q/DQ model.int8.onnx of export.precision): TensorRT 11 knows nothing else
+(model.onnx, model.fp16.onnx or the Q/DQ model.int8.onnx of sdk.build.precision): TensorRT 11 knows nothing else
 and 10.x (JetPack 6 has 10.3) has STRONGLY_TYPED too, so no builder precision flags and no per-layer
 constraints. TF32 is cleared in every build, since the FP32 parts (the patch-memory distances, the Gaussians)
 are what TF32's 10-bit mantissa harms. DLA (10.x only) is the one place that keeps builder flags, because DLA
@@ -343,7 +343,7 @@ class _GreyFrames:
 
 
 def check_targets(options: BuildOptions, targets: list[str], proto) -> dict:
-    """{target: findings} of export.tensorrt_rules for building `proto` (options.engine_source) there."""
+    """{target: findings} of sdk.build.tensorrt_rules for building `proto` (options.engine_source) there."""
     from .tensorrt_rules import check
 
     size = tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim)[1:3]
@@ -401,7 +401,7 @@ def plan_targets(options: BuildOptions, trt=None, only: str | None = None) -> li
 
 def plan_text(options: BuildOptions, info, trt=None, findings: dict | None = None, only: str | None = None) -> str:
     """What `cfrg build` will do, in words, per target: the precision of each part, the rule check's findings
-    (export.tensorrt_rules) and the equivalent trtexec line."""
+    (sdk.build.tensorrt_rules) and the equivalent trtexec line."""
     from .tensorrt_rules import rules, summary_lines
 
     size = (info.input.height, info.input.width)
