@@ -250,7 +250,9 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: s
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # its advice to pre-process (shape inference) does not apply
     try:
-        if not cache.is_file():  # calibrate once: the cache keeps the good images' own ranges
+        if not cache.is_file() and recipe.method == "entropy":
+            entropy_ranges(fp32_path, recipe.op_types, reader, cache)
+        elif not cache.is_file():  # calibrate once: the cache keeps the good images' own ranges
             quantize_static(str(fp32_path), str(out_path), reader, nodes_to_quantize=nodes,
                             calibration_cache_path=str(cache), **options)
         with_headroom = Path(str(out_path) + ".ranges.json")
@@ -267,6 +269,22 @@ def to_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, target: s
     if target == "int8":  # the unquantized teacher in FP16, as TensorRT runs it with the FP16 flag
         quantized = to_fp16(quantized, ("/model/teacher/",))
     onnx.save(quantized, str(out_path))
+
+
+def entropy_ranges(fp32_path, op_types, reader: GoodFrames, cache: Path) -> None:
+    """Entropy (KL) calibration ranges saved to `cache`, with 2048 histogram bins. quantize_static passes no
+    bin counts to its entropy calibrator, whose default of 128 bins and 128 quantized bins leaves one
+    candidate threshold: the full range, i.e. min/max."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    with tempfile.TemporaryDirectory(prefix="cfrg.calib.") as tmp:
+        calibrator = create_calibrator(Path(fp32_path), list(op_types), augmented_model_path=str(Path(tmp) / "a.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
 
 
 def widen_ranges(cache: dict, headroom: dict[str, float]) -> dict:
