@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .sources import Frame, Source, SourceEvent, open_source
+from ..sources import Frame, Source, SourceEvent, open_source
 
 log = logging.getLogger("sdk.stream")
 
