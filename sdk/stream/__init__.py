@@ -27,6 +27,10 @@
   to the sinks (``stream.flushed`` holds them), sinks and source are closed, threads joined.
   A stage stuck longer than ``drain_timeout`` turns its frames into error records.
 - Sinks are called in the consuming thread, in order, before the record is yielded.
+
+Inside: lifecycle (Stream: start, iterate, drain, close), options (StreamOptions and the checks),
+stages (the four thread loops), inference (worker replicas, ticket order, bad-frame isolation),
+queues (pipes, ordered outbox, stop signal), fanout (sinks), stats, records (Record, items in flight).
 """
 from .lifecycle import Stream
 from .options import StreamOptions
