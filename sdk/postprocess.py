@@ -24,18 +24,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
-from sdk.native import (
-    Rect,
-    as_rect,
-    check_choice,
-    check_frame,
-    check_map,
-    check_output,
-    check_rect_inside,
-    check_threads,
-    describe,
-    native_module,
-)
+from .checks import Rect, as_rect, check_choice, check_frame, check_map, check_output, check_rect_inside, check_threads, describe
+from .native import native_module
 
 
 class Region(NamedTuple):

@@ -38,16 +38,8 @@ from typing import Any, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from sdk.native import (
-    Rect,
-    as_rect,
-    check_choice,
-    check_frame,
-    check_rect_inside,
-    check_threads,
-    describe,
-    native_module,
-)
+from .checks import Rect, as_rect, check_choice, check_frame, check_rect_inside, check_threads, describe
+from .native import native_module
 
 LAYOUTS = ("nhwc_u8", "nchw_f32", "nchw_f16")
 _LAYOUT_DTYPES = {"nhwc_u8": np.uint8, "nchw_f32": np.float32, "nchw_f16": np.float16}
