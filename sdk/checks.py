@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 
-Rect = tuple[int, int, int, int]  # (x, y, w, h)
 INT64_MAX = 2**63 - 1  # what the C++ extension's int64 arguments (e.g. min_area) hold
 
 Rule = Callable[[Any], Optional[str]]  # what is wrong with a value, or None
@@ -165,25 +164,6 @@ def check_output(out: Any, name: str, dtype: Any, shape: tuple[int, ...]) -> np.
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable; got {describe(out)}")
     return out
-
-
-def as_rect(value: Any, name: str) -> Rect:
-    """(x, y, w, h) as ints."""
-    try:
-        x, y, w, h = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a tuple (x, y, w, h) of ints; got {value!r}") from None
-    return x, y, w, h
-
-
-def check_rect_inside(rect: Rect, width: int, height: int, name: str, inside: str) -> Rect:
-    x, y, w, h = rect
-    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ValueError(
-            f"{name} (x={x}, y={y}, w={w}, h={h}) must have w, h >= 1 and lie inside {inside} "
-            f"of width {width} and height {height}"
-        )
-    return rect
 
 
 def check_threads(threads: Any) -> int:
