@@ -252,6 +252,26 @@ py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int fram
     return result;
 }
 
+// The map resized (float bilinear) into out_map: what postprocess writes as its full map.
+void resize_map(const py::object& map_obj, const py::object& out_map_obj, int threads) {
+    py::array amap = require_array(map_obj, "anomaly_map", "float32 (H, W)");
+    const MapF32 src = map_view(amap, "anomaly_map", false);
+    py::array out_map = require_array(out_map_obj, "out_map", "float32 (H, W)");
+    const MapF32 out = map_view(out_map, "out_map", true);
+    const int nthreads = resolve_threads(threads, static_cast<int64_t>(out.width) * out.height, 1 << 19);
+
+    py::gil_scoped_release release;
+    const LinearF32 resizer(src.data, src.height, src.width, src.row_stride, src.col_stride, out.height, out.width);
+    const int chunks = nthreads <= 1 ? 1 : std::min(out.height, nthreads * 4);
+    parallel_chunks(chunks, nthreads, [&](int chunk) {
+        int64_t y0, y1;
+        chunk_range(out.height, chunks, chunk, y0, y1);
+        LinearF32::Cache cache = resizer.make_cache(10);
+        float* tmp = scratch_of<float>(13, out.width);
+        for (int y = static_cast<int>(y0); y < y1; ++y) resized_row(resizer, out, y, tmp, cache);
+    });
+}
+
 // Heat map (colour LUT of the map scaled to [lo, lo + 255 / scale]) blended on the frame, and
 // the region contours (mask pixels with a 4-neighbour outside the mask or the image) in `color`.
 void overlay(const py::object& frame_obj, const py::object& map_obj, const py::object& mask_obj,
@@ -338,6 +358,9 @@ void register_postprocess(py::module_& m) {
           "out_mask = mask_value where map >= threshold (float32 compare) in 8-connected regions of at least\n"
           "min_area pixels. Returns (K, 7) float64 rows: x, y, w, h, area, max_score, mean_score\n"
           "(scores rounded to float32), regions in raster order of their first pixel. Releases the GIL.");
+    m.def("resize_map", &resize_map, py::arg("anomaly_map"), py::arg("out_map"), py::arg("threads") = 0,
+          "anomaly_map resized (float bilinear, OpenCV's own INTER_LINEAR arithmetic) into out_map, as\n"
+          "postprocess resizes it. Releases the GIL.");
     m.def("overlay", &overlay, py::arg("frame"), py::arg("anomaly_map"), py::arg("mask"), py::arg("out"),
           py::arg("lo"), py::arg("scale"), py::arg("alpha"), py::arg("inv_alpha"), py::arg("lut"),
           py::arg("color"), py::arg("threads") = 0,

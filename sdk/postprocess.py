@@ -1,10 +1,13 @@
 """Anomaly map (model size) -> the frame's resolution, mask and regions; and the overlay.
 
+``map_to_frame(anomaly_map, frame_shape)`` is the one map-to-frame resize: bilinear, half-pixel
+centres, the arithmetic of OpenCV's own cv2.resize INTER_LINEAR (cv2 with its IPP backend differs
+from it by up to ~1e-4 on a map's values). The Detector (through ``postprocess``), the evaluation
+(sdk.evaluate) and the sinks all resize with it.
+
 ``postprocess(anomaly_map, frame_shape, threshold, min_area)`` returns
 
-* ``full_map``: float32 (H, W), the map resized with bilinear interpolation (half-pixel centres,
-  the arithmetic of OpenCV's own cv2.resize INTER_LINEAR; cv2 with its IPP backend differs from
-  it by up to ~1e-5);
+* ``full_map``: float32 (H, W), ``map_to_frame(anomaly_map, frame_shape)``;
 * ``mask``: uint8 (H, W), ``mask_value`` (255) on pixels with ``full_map >= threshold`` (compared
   in float32; ``score >= threshold`` is positive, as in sdk.metrics and the calibration) that
   belong to an 8-connected region of at least ``min_area`` pixels, else 0;
@@ -82,6 +85,25 @@ def postprocess(
     out_map[...] = resize_map(anomaly_map, w, h)
     out_mask[...], regions = region_stats(out_map, out_map >= np.float32(threshold), int(min_area), int(mask_value))
     return out_map, out_mask, regions
+
+
+def map_to_frame(anomaly_map: np.ndarray, frame_shape: Sequence[int], threads: int = 0) -> np.ndarray:
+    """float32 (H, W): the map resized to the frame's (H, W) as postprocess resizes it (the map itself
+    when it already has that shape). anomaly_map: float32 or float64 (h, w) (other dtypes are cast)."""
+    anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.dtype != np.float32:
+        anomaly_map = anomaly_map.astype(np.float32)
+    anomaly_map = check_map(anomaly_map)
+    h, w = _frame_hw(frame_shape)
+    if anomaly_map.shape == (h, w):
+        return anomaly_map
+    threads = check_threads(threads)
+    native = native_module()
+    if native is None:
+        return resize_map(anomaly_map, w, h)
+    out = np.empty((h, w), np.float32)
+    native.resize_map(anomaly_map, out, threads)
+    return out
 
 
 def _linear_taps(ssize: int, dsize: int, clamp: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,18 @@ def test_twin_resize_is_opencv_bilinear_bit_for_bit():
         cv2.ipp.setUseIPP(use_ipp)
 
 
+def test_one_map_to_frame_resize():
+    """map_to_frame (native and twin) is the full map postprocess writes: evaluation, the sinks and the
+    Detector resize alike."""
+    rng = np.random.default_rng(7)
+    for sh, sw, dh, dw in [(256, 256, 1080, 1920), (13, 17, 40, 41), (64, 64, 20, 25), (1, 7, 5, 3)]:
+        m = random_view(rng, sh, sw)
+        full = run("native", lambda: post.postprocess(m, (dh, dw), 0.5))[0]
+        for backend in ("native", "twin"):
+            np.testing.assert_array_equal(run(backend, lambda: post.map_to_frame(m, (dh, dw), threads=2)), full)
+    assert post.map_to_frame(m, m.shape) is m
+
+
 def test_hand_computable_regions():
     m = np.zeros((6, 8), np.float32)
     m[1, 1], m[2, 2] = 0.9, 0.7  # diagonal neighbours: one 8-connected region
@@ -157,6 +169,10 @@ def test_extension_checks_its_own_arguments():
         _native.postprocess(m, 10, 20, 0.5, 0, fm, mk.T)
     with pytest.raises(ValueError, match=r"anomaly_map must be a numpy array .* got list"):
         _native.postprocess([[0.0]], 10, 20, 0.5, 0, fm, mk)
+    read_only = np.zeros((10, 20), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out_map must be writeable"):
+        _native.resize_map(m, read_only)
 
 
 @pytest.mark.parametrize("gray", [False, True])
