@@ -6,8 +6,6 @@ Cases (outputs written into preallocated buffers on both sides):
   pre  area     1920x1080 BGR frame -> 256x256 RGB uint8 NHWC slot (the default: >= 2x shrink, so
                 INTER_AREA); baseline cv2.resize(INTER_AREA) + cv2.cvtColor + np.copyto.
   pre  linear   the same with interpolation forced to bilinear; baseline cv2.resize(INTER_LINEAR) + ...
-  pre  f32 area 1920x1080 -> 3x256x256 float32, (v - mean) / std; baseline resize + cvtColor + NumPy.
-  pre  f32 blob bilinear, scalar std; baseline cv2.dnn.blobFromImage (its only interpolation) + copy.
   post          256x256 float map -> 1920x1080: resize, threshold, 8-connected components, min-area
                 filter, per-region box/area/max/mean, filtered mask; baseline cv2.resize (into the
                 output) + cv2.compare + cv2.connectedComponentsWithStats + NumPy statistics (per
@@ -39,7 +37,6 @@ from sdk import preprocess as pre  # noqa: E402
 from sdk import tiling  # noqa: E402
 from sdk.native import require_native, use_backend  # noqa: E402
 
-MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
 
 def load_frame(data: Path, size: tuple[int, int]) -> np.ndarray:
@@ -73,19 +70,11 @@ def cv_threads(n: int):
 
 def make_cases(data: Path):
     frame = load_frame(data, (1920, 1080))
-    u8, f32 = pre.make_batch(1, (256, 256)), pre.make_batch(1, (256, 256), layout="nchw_f32")
-    mean32, std32 = np.float32(MEAN), np.float32(STD)
+    u8 = pre.make_batch(1, (256, 256))
 
     def composite(interp):
         img = cv2.cvtColor(cv2.resize(frame, (256, 256), interpolation=interp), cv2.COLOR_BGR2RGB)
         np.copyto(u8[0], img)
-
-    def composite_f32():
-        img = cv2.cvtColor(cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-        np.copyto(f32[0], ((img.astype(np.float32) - mean32) / std32).transpose(2, 0, 1))
-
-    def blob():
-        np.copyto(f32, cv2.dnn.blobFromImage(frame, 1 / 57.0, (256, 256), MEAN, swapRB=True))
 
     amap = load_map(data)
     full, mask = np.empty((1080, 1920), np.float32), np.empty((1080, 1920), np.uint8)
@@ -125,10 +114,6 @@ def make_cases(data: Path):
          lambda t: pre.preprocess(frame, u8, color_out="rgb", threads=t)),
         ("pre linear 1920x1080->256 u8", lambda: composite(cv2.INTER_LINEAR),
          lambda t: pre.preprocess(frame, u8, color_out="rgb", interpolation="linear", threads=t)),
-        ("pre area ->256 f32 NCHW norm", composite_f32,
-         lambda t: pre.preprocess(frame, f32, mean=MEAN, std=STD, threads=t)),
-        ("pre linear ->256 f32 vs blob", blob,
-         lambda t: pre.preprocess(frame, f32, mean=MEAN, std=57.0, interpolation="linear", threads=t)),
         ("post 256->1920x1080 +CC+stats", post_baseline,
          lambda t: post.postprocess(amap, (1080, 1920), threshold, min_area, out_map=full, out_mask=mask, threads=t)),
         ("tiles 8192x1024 + stitch max", lambda: tiles_twin("max"), lambda t: tiles_native("max", t)),

@@ -37,7 +37,6 @@ void fail(const std::string& message) { throw py::value_error(message); }
 static bool native_order(const py::array& a) { return a.dtype().byteorder() != '>'; }
 bool is_u8(const py::array& a) { return a.dtype().kind() == 'u' && a.itemsize() == 1; }
 bool is_f32(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 4 && native_order(a); }
-bool is_f16(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 2 && native_order(a); }
 
 py::array require_array(const py::object& obj, const char* what, const std::string& expected) {
     if (!py::isinstance<py::array>(obj))
@@ -76,31 +75,6 @@ MapF32 map_view(const py::array& a, const char* what, bool writable) {
     m.row_stride = a.strides(0);
     m.col_stride = a.strides(1);
     return m;
-}
-
-Rect parse_rect(const py::object& obj, const char* what) {
-    py::sequence seq;
-    bool ok = py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj);
-    if (ok) {
-        seq = py::reinterpret_borrow<py::sequence>(obj);
-        ok = seq.size() == 4;
-    }
-    if (!ok) fail(std::string(what) + " must be a tuple (x, y, w, h); got " + py::repr(obj).cast<std::string>());
-    Rect r;
-    r.x = seq[0].cast<int>();
-    r.y = seq[1].cast<int>();
-    r.w = seq[2].cast<int>();
-    r.h = seq[3].cast<int>();
-    return r;
-}
-
-void check_rect_inside(const Rect& r, int width, int height, const char* what, const char* inside_what) {
-    if (r.w < 1 || r.h < 1 || r.x < 0 || r.y < 0 || r.x + r.w > width || r.y + r.h > height) {
-        std::ostringstream s;
-        s << what << " (x=" << r.x << ", y=" << r.y << ", w=" << r.w << ", h=" << r.h << ") must have w, h >= 1 and lie inside "
-          << inside_what << " of width " << width << " and height " << height;
-        fail(s.str());
-    }
 }
 
 }  // namespace cfrg

@@ -38,10 +38,6 @@ struct MapF32 {
     bool cols_packed() const { return col_stride == 4; }
 };
 
-struct Rect {
-    int x = 0, y = 0, w = 0, h = 0;
-};
-
 // "float32 array of shape (480, 640, 3)" / "list": used in every error message.
 std::string describe(const py::handle& obj);
 std::string dtype_name(const py::array& a);
@@ -49,7 +45,6 @@ std::string dtype_name(const py::array& a);
 
 bool is_u8(const py::array& a);
 bool is_f32(const py::array& a);
-bool is_f16(const py::array& a);
 
 // Checks that obj is a numpy array (not a list that would be copied); `what` names the argument.
 py::array require_array(const py::object& obj, const char* what, const std::string& expected);
@@ -57,8 +52,6 @@ py::array require_array(const py::object& obj, const char* what, const std::stri
 ImageU8 image_view(const py::array& a, const char* what);
 // A float32 H x W map as a strided (possibly writable) view.
 MapF32 map_view(const py::array& a, const char* what, bool writable);
-Rect parse_rect(const py::object& obj, const char* what);
-void check_rect_inside(const Rect& r, int width, int height, const char* what, const char* inside_what);
 
 // Round half to even for 0 <= v < 2^22, as cvRound does in the default FP mode.
 inline float round_half_even_small(float v) {

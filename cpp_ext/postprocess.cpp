@@ -13,8 +13,7 @@
 namespace cfrg {
 namespace {
 
-// A horizontal run of foreground pixels [x0, x1) on row y (ROI coordinates), with the sum and
-// maximum of the map over it.
+// A horizontal run of foreground pixels [x0, x1) on row y, with the sum and maximum of the map over it.
 struct Run {
     int y, x0, x1;
     float max;
@@ -77,39 +76,39 @@ struct Outputs {
             for (int i = 0; i < n; ++i) d[i * mask_col] = vals[i];
         }
     }
-    void fill_mask(int y, int x, int n, uint8_t v) const {
+    void clear_mask(int y, int x, int n) const {
         uint8_t* d = mask_at(y, x);
         if (mask_col == 1) {
-            std::memset(d, v, n);
+            std::memset(d, 0, n);
         } else {
-            for (int i = 0; i < n; ++i) d[i * mask_col] = v;
+            for (int i = 0; i < n; ++i) d[i * mask_col] = 0;
         }
-    }
-    void fill_map(int y, int x, int n, float v) const {
-        uint8_t* d = map.data + static_cast<ptrdiff_t>(y) * map.row_stride + static_cast<ptrdiff_t>(x) * map.col_stride;
-        for (int i = 0; i < n; ++i) std::memcpy(d + i * map.col_stride, &v, 4);
     }
 };
 
-// Resize, threshold and label the runs of ROI rows [band.row0, band.row1), and write the mask
-// rows (mask_value on foreground; small regions are cleared after the merge).
-void process_band(Band& band, const LinearF32& resizer, const Outputs& o, const Rect& roi, float threshold,
-                  uint8_t mask_value) {
-    const int rw = roi.w;
+// Writes map row y of the resize into the output map (through tmp when its columns are not packed).
+inline float* resized_row(const LinearF32& resizer, const MapF32& out, int y, float* tmp, LinearF32::Cache& cache) {
+    float* m = out.cols_packed() ? out.row(y) : tmp;
+    resizer.row(y, m, cache);
+    if (!out.cols_packed()) {
+        uint8_t* d = reinterpret_cast<uint8_t*>(out.row(y));
+        for (int x = 0; x < out.width; ++x) std::memcpy(d + x * out.col_stride, m + x, 4);
+    }
+    return m;
+}
+
+// Resize, threshold and label the runs of rows [band.row0, band.row1), and write the mask rows
+// (mask_value on foreground; small regions are cleared after the merge).
+void process_band(Band& band, const LinearF32& resizer, const Outputs& o, float threshold, uint8_t mask_value) {
+    const int rw = o.map.width;
     LinearF32::Cache cache = resizer.make_cache(10);
     float* tmp_map = scratch_of<float>(13, rw);
     uint8_t* keep = scratch_of<uint8_t>(14, rw + 8);
     band.runs.clear();
     band.row_start.clear();
     for (int y = band.row0; y < band.row1; ++y) {
-        const int fy = roi.y + y;
         band.row_start.push_back(static_cast<int>(band.runs.size()));
-        float* m = o.map.cols_packed() ? o.map.row(fy) + roi.x : tmp_map;
-        resizer.row(y, m, cache);
-        if (!o.map.cols_packed()) {
-            uint8_t* d = reinterpret_cast<uint8_t*>(o.map.row(fy)) + static_cast<ptrdiff_t>(roi.x) * o.map.col_stride;
-            for (int x = 0; x < rw; ++x) std::memcpy(d + x * o.map.col_stride, m + x, 4);
-        }
+        const float* m = resized_row(resizer, o.map, y, tmp_map, cache);
         for (int x = 0; x < rw; ++x) keep[x] = m[x] >= threshold ? 0xff : 0;
         // Runs: skip 8 background (or foreground) pixels at a time.
         int x = 0;
@@ -128,9 +127,7 @@ void process_band(Band& band, const LinearF32& resizer, const Outputs& o, const 
             }
             band.runs.push_back(r);
         }
-        o.put_mask(fy, roi.x, keep, rw);
-        if (roi.x > 0) o.fill_mask(fy, 0, roi.x, 0);
-        if (roi.x + rw < o.map.width) o.fill_mask(fy, roi.x + rw, o.map.width - roi.x - rw, 0);
+        o.put_mask(y, 0, keep, rw);
     }
     band.row_start.push_back(static_cast<int>(band.runs.size()));
     band.parent.resize(band.runs.size());
@@ -143,23 +140,12 @@ void process_band(Band& band, const LinearF32& resizer, const Outputs& o, const 
 }
 
 py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int frame_w, double threshold,
-                                int64_t min_area, const py::object& roi_obj, const py::object& map_rect_obj,
-                                const py::object& out_map_obj, const py::object& out_mask_obj, int mask_value,
+                                int64_t min_area, const py::object& out_map_obj, const py::object& out_mask_obj, int mask_value,
                                 int threads) {
     py::array amap = require_array(map_obj, "anomaly_map", "float32 (H, W)");
     MapF32 src = map_view(amap, "anomaly_map", false);
     if (frame_h < 1 || frame_w < 1)
         fail("frame_shape must be positive; got (" + std::to_string(frame_h) + ", " + std::to_string(frame_w) + ")");
-    Rect mrect{0, 0, src.width, src.height};
-    if (!map_rect_obj.is_none()) {
-        mrect = parse_rect(map_rect_obj, "map_rect");
-        check_rect_inside(mrect, src.width, src.height, "map_rect", "the anomaly map");
-    }
-    Rect roi{0, 0, frame_w, frame_h};
-    if (!roi_obj.is_none()) {
-        roi = parse_rect(roi_obj, "roi");
-        check_rect_inside(roi, frame_w, frame_h, "roi", "the frame");
-    }
     const std::string shape = "(" + std::to_string(frame_h) + ", " + std::to_string(frame_w) + ")";
     py::array out_map = require_array(out_map_obj, "out_map", "float32 " + shape);
     Outputs o;
@@ -176,10 +162,8 @@ py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int fram
     if (min_area < 0) fail("min_area must be >= 0; got " + std::to_string(min_area));
     if (mask_value < 1 || mask_value > 255) fail("mask_value must be in [1, 255]; got " + std::to_string(mask_value));
 
-    const uint8_t* base = static_cast<const uint8_t*>(amap.data()) + static_cast<ptrdiff_t>(mrect.y) * src.row_stride +
-                          static_cast<ptrdiff_t>(mrect.x) * src.col_stride;
     const float thr = static_cast<float>(threshold);  // compared in float32, as NumPy does
-    const int nthreads = resolve_threads(threads, static_cast<int64_t>(roi.w) * roi.h, 1 << 19);
+    const int nthreads = resolve_threads(threads, static_cast<int64_t>(frame_w) * frame_h, 1 << 19);
 
     // Reused between calls of this (Python) thread. Bound to references: inside the worker
     // lambda a thread_local name would mean the worker's own, empty instance.
@@ -196,25 +180,16 @@ py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int fram
     std::vector<std::array<double, 7>> regions;
     {
         py::gil_scoped_release release;
-        LinearF32 resizer(base, mrect.h, mrect.w, src.row_stride, src.col_stride, roi.h, roi.w);
-        for (int y = 0; y < frame_h; ++y) {
-            if (y >= roi.y && y < roi.y + roi.h) {
-                if (roi.x > 0) o.fill_map(y, 0, roi.x, 0.f);
-                if (roi.x + roi.w < frame_w) o.fill_map(y, roi.x + roi.w, frame_w - roi.x - roi.w, 0.f);
-            } else {
-                o.fill_map(y, 0, frame_w, 0.f);
-                o.fill_mask(y, 0, frame_w, 0);
-            }
-        }
-        const int nb = nthreads <= 1 ? 1 : std::min(roi.h, nthreads * 4);
+        const LinearF32 resizer(src.data, src.height, src.width, src.row_stride, src.col_stride, frame_h, frame_w);
+        const int nb = nthreads <= 1 ? 1 : std::min(frame_h, nthreads * 4);
         if (static_cast<int>(bands.size()) < nb) bands.resize(nb);
         for (int b = 0; b < nb; ++b) {
             int64_t r0, r1;
-            chunk_range(roi.h, nb, b, r0, r1);
+            chunk_range(frame_h, nb, b, r0, r1);
             bands[b].row0 = static_cast<int>(r0);
             bands[b].row1 = static_cast<int>(r1);
         }
-        parallel_chunks(nb, nthreads, [&](int b) { process_band(bands[b], resizer, o, roi, thr, static_cast<uint8_t>(mask_value)); });
+        parallel_chunks(nb, nthreads, [&](int b) { process_band(bands[b], resizer, o, thr, static_cast<uint8_t>(mask_value)); });
 
         // Merge the bands: global run index = band offset + local index.
         offset.assign(nb + 1, 0);
@@ -261,11 +236,11 @@ py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int fram
                 const int g = offset[b] + i;
                 const Run& r = bands[b].runs[i];
                 if (areas[roots[g]] < min_area) {
-                    o.fill_mask(roi.y + r.y, roi.x + r.x0, r.x1 - r.x0, 0);
+                    o.clear_mask(r.y, r.x0, r.x1 - r.x0);
                 } else if (roots[g] == g) {
                     const Run& s = stats[g];
                     const double area = static_cast<double>(areas[g]);
-                    regions.push_back({double(roi.x + s.x0), double(roi.y + r.y), double(s.x1 - s.x0),
+                    regions.push_back({double(s.x0), double(r.y), double(s.x1 - s.x0),
                                        double(s.y - r.y + 1), area, double(s.max),
                                        double(static_cast<float>(s.sum / area))});
                 }
@@ -275,6 +250,26 @@ py::array_t<double> postprocess(const py::object& map_obj, int frame_h, int fram
     py::array_t<double> result({static_cast<py::ssize_t>(regions.size()), static_cast<py::ssize_t>(7)});
     if (!regions.empty()) std::memcpy(result.mutable_data(), regions.data(), regions.size() * sizeof(regions[0]));
     return result;
+}
+
+// The map resized (float bilinear) into out_map: what postprocess writes as its full map.
+void resize_map(const py::object& map_obj, const py::object& out_map_obj, int threads) {
+    py::array amap = require_array(map_obj, "anomaly_map", "float32 (H, W)");
+    const MapF32 src = map_view(amap, "anomaly_map", false);
+    py::array out_map = require_array(out_map_obj, "out_map", "float32 (H, W)");
+    const MapF32 out = map_view(out_map, "out_map", true);
+    const int nthreads = resolve_threads(threads, static_cast<int64_t>(out.width) * out.height, 1 << 19);
+
+    py::gil_scoped_release release;
+    const LinearF32 resizer(src.data, src.height, src.width, src.row_stride, src.col_stride, out.height, out.width);
+    const int chunks = nthreads <= 1 ? 1 : std::min(out.height, nthreads * 4);
+    parallel_chunks(chunks, nthreads, [&](int chunk) {
+        int64_t y0, y1;
+        chunk_range(out.height, chunks, chunk, y0, y1);
+        LinearF32::Cache cache = resizer.make_cache(10);
+        float* tmp = scratch_of<float>(13, out.width);
+        for (int y = static_cast<int>(y0); y < y1; ++y) resized_row(resizer, out, y, tmp, cache);
+    });
 }
 
 // Heat map (colour LUT of the map scaled to [lo, lo + 255 / scale]) blended on the frame, and
@@ -357,12 +352,15 @@ void overlay(const py::object& frame_obj, const py::object& map_obj, const py::o
 
 void register_postprocess(py::module_& m) {
     m.def("postprocess", &postprocess, py::arg("anomaly_map"), py::arg("frame_h"), py::arg("frame_w"),
-          py::arg("threshold"), py::arg("min_area"), py::arg("roi"), py::arg("map_rect"), py::arg("out_map"),
+          py::arg("threshold"), py::arg("min_area"), py::arg("out_map"),
           py::arg("out_mask"), py::arg("mask_value") = 255, py::arg("threads") = 0,
-          "anomaly_map[map_rect] resized (float bilinear) into roi of out_map (frame size, 0 outside),\n"
+          "anomaly_map resized (float bilinear) into out_map (frame size),\n"
           "out_mask = mask_value where map >= threshold (float32 compare) in 8-connected regions of at least\n"
           "min_area pixels. Returns (K, 7) float64 rows: x, y, w, h, area, max_score, mean_score\n"
           "(scores rounded to float32), regions in raster order of their first pixel. Releases the GIL.");
+    m.def("resize_map", &resize_map, py::arg("anomaly_map"), py::arg("out_map"), py::arg("threads") = 0,
+          "anomaly_map resized (float bilinear, OpenCV's own INTER_LINEAR arithmetic) into out_map, as\n"
+          "postprocess resizes it. Releases the GIL.");
     m.def("overlay", &overlay, py::arg("frame"), py::arg("anomaly_map"), py::arg("mask"), py::arg("out"),
           py::arg("lo"), py::arg("scale"), py::arg("alpha"), py::arg("inv_alpha"), py::arg("lut"),
           py::arg("color"), py::arg("threads") = 0,

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 import sdk
+from sdk.checks import threshold_arg
 from sdk.files import atomic_write, image_files, write_png
 from sdk.sinks import overlay
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="model.onnx or model.engine")
     p.add_argument("--input", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="folder for report.html, report.csv and overlays/")
-    p.add_argument("--threshold", default="default", help="default, good_only, f1 or a score")
+    p.add_argument("--threshold", type=threshold_arg, default="default", help="default, good_only, f1 or a score")
     p.add_argument("--min-area", type=int, default=0, help="smallest region in pixels")
     p.add_argument("--tile", action="store_true", help="tiled inference for images much larger than the model")
     args = p.parse_args(argv)
@@ -139,13 +140,8 @@ def main(argv=None) -> int:
     if not folder.is_dir() or not image_files(folder):
         print(f"folder_inspect: {folder} is not a folder of images", file=sys.stderr)
         return 3
-    threshold = args.threshold
     try:
-        threshold = float(threshold)
-    except ValueError:
-        pass
-    try:
-        det = sdk.Detector(args.model, threshold=threshold, min_area=args.min_area, tiling=args.tile)
+        det = sdk.Detector(args.model, threshold=args.threshold, min_area=args.min_area, tiling=args.tile)
     except (ValueError, ImportError, OSError) as exc:
         print(f"folder_inspect: {exc}", file=sys.stderr)
         return 4

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 
 import sdk
+from sdk.checks import threshold_arg
 
 
 def jetson_gpio():
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--line-overlap", type=int, default=0, help="rows shared by consecutive parts")
     p.add_argument("--trigger", default="none", help="none, stdin or gpio:PIN (each trigger is one part)")
     p.add_argument("--reject-pin", type=int, help="Jetson header pin (BOARD numbering) raised on NG parts")
-    p.add_argument("--threshold", default="default")
+    p.add_argument("--threshold", type=threshold_arg, default="default", help="default, good_only, f1 or a score")
     p.add_argument("--min-area", type=int, default=0)
     p.add_argument("--max-parts", type=int, help="stop after N parts")
     args = p.parse_args(argv)
@@ -135,11 +136,7 @@ def main(argv=None) -> int:
             return 5
     elif args.trigger not in ("none", "stdin"):
         p.error(f"--trigger {args.trigger}: give none, stdin or gpio:PIN")
-    try:
-        threshold = float(args.threshold)
-    except ValueError:
-        threshold = args.threshold
-    det = sdk.Detector(args.model, threshold=threshold, min_area=args.min_area, tiling=bool(args.line_scan))
+    det = sdk.Detector(args.model, threshold=args.threshold, min_area=args.min_area, tiling=bool(args.line_scan))
     source = sdk.open_source(args.source)
     if args.line_scan:
         source = sdk.LineScanAccumulator(source, frame_height=args.line_scan, overlap=args.line_overlap)

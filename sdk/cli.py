@@ -17,7 +17,6 @@ import argparse
 import errno
 import hashlib
 import importlib
-import math
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from .values import INT64_MAX, checked_type, number, whole
+from .checks import INT64_MAX, checked_type, number, threshold_arg, whole
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo"  # package data: found from any install
 MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server
@@ -487,16 +486,6 @@ def workers_arg(text: str):
     return int(text)
 
 
-def _threshold_arg(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        return text  # a name; the model says which it has
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite score, or default, good_only or f1")
-    return value
-
-
 def cmd_demo(ns) -> int:
     """Train on the built-in data, export, stream its test images as a camera, print metrics and speed."""
     exporter = factory("onnx_export", "the demo")
@@ -596,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True,
                    help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob")
     p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing)")
-    p.add_argument("--threshold", type=_threshold_arg, default="default",
+    p.add_argument("--threshold", type=threshold_arg, default="default",
                    help="default, good_only, f1 or a raw score")
     p.add_argument("--min-area", type=checked_type(int, whole(0, INT64_MAX)), default=0,
                    help="smallest region in frame pixels (default 0)")

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from .files import IMAGE_EXTENSIONS, image_files
-from .native import check_color
+from .checks import check_color
 
 SPLITS = ("train", "test")
 GOOD = "good"

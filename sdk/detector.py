@@ -12,13 +12,12 @@ from typing import Sequence
 import numpy as np
 
 from .backends import load_backend
+from .checks import INT64_MAX, check_color, check_frame, number, optional, require, whole
 from .evaluate import backend_predictor
 from .model_info import ModelInfo
-from .native import check_color, check_frame
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
 from .tiling import make_tiles, stitch
-from .values import INT64_MAX, number, optional, whole
 
 
 MIN_TILE_SIDE = 32  # the teacher's coarsest stride: a smaller frame has no feature left
@@ -90,19 +89,16 @@ class Detector:
         self.input_name = self.info.input.name
         self.size = (self.info.input.height, self.info.input.width)
         self.model_colour = self.info.input.colour_order.lower()
-        if whole(0, INT64_MAX)(_python_int(min_area)):
-            raise ValueError(f"min_area must be a whole number of pixels from 0 to {INT64_MAX}, got {min_area!r}")
-        self.min_area = int(min_area)
+        self.min_area = int(require(_python_int(min_area), whole(0, INT64_MAX),
+                                    f"min_area must be a whole number of pixels from 0 to {INT64_MAX}, got {min_area!r}"))
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
         self.tiling = bool(tiling)
-        if whole(0)(_python_int(tile_overlap)) or not (
-                tile_overlap < min(self.size)):
-            raise ValueError(f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
-                             f"got {tile_overlap!r}")
-        if optional(number(0, low_open=True))(tile_scale):
-            raise ValueError(f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
-                             f"got {tile_scale!r}")
-        self.tile_overlap, self.tile_scale = int(tile_overlap), tile_scale
+        self.tile_overlap = int(require(_python_int(tile_overlap), whole(0, min(self.size) - 1),
+                                        f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
+                                        f"got {tile_overlap!r}"))
+        self.tile_scale = require(tile_scale, optional(number(0, low_open=True)),
+                                  f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
+                                  f"got {tile_scale!r}")
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 

@@ -16,6 +16,7 @@ import numpy as np
 from . import metrics
 from .data import AnomalyDataset
 from .files import write_png
+from .postprocess import blend_heatmap, map_to_frame
 
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -32,13 +33,6 @@ def resize_for_model(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     out = np.empty((1, h, w, 3), np.uint8)
     preprocess(image, out, color_in="rgb", color_out="rgb")
     return out[0]
-
-
-def map_to_frame(amap: np.ndarray, frame_hw: Sequence[int]) -> np.ndarray:
-    """Bilinear resize of a model-size map back to the frame's (height, width)."""
-    if amap.shape == tuple(frame_hw):
-        return amap
-    return cv2.resize(amap, (int(frame_hw[1]), int(frame_hw[0])), interpolation=cv2.INTER_LINEAR)
 
 
 def backend_predictor(backend, input_name: str = "frames", colour_order: str = "rgb") -> Predictor:
@@ -117,7 +111,7 @@ def spread_indices(total: int, limit: int | None = None) -> list[int]:
 
 
 def frame_pairs(preds: Predictions, dataset: AnomalyDataset) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Ground-truth masks and the predicted maps resized to them, in prediction order."""
+    """Ground-truth masks and the predicted maps resized to them (as the Detector resizes), in prediction order."""
     path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}
     masks = [dataset.load_mask(path_to_index[p]) for p in preds.paths]
     return masks, [map_to_frame(m, mask.shape) for m, mask in zip(preds.maps, masks)]
@@ -188,8 +182,6 @@ def format_table(result: dict) -> str:
 def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os.PathLike,
                   vmax: float | None = None) -> int:
     """Write <type>_<stem>.png: image | anomaly heat map | ground-truth contours, side by side."""
-    from .postprocess import blend_heatmap
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path_to_index = {s.path: i for i, s in enumerate(dataset.samples)}

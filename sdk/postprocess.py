@@ -1,10 +1,13 @@
 """Anomaly map (model size) -> the frame's resolution, mask and regions; and the overlay.
 
+``map_to_frame(anomaly_map, frame_shape)`` is the one map-to-frame resize: bilinear, half-pixel
+centres, the arithmetic of OpenCV's own cv2.resize INTER_LINEAR (cv2 with its IPP backend differs
+from it by up to ~1e-4 on a map's values). The Detector (through ``postprocess``), the evaluation
+(sdk.evaluate) and the sinks all resize with it.
+
 ``postprocess(anomaly_map, frame_shape, threshold, min_area)`` returns
 
-* ``full_map``: float32 (H, W), the map resized with bilinear interpolation (half-pixel centres,
-  the arithmetic of OpenCV's own cv2.resize INTER_LINEAR; cv2 with its IPP backend differs from
-  it by up to ~1e-5) into ``roi`` of the frame, 0 outside ``roi``;
+* ``full_map``: float32 (H, W), ``map_to_frame(anomaly_map, frame_shape)``;
 * ``mask``: uint8 (H, W), ``mask_value`` (255) on pixels with ``full_map >= threshold`` (compared
   in float32; ``score >= threshold`` is positive, as in sdk.metrics and the calibration) that
   belong to an 8-connected region of at least ``min_area`` pixels, else 0;
@@ -24,18 +27,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
-from sdk.native import (
-    Rect,
-    as_rect,
-    check_choice,
-    check_frame,
-    check_map,
-    check_output,
-    check_rect_inside,
-    check_threads,
-    describe,
-    native_module,
-)
+from .checks import check_choice, check_frame, check_map, check_output, check_threads, describe
+from .native import native_module
 
 
 class Region(NamedTuple):
@@ -60,8 +53,6 @@ def postprocess(
     frame_shape: Sequence[int],
     threshold: float,
     min_area: int = 0,
-    roi: Optional[Rect] = None,
-    map_rect: Optional[Rect] = None,
     out_map: Optional[np.ndarray] = None,
     out_mask: Optional[np.ndarray] = None,
     mask_value: int = 255,
@@ -70,19 +61,11 @@ def postprocess(
     """(full_map, mask, regions) at the frame's resolution; see the module docstring.
 
     anomaly_map: float32 (h, w), any strides. frame_shape: (H, W) or (H, W, C).
-    roi: (x, y, w, h) of the frame the map covers (the crop given to preprocess); default all.
-    map_rect: (x, y, w, h) of the map that holds the image (what preprocess returned for a
-    letterbox); default all. out_map / out_mask: float32 / uint8 (H, W) buffers to fill (no
-    allocation then). mask_value: value of mask pixels (1..255). threads: 0 = automatic.
+    out_map / out_mask: float32 / uint8 (H, W) buffers to fill (no allocation then).
+    mask_value: value of mask pixels (1..255). threads: 0 = automatic.
     """
     anomaly_map = check_map(anomaly_map)
     h, w = _frame_hw(frame_shape)
-    mh, mw = anomaly_map.shape
-    mrect, rect = (0, 0, mw, mh), (0, 0, w, h)
-    if map_rect is not None:
-        mrect = check_rect_inside(as_rect(map_rect, "map_rect"), mw, mh, "map_rect", "the anomaly map")
-    if roi is not None:
-        rect = check_rect_inside(as_rect(roi, "roi"), w, h, "roi", "the frame")
     if not isinstance(min_area, (int, np.integer)) or min_area < 0:
         raise ValueError(f"min_area must be an int >= 0; got {min_area!r}")
     threshold = float(threshold)
@@ -94,15 +77,33 @@ def postprocess(
 
     native = native_module()
     if native is not None:
-        rows = native.postprocess(
-            anomaly_map, h, w, threshold, int(min_area), rect, mrect, out_map, out_mask, int(mask_value), threads
-        )
+        rows = native.postprocess(anomaly_map, h, w, threshold, int(min_area), out_map, out_mask, int(mask_value), threads)
         regions = [
             Region((int(r[0]), int(r[1]), int(r[2]), int(r[3])), int(r[4]), float(r[5]), float(r[6])) for r in rows
         ]
         return out_map, out_mask, regions
-    regions = _postprocess_twin(anomaly_map, threshold, int(min_area), rect, mrect, out_map, out_mask, int(mask_value))
+    out_map[...] = resize_map(anomaly_map, w, h)
+    out_mask[...], regions = region_stats(out_map, out_map >= np.float32(threshold), int(min_area), int(mask_value))
     return out_map, out_mask, regions
+
+
+def map_to_frame(anomaly_map: np.ndarray, frame_shape: Sequence[int], threads: int = 0) -> np.ndarray:
+    """float32 (H, W): the map resized to the frame's (H, W) as postprocess resizes it (the map itself
+    when it already has that shape). anomaly_map: float32 or float64 (h, w) (other dtypes are cast)."""
+    anomaly_map = np.asarray(anomaly_map)
+    if anomaly_map.dtype != np.float32:
+        anomaly_map = anomaly_map.astype(np.float32)
+    anomaly_map = check_map(anomaly_map)
+    h, w = _frame_hw(frame_shape)
+    if anomaly_map.shape == (h, w):
+        return anomaly_map
+    threads = check_threads(threads)
+    native = native_module()
+    if native is None:
+        return resize_map(anomaly_map, w, h)
+    out = np.empty((h, w), np.float32)
+    native.resize_map(anomaly_map, out, threads)
+    return out
 
 
 def _linear_taps(ssize: int, dsize: int, clamp: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +133,7 @@ def resize_map(anomaly_map: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def region_stats(
-    scores: np.ndarray, inside: np.ndarray, min_area: int, offset: tuple[int, int] = (0, 0), mask_value: int = 255
+    scores: np.ndarray, inside: np.ndarray, min_area: int, mask_value: int = 255
 ) -> tuple[np.ndarray, list[Region]]:
     """Twin of the native statistics: (uint8 mask of kept regions, regions in raster order of
     their first pixel) from a float32 score image and its boolean threshold mask."""
@@ -148,32 +149,11 @@ def region_stats(
         first_x = x + int(np.argmax(window[0]))
         peak = float(scores[y : y + h, x : x + w][window].max())
         mean = float(np.float32(sums[label] / areas[label]))
-        region = Region((x + offset[0], y + offset[1], w, h), int(areas[label]), peak, mean)
+        region = Region((x, y, w, h), int(areas[label]), peak, mean)
         found.append(((y, first_x), region))
     found.sort(key=lambda item: item[0])
     mask = np.where(keep[labels], np.uint8(mask_value), np.uint8(0))
     return mask, [region for _, region in found]
-
-
-def _postprocess_twin(
-    anomaly_map: np.ndarray,
-    threshold: float,
-    min_area: int,
-    roi: Rect,
-    map_rect: Rect,
-    out_map: np.ndarray,
-    out_mask: np.ndarray,
-    mask_value: int,
-) -> list[Region]:
-    mx, my, mw, mh = map_rect
-    x, y, w, h = roi
-    scores = resize_map(anomaly_map[my : my + mh, mx : mx + mw], w, h)
-    out_map[...] = 0.0
-    out_map[y : y + h, x : x + w] = scores
-    mask, regions = region_stats(scores, scores >= np.float32(threshold), min_area, (x, y), mask_value)
-    out_mask[...] = 0
-    out_mask[y : y + h, x : x + w] = mask
-    return regions
 
 
 def jet_lut(color_order: str = "bgr") -> np.ndarray:

@@ -48,9 +48,10 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
     """Heat map of ``anomaly_map`` blended on ``image`` (BGR uint8 out), mask contours, a label.
 
     map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
-    [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed.
+    [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed
+    (sdk.postprocess.map_to_frame, as the Detector resizes it).
     """
-    from .postprocess import blend_heatmap
+    from .postprocess import blend_heatmap, map_to_frame
 
     base = _to_bgr(np.asarray(image), color)
     h, w = base.shape[:2]
@@ -62,8 +63,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
             m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
     if anomaly_map is not None:
         amap = np.asarray(anomaly_map, dtype=np.float32).reshape(np.asarray(anomaly_map).shape[:2])
-        if amap.shape != (h, w):
-            amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+        amap = map_to_frame(amap, (h, w))
         if map_range is None:
             top = float(np.nanmax(amap)) if amap.size else 1.0
             lo, hi = 0.0, (1.0 if top <= 1.0 else top)

@@ -49,7 +49,7 @@ import numpy as np
 
 from .data import read_image
 from .files import IMAGE_EXTENSIONS, image_files, is_image_file
-from .native import check_color
+from .checks import check_color
 
 log = logging.getLogger("sdk.sources")
 

@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from sdk.native import check_choice, check_frame, check_output, check_threads, describe, native_module
+from .checks import check_choice, check_frame, check_output, check_threads, describe
+from .native import native_module
 
 Pair = Union[int, Sequence[int]]
 

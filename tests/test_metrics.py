@@ -204,17 +204,14 @@ def test_aupro_matches_exact_reference(fpr_limit):
     assert aupro(masks, coarse, fpr_limit) == pytest.approx(reference_aupro(masks, coarse, fpr_limit), abs=1e-9)
 
 
-REAL_DATA = Path("/work/shared/data/magnetic_tile")
-
-
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real data not present")
-def test_real_magnetic_tile_masks_match_references():
+def test_real_magnetic_tile_masks_match_references(data_root):
     """Real masks (0/255 PNG, different sizes per image) with a crude real detector: the
     deviation of each image from its median-blurred self."""
-    pairs = [(REAL_DATA / "test" / kind / f"{p.stem.removesuffix('_mask')}.jpg", p)
+    real_data = data_root / "magnetic_tile"
+    pairs = [(real_data / "test" / kind / f"{p.stem.removesuffix('_mask')}.jpg", p)
              for kind in ("blowhole", "crack", "fray")
-             for p in sorted((REAL_DATA / "ground_truth" / kind).glob("*_mask.png"))[:2]]
-    pairs += [(p, None) for p in sorted((REAL_DATA / "test" / "good").glob("*.jpg"))[:2]]
+             for p in sorted((real_data / "ground_truth" / kind).glob("*_mask.png"))[:2]]
+    pairs += [(p, None) for p in sorted((real_data / "test" / "good").glob("*.jpg"))[:2]]
     masks, maps = [], []
     for image_path, mask_path in pairs:
         gray = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)

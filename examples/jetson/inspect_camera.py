@@ -19,22 +19,19 @@ import time
 import cv2
 
 import sdk
+from sdk.checks import threshold_arg
 from sdk.sinks import overlay
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("model")
 p.add_argument("input")
 p.add_argument("output", nargs="?", default="display://0" if os.environ.get("DISPLAY") else "none")
-p.add_argument("--threshold", default="default")
+p.add_argument("--threshold", type=threshold_arg, default="default", help="default, good_only, f1 or a score")
 p.add_argument("--min-area", type=int, default=0)
 p.add_argument("--max-frames", type=int)
 args = p.parse_args()
 
-try:
-    threshold = float(args.threshold)
-except ValueError:
-    threshold = args.threshold
-det = sdk.Detector(args.model, threshold=threshold, min_area=args.min_area)
+det = sdk.Detector(args.model, threshold=args.threshold, min_area=args.min_area)
 writer, window, fps, shown = None, args.output.startswith("display://"), 0.0, 0
 t_last = time.perf_counter()
 source = sdk.open_source(args.input)
