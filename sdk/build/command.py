@@ -35,23 +35,10 @@ def build(options: BuildOptions, *, dry_run: bool = False, target: str | None = 
           warn=stderr_line) -> BuildResult | None:
     """Run `cfrg build` for these options; `target` picks the TensorRT rules where none is installed (--tensorrt),
     `data`/`category` add the precision graph's accuracy against FP32 on that test split. None for a dry run."""
-    from sdk.backends import refuse_folder
-    from sdk.backends.onnxruntime import OnnxRuntimeBackend
     from sdk.files import check_output_folder
-    from sdk.model_info import ModelInfo
 
     onnx_path = options.onnx
-    refuse_folder(onnx_path)
-    if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
-        raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
-    info = ModelInfo.read(onnx_path, OnnxRuntimeBackend(onnx_path))
-    if info.precision != "fp32":
-        raise ValueError(f"--onnx={onnx_path} is a {info.precision} graph; pass the FP32 model.onnx of `cfrg export`")
-    trt = engine.tensorrt_module()
-    if trt is not None and target and target_of(trt.__version__) != target:
-        raise ValueError(f"--tensorrt {target}: this machine has TensorRT {trt.__version__}; drop --tensorrt "
-                         f"(it picks the rules of a TensorRT that is not installed, for --dry-run)")
-    options.check((info.input.height, info.input.width), trt)
+    info, trt = checked_model(options, target)
     calib_files = calibration_images(options)
     current = options.precision == "fp32" or made_from(options.graph, onnx_path)
     if calib_files is None and options.precision != "fp32" and not current:
@@ -86,14 +73,41 @@ def build(options: BuildOptions, *, dry_run: bool = False, target: str | None = 
             f"no engine built: TensorRT is not installed here (`import tensorrt` failed). {options.graph} is ready and "
             f"runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target with the same "
             f"command, or with the trtexec line above"))
+    build_engine(options, info, trt, calib_files or held_back_images(info, say, quiet=True), accept_drop=accept_drop,
+                 progress=progress, say=say, warn=warn)
+    return BuildResult(options.graph, options.engine)
+
+
+def checked_model(options: BuildOptions, target: str | None):
+    """(the FP32 model's description, the tensorrt module or None) once --onnx, --tensorrt and the options hold."""
+    from sdk.backends import refuse_folder
+    from sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from sdk.model_info import ModelInfo
+
+    onnx_path = options.onnx
+    refuse_folder(onnx_path)
+    if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
+        raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
+    info = ModelInfo.read(onnx_path, OnnxRuntimeBackend(onnx_path))
+    if info.precision != "fp32":
+        raise ValueError(f"--onnx={onnx_path} is a {info.precision} graph; pass the FP32 model.onnx of `cfrg export`")
+    trt = engine.tensorrt_module()
+    if trt is not None and target and target_of(trt.__version__) != target:
+        raise ValueError(f"--tensorrt {target}: this machine has TensorRT {trt.__version__}; drop --tensorrt "
+                         f"(it picks the rules of a TensorRT that is not installed, for --dry-run)")
+    options.check((info.input.height, info.input.width), trt)
+    return info, trt
+
+
+def build_engine(options: BuildOptions, info, trt, good_files, *, accept_drop: bool, progress: bool, say,
+                 warn) -> None:
+    """options.engine built by TensorRT, checked against its graph on `good_files` and moved into place."""
     plan_bytes, extra = engine.TensorRTBuilder(trt, options, info, log=say, progress=progress, warn=warn).build()
     description = engine.engine_description(info, options, trt,
                                             {**extra, "plan_sha256": hashlib.sha256(plan_bytes).hexdigest()})
-    checked_engine(options, description, plan_bytes, calib_files or held_back_images(info, say, quiet=True),
-                   accept_drop, warn)
+    checked_engine(options, description, plan_bytes, good_files, accept_drop, warn)
     say(f"wrote {options.engine} ({len(plan_bytes) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
         f"{options.engine.with_suffix('.json').name}")
-    return BuildResult(options.graph, options.engine)
 
 
 def calibration_images(options: BuildOptions) -> list[str] | None:
