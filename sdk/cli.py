@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import importlib
 import os
 import signal
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from .checks import INT64_MAX, checked_type, number, threshold_arg, whole
+from .run import OutputWriteError, Terminated, interruption, run_stream
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo"  # package data: found from any install
 MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server
@@ -138,197 +138,24 @@ def cmd_export(ns) -> int:
 
 def cmd_build(ns) -> int:
     """trtexec-style: the precision graph, TensorRT's documented rules checked on what TensorRT would parse, then
-    a TensorRT engine where TensorRT is installed."""
-    from .build import engine
-    from .backends import ModelFileError, refuse_folder
-    from .backends.onnxruntime import OnnxRuntimeBackend
-    from .files import atomic_write, check_output_folder, image_files
-    from .model_info import ModelInfo
+    a TensorRT engine where TensorRT is installed (sdk.build.command)."""
+    from .build.command import build
+    from .build.options import WORKSPACE_MIB, BuildOptions
 
-    onnx_path = Path(ns.onnx)
-    refuse_folder(onnx_path)
-    if onnx_path.suffix.lower() != ".onnx" or not onnx_path.is_file():
-        raise FileNotFoundError(f"--onnx={onnx_path}: give the model.onnx that `cfrg export` wrote")
-    options = engine.BuildOptions(
-        onnx=onnx_path, save_engine=Path(ns.saveEngine) if ns.saveEngine else None, fp16=ns.fp16, int8=ns.int8,
+    options = BuildOptions(
+        onnx=Path(ns.onnx), save_engine=Path(ns.saveEngine) if ns.saveEngine else None, fp16=ns.fp16, int8=ns.int8,
         best=ns.best, strongly_typed=ns.stronglyTyped, cpu_int8=ns.cpuInt8, calib=Path(ns.calib) if ns.calib else None,
         min_shapes=ns.minShapes, opt_shapes=ns.optShapes, max_shapes=ns.maxShapes,
-        workspace_mib=ns.memPoolSize or engine.WORKSPACE_MIB,
+        workspace_mib=ns.memPoolSize or WORKSPACE_MIB,
         timing_cache=Path(ns.timingCacheFile) if ns.timingCacheFile else None,
         optimization_level=ns.builderOptimizationLevel, dla_core=ns.useDLACore, gpu_fallback=ns.allowGPUFallback,
         version_compatible=ns.versionCompatible, verbose=ns.verbose)
-    info = ModelInfo.read(onnx_path, OnnxRuntimeBackend(onnx_path))
-    if info.precision != "fp32":
-        raise ValueError(f"--onnx={onnx_path} is a {info.precision} graph; pass the FP32 model.onnx of `cfrg export`")
-    trt = engine.tensorrt_module()
-    if trt is not None and ns.tensorrt and engine.target_of(trt.__version__) != ns.tensorrt:
-        raise ValueError(f"--tensorrt {ns.tensorrt}: this machine has TensorRT {trt.__version__}; drop --tensorrt "
-                         f"(it picks the rules of a TensorRT that is not installed, for --dry-run)")
-    options.check((info.input.height, info.input.width), trt)
-    calib_files = None
-    if options.calib is not None:
-        if options.calib.is_dir():
-            calib_files = [str(p) for p in image_files(options.calib)]
-            if not calib_files:
-                raise FileNotFoundError(f"--calib={options.calib}: the folder holds no images; give good images")
-        elif options.calib.suffix == ".json" and options.calib.is_file():
-            from .build.precision import calibration_cache_path
-            cache = calibration_cache_path(options.graph, "fp32")
-            if options.calib.resolve() != cache.resolve():
-                atomic_write(cache, options.calib.read_bytes())
-        else:
-            raise FileNotFoundError(f"--calib={options.calib}: give a folder of good images or a .calib.json cache")
-    current = options.precision == "fp32" or _made_from(options.graph, onnx_path)
-    if calib_files is None and options.precision != "fp32" and not current:
-        calib_files = _held_back_images(info)  # INT8's calibration, and every graph's check against FP32
-    check_output_folder(options.engine.parent)
-    if options.precision == "cpu-int8":
-        print(engine.plan_text(options, info, trt))
-        if ns.dry_run:
-            return 0
-        _write_precision_graph(options, onnx_path, calib_files, ns)
-        print(f"wrote {options.graph} for ONNX Runtime on a CPU (cfrg run --model {options.graph})")
-        return 0
-    targets = engine.plan_targets(options, trt, ns.tensorrt)
-    if ns.dry_run:
-        proto = engine.graph_for_check(options, calib_files, fresh=current)
-        findings = engine.check_targets(options, targets, proto)
-        print(engine.plan_text(options, info, trt, findings, ns.tensorrt))
-        _refuse_rule_errors(engine, options, findings, ns, ModelFileError)
-        return 0
-    if not current or calib_files:
-        _write_precision_graph(options, onnx_path, calib_files, ns)
-    if options.dla and options.precision == "int8":
-        n = engine.write_dla_calibration(options)
-        print(f"wrote {options.dla_calibration} (the Q/DQ graph's ranges of {n} tensors, for DLA's implicit INT8)")
-    findings = engine.check_targets(options, targets, engine.graph_for_check(options))
-    print(engine.plan_text(options, info, trt, findings, ns.tensorrt))
-    _refuse_rule_errors(engine, options, findings, ns, ModelFileError)
-    if ns.data:
-        _report_precision_accuracy(onnx_path, options.graph, ns)
-    if trt is None:
-        print(f"no engine built: TensorRT is not installed here (`import tensorrt` failed). {options.graph} is "
-              f"ready and runs in ONNX Runtime (cfrg eval --model {options.graph}); build the engine on the target "
-              f"with the same command, or with the trtexec line above", file=sys.stderr)
+    result = build(options, dry_run=ns.dry_run, target=ns.tensorrt, accept_drop=ns.accept_drop, data=ns.data,
+                   category=ns.category, progress=ns.progress)
+    if result is not None and result.no_engine:
+        print(result.no_engine, file=sys.stderr)
         return EXIT_NO_ENGINE
-    builder = engine.TensorRTBuilder(trt, options, info, progress=ns.progress, warn=_warn)
-    data, extra = builder.build()
-    description = engine.engine_description(info, options, trt,
-                                            {**extra, "plan_sha256": hashlib.sha256(data).hexdigest()})
-    description = _checked_engine(options, description, data, calib_files or _held_back_images(info, quiet=True), ns)
-    print(f"wrote {options.engine} ({len(data) / 2**20:.1f} MiB, {extra['build_seconds']} s) and "
-          f"{options.engine.with_suffix('.json').name}")
     return 0
-
-
-def _warn(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def _checked_engine(options, description, data: bytes, good_files, ns):
-    """The engine against the graph it was built from (sdk.build.precision_check), staged under a visible name
-    beside it; moved into place only when it holds (or under --accept-drop)."""
-    import dataclasses
-
-    from sdk.build.precision import check_against
-
-    from .backends.onnxruntime import OnnxRuntimeBackend
-    from .backends.tensorrt import TensorRTBackend
-    from .files import atomic_write
-    from .model_info import ModelInfo, sidecar_path
-
-    staged = options.engine.with_name(f"{options.engine.stem}.unchecked{options.engine.suffix}")
-    try:
-        atomic_write(staged, data)
-        description.write_beside(staged)
-        if good_files and options.precision != "fp32":
-            backend = TensorRTBackend(staged)
-            try:
-                size = (description.input.height, description.input.width)
-                reference = options.graph
-                check = check_against(OnnxRuntimeBackend(reference), backend, good_files, size,
-                                      description.input.colour_order, description.input.name,
-                                      (ModelInfo.read(reference).thresholds["good_only"].image,
-                                       description.thresholds["good_only"].image), options.engine.name,
-                                      options.precision, ns.accept_drop, _warn)
-            finally:
-                backend.close()
-            description = dataclasses.replace(description, precision_check=check)
-        elif options.precision != "fp32":
-            _warn(f"note: {options.engine.name} not checked against {options.graph.name}: no good images (pass --calib DIR)")
-        os.replace(staged, options.engine)
-        description.write_beside(options.engine)
-    finally:
-        staged.unlink(missing_ok=True)
-        sidecar_path(staged).unlink(missing_ok=True)
-    return description
-
-
-def _write_precision_graph(options, onnx_path: Path, calib_files, ns) -> None:
-    from sdk.build.precision import write_precision_graph
-
-    print(f"writing {options.graph}" + (f", calibrated on {len(calib_files)} good images" if calib_files else ""))
-    info = write_precision_graph(onnx_path, options.precision, options.graph, calib_files=calib_files,
-                                 progress=ns.progress, accept_drop=ns.accept_drop, warn=_warn)
-    check = info.precision_check
-    if check:
-        print(f"checked against FP32: score rank correlation {check['score_rank_correlation']:.4f}, good-vs-synthetic "
-              f"AUROC {100 * check['auroc']:.2f} (FP32 {100 * check['auroc_fp32']:.2f}), verdicts agree "
-              f"{100 * check['verdict_agreement']:.1f} %" + (" (accepted drop)" if check["accepted_drop"] else ""))
-
-
-def _refuse_rule_errors(engine, options, findings: dict, ns, error) -> None:
-    """One line naming the broken TensorRT rules (the plan above lists them), before TensorRT spends minutes."""
-    bad = engine.relevant_errors(options, findings, explicit=bool(ns.tensorrt))
-    if bad:
-        target, first = bad[0]
-        raise error(f"{options.engine_source} would not build: {len(bad)} violation(s) of TensorRT's documented rules "
-                    f"(first, for TensorRT {target}: {first.line()}); see the plan above")
-
-
-def _made_from(graph: Path, onnx_path: Path) -> bool:
-    """The precision graph exists and was made from this very model.onnx (its provenance's sha256)."""
-    from .model_info import ModelInfo, file_sha256
-
-    if not graph.is_file():
-        return False
-    try:
-        return ModelInfo.read(graph).provenance.source_sha256 == file_sha256(onnx_path)
-    except ValueError:  # a damaged description: make the graph again
-        return False
-
-
-def _held_back_images(info, quiet: bool = False) -> list[str] | None:
-    """INT8 calibration and the precision check by default: the good images held back at training, from the run
-    the export recorded."""
-    from sdk.run_record import RunRecord
-
-    run_dir = info.training.get("run_dir")
-    if not run_dir or not (Path(run_dir) / "config.json").is_file():
-        return None  # write_precision_graph then asks for --calib
-    files = [str(p) for p in RunRecord.read(run_dir).holdout_files if p.is_file()]
-    if files and not quiet:
-        print(f"calibrating and checking on the {len(files)} good images held back at training ({run_dir})")
-    return files or None
-
-
-def _report_precision_accuracy(fp32: Path, graph: Path, ns) -> None:
-    """The four metrics of the FP32 graph and of the precision graph on a test split, and their differences."""
-    from .data import AnomalyDataset
-    from .detector import Detector
-    from .evaluate import METRIC_KEYS, evaluate, predict_dataset
-
-    test = AnomalyDataset(ns.data, ns.category, "test")
-    rows = {}
-    for path in dict.fromkeys((fp32, graph)):
-        det = Detector(path)
-        rows[path.name] = evaluate(predict_dataset(det.predictor(), test, det.size, progress=ns.progress), test)
-    print(f"accuracy on {ns.category}/test ({len(test)} images), percent:  " + "  ".join(METRIC_KEYS))
-    for name, result in rows.items():
-        print(f"  {name:<28}" + "".join(f"{100 * result[k]:>12.2f}" for k in METRIC_KEYS))
-    if len(rows) == 2:
-        (_, a), (_, b) = rows.items()
-        print(f"  {'difference':<28}" + "".join(f"{100 * (b[k] - a[k]):>+12.2f}" for k in METRIC_KEYS))
 
 
 def cmd_bench(ns) -> int:
@@ -344,100 +171,6 @@ def cmd_bench(ns) -> int:
         write_json(ns.json, results)
         print(f"wrote {ns.json}")
     return 0
-
-
-def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
-               queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
-               infer_workers="auto", tiling: dict | None = None) -> dict:
-    """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
-
-    The outputs form one unit (sdk.run_unit): written into OUT.incomplete and swapped in for OUT when the run
-    is complete. The model and the source are opened and the output folder checked before anything is written.
-    A write failure stops the run (OSError naming the path; exit 6); an interruption says where the complete and
-    the incomplete results are."""
-    from .detector import Detector
-    from .model_info import file_sha256
-    from .progress import progress_bar
-    from .run_unit import RunUnit
-    from .sinks import JsonlSink, MaskSink, OverlaySink, StopOnWriteError, VideoSink
-    from .sources import open_source
-    from .stream import Stream
-
-    det = Detector(model, threshold=threshold, min_area=min_area, **(tiling or {}))
-    unit = None
-    if out is not None:
-        unit = RunUnit(out, {"model": str(Path(model).resolve()), "model_sha256": file_sha256(model),
-                             "precision": det.info.precision, "source": str(source),
-                             "threshold": {"option": threshold, "image": det.image_threshold,
-                                           "pixel": det.pixel_threshold},
-                             "min_area": min_area, "tiling": tiling or None})
-        unit.check()
-    stream_source = open_source(source) if isinstance(source, (str, int, Path)) else source
-    sinks, failures = [], []
-    try:
-        if unit is not None:
-            for note in unit.notes:
-                print(note, file=sys.stderr)
-            folder = unit.open()
-            sinks.append(JsonlSink(folder / "verdicts.jsonl", append=True))
-            if masks:
-                sinks.append(MaskSink(folder / "masks", in_place=True))
-            if overlays:
-                sinks.append(OverlaySink(folder / "overlays", in_place=True))
-            if video:
-                sinks.append(VideoSink(folder / video, fps=10, in_place=True))
-        stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop,
-                        sinks=[StopOnWriteError(sink, failures) for sink in sinks], infer_workers=infer_workers,
-                        max_frames=limit)
-    except BaseException as exc:
-        for sink in sinks:
-            sink.discard()
-        getattr(stream_source, "close", lambda: None)()
-        if unit is not None and unit.state is not None:
-            unit.abandon(f"could not start: {exc}")
-        raise
-    counts = {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
-    bar = progress_bar(desc="run", unit="frame", disable=not progress, total=limit)
-    try:
-        with stream:
-            for n, rec in enumerate(stream, 1):
-                key = rec.verdict if rec.status == "ok" else rec.status
-                counts[key] = counts.get(key, 0) + 1
-                bar.update(1)
-                if n % 10 == 0:
-                    bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"],
-                                    errors=counts["error"])
-                if failures:
-                    break
-        bar.close()
-        stats = stream.stats()
-        stats["verdicts"] = counts
-        if failures:
-            path, exc = failures[0]
-            raise OutputWriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc} (after {stats['frames']} "
-                                   f"frames); free space or fix the folder's permissions, or give another --out"
-                                   + (f"; {unit.abandon(f'write failed: {exc}', {'verdicts': counts})}" if unit else ""))
-        if unit is not None:
-            unit.complete({"frames": stats["frames"], "verdicts": counts})
-    except KeyboardInterrupt as exc:
-        bar.close()
-        why = str(exc) or ("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C")
-        where = unit.abandon(f"interrupted ({why})", {"verdicts": counts}) if unit else ""
-        raise type(exc)(why + (f"; {where}" if where else "")) from None
-    except OutputWriteError:
-        raise
-    except BaseException as exc:
-        if unit is not None:
-            print(unit.abandon(f"failed: {type(exc).__name__}: {exc}", {"verdicts": counts}), file=sys.stderr)
-        raise
-    return stats
-
-
-class OutputWriteError(OSError):
-    """An output could not be written mid-run (exit code 6); the message names the path, the cause, the fix."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 def cmd_run(ns) -> int:
@@ -659,12 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _engine_arg(name: str):
-    """An argparse type from sdk.build.engine's parsers (BuildError becomes the flag's error)."""
+    """An argparse type from sdk.build.options' parsers (BuildError becomes the flag's error)."""
     def parse(text: str):
-        from .build import engine
+        from .build import options
         try:
-            return getattr(engine, name)(text)
-        except engine.BuildError as exc:
+            return getattr(options, name)(text)
+        except options.BuildError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = name
@@ -709,10 +442,6 @@ def exit_code(exc: BaseException) -> int | None:
     return None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: the same clean-up, one line, exit code 130."""
-
-
 _SIGNALLED: list[str] = []  # a library that catches broadly may turn the interrupt into its own error
 
 
@@ -751,8 +480,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:
         if ns.debug:
             raise
-        why = str(exc) or ("SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C")
-        print(f"cfrg {ns.command}: interrupted ({why})", file=sys.stderr)
+        print(f"cfrg {ns.command}: interrupted ({interruption(exc)})", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # expected failures: one line that names the problem and the fix
         if _SIGNALLED and not ns.debug:  # e.g. SIGTERM inside an import that re-raised it as ImportError

@@ -1,13 +1,17 @@
-"""`cfrg build` (trtexec flags, the plan, the precision graph, no engine without TensorRT) and `cfrg bench`."""
+"""`cfrg build` (trtexec flags, the plan, the precision graph, no engine without TensorRT, no torch needed) and
+`cfrg bench`."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from sdk.run_record import RunRecord
 from sdk import cli
 from sdk.cli import main
-from tests.conftest import DEMO_ROOT
+from tests.conftest import DEMO_ROOT, ROOT
 
 
 @pytest.fixture()
@@ -62,13 +66,18 @@ def test_conflicting_or_unknown_flags_are_trtexec_like_errors(model, args, words
     assert code == cli.EXIT_USAGE and words in err and "Traceback" not in err
 
 
-def test_build_without_tensorrt_writes_the_precision_graph_and_says_why_no_engine(model, capsys):
+def skip_where_tensorrt_is_installed() -> None:
+    """The builds below end where TensorRT is missing (exit 8); where it is installed, tests/gpu builds engines."""
     pytest.importorskip("onnx")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here: tests/gpu builds real engines")
     except ImportError:
         pass
+
+
+def test_build_without_tensorrt_writes_the_precision_graph_and_says_why_no_engine(model, capsys):
+    skip_where_tensorrt_is_installed()
     onnx_path, calib = model
     code = main(["build", "--onnx", str(onnx_path), "--int8", f"--calib={calib}", "--no-progress"])
     err = capsys.readouterr().err
@@ -81,6 +90,77 @@ def test_build_without_tensorrt_writes_the_precision_graph_and_says_why_no_engin
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code == cli.EXIT_NO_ENGINE and "model.fp16.onnx" in out and "difference" in out
+
+
+# a subprocess whose meta-path blocker, set before any import, refuses torch, torchvision and export
+BLOCKED = ("torch", "torchvision", "export")
+PARSER_DECLARATIONS = ("export", "export.options", "export.config")
+
+SCRIPT = """
+import importlib, importlib.abc, json, pkgutil, sys
+
+BLOCKED, PARSER_DECLARATIONS = %r, %r
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    tried, allowed = [], ()
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED and name not in self.allowed:
+            self.tried.append(name)
+            raise ModuleNotFoundError(f"{name} is blocked: a Jetson has no torch and no factory", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+for name in BLOCKED:
+    try:
+        importlib.import_module(name)
+        raise SystemExit(f"the blocker let {name} through")
+    except ImportError:
+        pass
+Blocker.tried.clear()
+
+import sdk.build
+
+modules = [f"sdk.build.{m.name}" for m in pkgutil.iter_modules(sdk.build.__path__)]
+for name in modules:
+    importlib.import_module(name)
+loaded_by_build = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+
+Blocker.allowed = PARSER_DECLARATIONS
+from sdk.cli import main
+
+onnx_path = sys.argv[1]
+codes = [main(["build", "--onnx", onnx_path, "--int8", "--dry-run", "--no-progress"]),
+         main(["build", "--onnx", onnx_path, "--fp16", "--no-progress"])]
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print("RESULT " + json.dumps({"modules": modules, "loaded_by_build": loaded_by_build, "codes": codes,
+                              "loaded": loaded, "tried": Blocker.tried}))
+""" % (BLOCKED, PARSER_DECLARATIONS)
+
+
+def test_sdk_build_and_cfrg_build_run_where_torch_and_the_factory_cannot_be_imported(model):
+    """The Jetson claim of sdk.build: without torch and without the factory (the `export` package), sdk.build and
+    each of its modules import; `cfrg build --dry-run` then plans an INT8 build (its rule check makes the Q/DQ graph,
+    calibrated on the held-back images the run recorded) and `cfrg build --fp16` writes the FP16 graph and checks it
+    against FP32. For the two commands the blocker lets through only the plain-data option declarations that the
+    `cfrg` parser reads for every command (export.options, export.config: no torch)."""
+    skip_where_tensorrt_is_installed()
+    onnx_path, _ = model
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(onnx_path)], cwd=onnx_path.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert {"sdk.build.command", "sdk.build.engine", "sdk.build.plan", "sdk.build.precision"} <= set(result["modules"])
+    assert result["loaded_by_build"] == []  # sdk.build itself: no torch, nothing of export
+    assert set(result["loaded"]) <= set(PARSER_DECLARATIONS)
+    assert result["codes"] == [0, 8], done.stderr[-4000:]  # 8: the FP16 graph written, no TensorRT for the engine
+    assert "trtexec: trtexec" in done.stdout and "calibrating and checking on the" in done.stdout
+    assert "checked against FP32" in done.stdout and onnx_path.with_name("model.fp16.onnx").is_file()
+    assert not onnx_path.with_name("model.int8.onnx").exists()  # the dry run wrote nothing
 
 
 def test_bench_compares_models_in_one_run(model, tmp_path, capsys):

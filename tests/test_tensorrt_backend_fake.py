@@ -17,7 +17,10 @@ import threading
 import numpy as np
 import pytest
 
-from sdk.build import engine as engine_module
+from sdk.build.dla import read_calibration_cache
+from sdk.build.engine import TensorRTBuilder
+from sdk.build.options import BuildOptions
+from sdk.build.precision import CNN_PARTS
 from sdk import Detector, ModelFileError, Stream
 from sdk import cli
 from sdk.backends import tensorrt as trt_backend
@@ -101,12 +104,12 @@ def test_dla_int8_builds_from_the_fp32_graph_with_ranges_fallback_and_fp32_held_
     assert "TF32" not in config.flags and config.default_device_type == "DLA" and config.DLA_core == 0
     assert not any(layer.op in ("QuantizeLinear", "DequantizeLinear") for layer in net.layers)
     ranged = [t for layer in net.layers for t in layer._outputs if t.dynamic_range]
-    cache = engine_module.read_calibration_cache(model.with_name("model.int8.dla.calib"))
+    cache = read_calibration_cache(model.with_name("model.int8.dla.calib"))
     assert len(ranged) == len(cache) and all(t.dynamic_range[1] == pytest.approx(127 * cache[t.name]) for t in ranged)
     layers = {layer.name: layer for layer in net.layers}
     assert layers["/model/memory/MatMul"].precision is trt.float32
     added = [layer for name, layer in layers.items() if name.endswith("_broadcast_shuffle") and
-             not name.startswith(engine_module.CNN_PARTS)]
+             not name.startswith(CNN_PARTS)]
     assert added and all(layer.precision is trt.float32 for layer in added)  # the parser's own layers too
     assert all(not layer.precision_set for layer in net.layers if layer.precision in (trt.int32, trt.int64))
     teacher = [layer for layer in net.layers if layer.name.startswith("/model/teacher/") and layer.op == "Conv"]
@@ -122,9 +125,8 @@ def test_the_fake_refuses_what_the_old_builder_did(model, monkeypatch):
     from sdk.model_info import ModelInfo
 
     info = ModelInfo.read(model)
-    options = engine_module.BuildOptions(onnx=model, fp16=True, dla_core=0, gpu_fallback=True,
-                                         max_shapes=(4, 64, 128, 3))
-    builder = engine_module.TensorRTBuilder(trt, options, info, progress=False, log=lambda *a: None)
+    options = BuildOptions(onnx=model, fp16=True, dla_core=0, gpu_fallback=True, max_shapes=(4, 64, 128, 3))
+    builder = TensorRTBuilder(trt, options, info, progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="could not build"):
         builder.build()  # min 1, max 4 on DLA
     assert trt.build_log[-1] == "DLA needs static shapes"

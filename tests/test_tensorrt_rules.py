@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from export import onnx_export
-from sdk.build.engine import BuildOptions, calibration_cache_text, dla_calibration_cache, dla_ranges, read_calibration_cache
+from sdk.build.dla import calibration_cache_text, dla_calibration_cache, dla_ranges, read_calibration_cache
+from sdk.build.options import BuildOptions
 from sdk.build.precision import CNN_PARTS, precision_path
 from sdk.build.tensorrt_rules import RULES_FILE, check, check_parser, errors, gpu_layers, rules, source_text
 from sdk import cli

@@ -1,5 +1,5 @@
-"""ONNX graph helpers (no torch): constant folding with the ONNX reference evaluator, and the check of a
-graph against TensorRT's ONNX parser."""
+"""ONNX graph helpers (no torch): constant folding with the ONNX reference evaluator, the report of what a graph
+uses outside TensorRT's ONNX parser, and saving a graph with its model description."""
 from __future__ import annotations
 
 import numpy as np

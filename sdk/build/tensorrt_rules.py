@@ -11,7 +11,7 @@ and the tests run it on every graph the project writes.
     gpu_layers(findings)    what a DLA build runs on the GPU instead (GPU fallback)
 
 ONNX node names stand for TensorRT layer names (the parser names each layer after its node, and may add
-layers of its own for a node); which nodes are held at FP32 follows engine.layer_precisions.
+layers of its own for a node); which nodes are held at FP32 follows dla.layer_precisions.
 """
 from __future__ import annotations
 
