@@ -43,6 +43,7 @@ VARIANTS = {
     # where in the teacher the loss comes from: its stem, its layers up to the first tap (stride 4), the rest
     "teacher_stem_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/", "/model/teacher/Clip",
                                                                  "/model/teacher/_blocks.0/")),
+    "teacher_stem_conv_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/",)),
     "teacher_to_tap1_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/", "/model/teacher/Clip",
                                                                     *(f"/model/teacher/_blocks.{i}/" for i in range(3)))),
     "teacher_after_tap1_fp32": dataclasses.replace(BASE, keep_float=tuple(f"/model/teacher/_blocks.{i}/"
