@@ -13,7 +13,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from export.model import CFRG, CFRGConfig, fold_batchnorm
+from export.model import CFRG, CFRGConfig
+from export.predictor import fold_batchnorm
 from sdk.cli import parse_size
 
 

@@ -37,9 +37,9 @@ def main():
     import onnxruntime as ort
     import torch
 
-    from export.model import fold_batchnorm
+    from export.predictor import fold_batchnorm
     from export.onnx_export import export_onnx
-    from export.train import load_model
+    from export.checkpoint import load_model
 
     if ns.threads:
         torch.set_num_threads(ns.threads)

@@ -14,11 +14,15 @@ import time
 
 import torch
 
-from export.model import CFRG, fold_batchnorm
+from export.model import CFRG
+from export.predictor import fold_batchnorm
 from export.options import TrainArgs
 from sdk.synthesis import DefectSynthesizer
-from export.train import (BatchMaker, _to_tensor, cfrg_losses, flipped_images, load_train_images,
-                          resolve_image_size, step_inputs, teacher_cache)
+from export.batches import BatchMaker, cfrg_losses, flipped_images, step_inputs
+from export.model import to_tensor
+from export.train_images import load_train_images
+from export.train import resolve_image_size
+from export.fitting import teacher_cache
 from sdk.data import AnomalyDataset
 
 
@@ -51,10 +55,10 @@ def main():
 
     def step_before(net, batch):
         idx, xs, masks, flips = batch
-        x, mask = _to_tensor(xs), torch.from_numpy(masks)
+        x, mask = to_tensor(xs), torch.from_numpy(masks)
         t_clean = [c[torch.from_numpy(idx)].float() for c in cache]
         if flips.any():  # the loop before had no flips: the unfolded teacher on every clean image
-            t_clean = net.teacher_features(_to_tensor(flipped_images(images, idx, flips)))
+            t_clean = net.teacher_features(to_tensor(flipped_images(images, idx, flips)))
         return cfrg_losses(net, x, t_clean, mask)
 
     print(f"{ns.category} {size[0]}x{size[1]}, batch {args.batch_size}, augment {ns.augment}, "

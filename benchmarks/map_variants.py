@@ -57,9 +57,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from sdk.run_record import RunRecord  # noqa: E402
-from export.model import (GaussianBlur, high_pass, inverse_cholesky, ledoit_wolf, peak_above_mean,  # noqa: E402
-                          soft_max, upsample as up)
-from export.train import _to_tensor, load_model, run_images  # noqa: E402
+from export.blocks import GaussianBlur, high_pass, soft_max, upsample as up  # noqa: E402
+from export.checkpoint import load_model  # noqa: E402
+from export.fitting import run_images  # noqa: E402
+from export.gaussians import inverse_cholesky, ledoit_wolf, peak_above_mean  # noqa: E402
+from export.model import to_tensor  # noqa: E402
 from sdk import metrics  # noqa: E402
 from sdk.data import AnomalyDataset  # noqa: E402
 from sdk.evaluate import METRIC_KEYS, resize_for_model  # noqa: E402
@@ -69,7 +71,7 @@ from sdk.evaluate import METRIC_KEYS, resize_for_model  # noqa: E402
 def components(model, images: np.ndarray, batch: int = 16) -> dict:
     out: dict = {}
     for s in range(0, len(images), batch):
-        x = _to_tensor(images[s:s + batch])
+        x = to_tensor(images[s:s + batch])
         t = model.teacher_features(x)
         h = model.heads(x, t)
         parts = {f"ds{k}": d for k, d in enumerate(h["d_student"])}
@@ -86,7 +88,7 @@ def components(model, images: np.ndarray, batch: int = 16) -> dict:
 def leave_one_out_distances(model, images: np.ndarray) -> torch.Tensor:
     """Each good training image's nearest-patch distances to the other images' patches (all of them: for the
     small sets this is used on, the memory holds every patch)."""
-    emb = torch.cat([model.memory.embed(model.teacher_features(_to_tensor(images[s:s + 16])))
+    emb = torch.cat([model.memory.embed(model.teacher_features(to_tensor(images[s:s + 16])))
                      for s in range(0, len(images), 16)])
     n, d, h, w = emb.shape
     bank = emb.permute(0, 2, 3, 1).reshape(-1, d)
@@ -169,7 +171,7 @@ def fine_features(model, images: np.ndarray, layers, pool: int, batch: int = 8):
     and averaged over pool x pool cells."""
     for s in range(0, len(images), batch):
         with torch.no_grad():
-            t = model.teacher_features(_to_tensor(images[s:s + batch]))
+            t = model.teacher_features(to_tensor(images[s:s + batch]))
         size = t[layers[0]].shape[-2:]
         f = torch.cat([torch.nn.functional.interpolate(t[k].float(), size=size, mode="bilinear",
                                                        align_corners=False) if t[k].shape[-2:] != size

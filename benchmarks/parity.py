@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from export.train import load_model, torch_predictor
+from export.checkpoint import load_model
+from export.predictor import torch_predictor
 from sdk.data import AnomalyDataset
 from sdk.detector import Detector
 from sdk.evaluate import predict_dataset

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.config import PIXEL_MAPS  # noqa: E402
 from sdk.synthesis import DefectSynthesizer  # noqa: E402
-from export.train import load_model, run_images, torch_predictor, with_map_fusion  # noqa: E402
+from export.checkpoint import load_model  # noqa: E402
+from export.fitting import run_images, with_map_fusion  # noqa: E402
+from export.predictor import torch_predictor  # noqa: E402
 from sdk import metrics  # noqa: E402
 
 SYNTHETIC_IMAGES = 96  # drawn on the held-back good images in turn

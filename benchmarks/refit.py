@@ -1,5 +1,5 @@
 """A trained run with other map or score options (the `cfrg eval` ones), saved as a run `cfrg export` takes:
-the same weights, the statistics and memory rebuilt from the run's own good images (export.train.with_map_fusion).
+the same weights, the statistics and memory rebuilt from the run's own good images (export.fitting.with_map_fusion).
 Used to export and time a candidate default without retraining.
 
     python benchmarks/refit.py RUN OUT [EVAL FLAGS, e.g. --map-normalisation sum]
@@ -14,9 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from export.model import load_checkpoint, save_checkpoint  # noqa: E402
+from export.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from export.options import EVAL_OPTIONS, add_eval_options  # noqa: E402
-from export.train import with_map_fusion  # noqa: E402
+from export.fitting import with_map_fusion  # noqa: E402
 
 
 def main() -> None:

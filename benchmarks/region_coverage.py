@@ -63,7 +63,8 @@ def main() -> None:
     p.add_argument("--data", help="the data root, if it moved since training")
     args = p.parse_args()
     from sdk.run_record import RunRecord  # the training stack only here: coverage_report serves the peer's venv too
-    from export.train import load_model, torch_predictor
+    from export.checkpoint import load_model
+    from export.predictor import torch_predictor
 
     run = Path(args.run)
     record = RunRecord.read(run, args.data)

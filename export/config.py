@@ -37,7 +37,9 @@ class CFRGConfig:
     score_temperature: float = 2.0  # soft max of the memory distances, in good-patch standard deviations
     global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
     pixel_map: str = "fused"  # PIXEL_MAPS
-    fine_weight: float = 0.0  # the fine-feature Gaussian's weight in the pixel map (0: none; FineGaussian)
+    # the fine-feature Gaussian's weight in the pixel map (0: none; FineGaussian). Training's default, "auto",
+    # starts the model at 0 and the fit at the end of training sets it (export.fitting.calibrate_fine)
+    fine_weight: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,13 +50,10 @@ class CFRGConfig:
     def from_dict(cls, d: dict) -> "CFRGConfig":
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
-        d.setdefault("map_normalisation", "none")  # checkpoints from before the option: the paper's map
-        d.setdefault("memory_size", 0)  # and from before the patch memory
-        d.setdefault("image_score", "max")  # and from before the combined image score
-        d.setdefault("global_score", False)  # and from before its global branch
-        d.setdefault("seg_sigma", None)  # and from before seg_sigma: smoothed with the discrepancies
-        d.setdefault("gaussian_sigma", 4.0)  # the default until sum_seg_weight came
-        d.setdefault("sum_seg_weight", 1.0)  # and from before sum_seg_weight
+        from .map_options import MAP_OPTIONS  # which declares what a record from before each option means
+
+        for name, o in MAP_OPTIONS.items():
+            d.setdefault(name, o.legacy)
         if "image_size" in d:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         return cls(**d)

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from sdk.files import IMAGE_EXTENSIONS, atomic_output, check_output_folder, image_files
-from sdk.model_info import OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, file_sha256, software_versions, utc_now
+from sdk.model_info import OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, software_versions
 
+from .checkpoint import load_checkpoint
 from .model import CFRG
 from sdk.build.onnx_utils import fold_constants, save_with_description
 from sdk.run_record import RunRecord
@@ -36,7 +37,7 @@ class DeployGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor):
         # Cast first: TensorRT takes UINT8 only as a network input that feeds a Cast (sdk/build/tensorrt_rules.json)
-        x = frames.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # as export.train._to_tensor
+        x = frames.to(torch.float32).permute(0, 3, 1, 2) / 255.0  # as export.model.to_tensor
         amap, score = self.model(x)
         return amap[:, 0], score
 
@@ -72,14 +73,7 @@ def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | 
         if not files:
             raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
-    run = RunRecord.read(ckpt_dir, data)
-    if not run.holdout_files:
-        raise ValueError(f"{run.path}: the model was trained with --holdout 0; pass --calib-dir DIR with good images")
-    absent = [p for p in run.holdout_files if not p.is_file()]
-    if absent:
-        raise FileNotFoundError(f"held-back good image {absent[0]} is missing ({len(absent)} in all): "
-                                f"pass --data ROOT where the training data lives, or --calib-dir DIR")
-    return [str(p) for p in run.holdout_files]
+    return RunRecord.read(ckpt_dir, data).held_back_files()
 
 
 def _score_description(model) -> str:
@@ -105,7 +99,6 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from sdk.evaluate import backend_predictor
 
     from sdk.build.thresholds import calibrate_thresholds, score_normalisation
-    from .model import load_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix.lower() != ".onnx":
@@ -157,10 +150,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             default_threshold="good_only",
             score_normalisation=score_normalisation(np.array(good_scores), thresholds["good_only"].image),
             precision="fp32",
-            provenance=Provenance(source_model=checkpoint.name, source_sha256=file_sha256(checkpoint),
-                                  data_fingerprint=run.data_fingerprint if run else None,
-                                  versions={**software_versions("torch", "onnx", "numpy"), "opset": OPSET},
-                                  created=utc_now()),
+            provenance=Provenance.made_from(checkpoint, run.data_fingerprint if run else None,
+                                            {**software_versions("torch", "onnx", "numpy"), "opset": OPSET}),
             training={"category": run.category if run else None,
                       "run_dir": str(checkpoint.parent.resolve()),
                       **{k: v for k, v in extra.get("train", {}).items() if k != "history"}},

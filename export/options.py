@@ -3,20 +3,21 @@ train() takes a TrainArgs, and config.json records it. Plain data: importable wi
 
 Each field's metadata says how it appears on the command line (flag, type, choices, help) and what
 values it takes (a check that returns the problem, or None); TrainArgs.validate() applies the same
-checks to arguments built in Python.
+checks to arguments built in Python. The map and score options come from their own declaration
+(export.map_options.MAP_OPTIONS), which also gives `cfrg eval` its flags for checkpoints.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Optional
 
-from sdk.values import Check, checked_type, multiple_of, number, odd, optional, whole
+from sdk.values import Check, checked_type, multiple_of, number, optional, whole
 
-from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, TEACHERS, CFRGConfig
+from .config import TEACHERS, CFRGConfig
+from .map_options import MAP_OPTIONS
 
 AUTO_SIZE_PIXELS = 256 * 256  # the pixel budget of --image-size auto: the latency of the 256x256 default
-AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of this many pixels, in proportion else
 
 
 def auto_image_size(sizes: list[tuple[int, int]], pixels: int = AUTO_SIZE_PIXELS) -> tuple[int, int]:
@@ -38,37 +39,6 @@ def shared_aspect(sizes: list[tuple[int, int]], share: float = 0.8, tolerance: f
     median = aspects[len(aspects) // 2]
     near = sum(abs(a / median - 1) <= tolerance for a in aspects)
     return float(median) if near >= share * len(aspects) else None
-
-
-def auto_memory_pool(image_size, pool: int = CFRGConfig.memory_pool, side: int = AUTO_POOL_SIDE) -> int:
-    """The odd memory pooling window (in feature cells) that covers the same share of the input's short side as
-    `pool` cells do of a `side`-pixel one: 9 at 256x256, 7 at 288x224, 5 at 160x416. A fixed window would cover
-    most of a long part's short side."""
-    cells = pool * min(image_size) / side
-    return max(1, 2 * round((cells - 1) / 2) + 1)
-
-
-def parse_pool(text: str) -> int | str:
-    """'auto' or a whole number (the memory pooling window)."""
-    return "auto" if str(text).strip().lower() == "auto" else int(text)
-
-
-def pool_check(v) -> Optional[str]:
-    return None if v == "auto" or odd(v) is None else "give an odd whole number >= 1 (the window is centred) or 'auto'"
-
-
-def parse_weight(text: str) -> float | str:
-    """'auto' or a number >= 0 (the fine-feature Gaussian's weight)."""
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"weight {text!r}: give a number >= 0 or 'auto'") from None
-
-
-def weight_check(v) -> Optional[str]:
-    return None if v == "auto" or number(0)(v) is None else "give a number >= 0 or 'auto'"
 
 
 def parse_size(text: str) -> tuple[int, int] | str:
@@ -95,17 +65,32 @@ def image_size_check(v) -> Optional[str]:
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
            choices: tuple | None = None, check: Check | None = None, action: str | None = None,
-           cli: bool = True, demo: Any = MISSING, eval_help: str | None = None) -> Any:
+           cli: bool = True, demo: Any = MISSING) -> Any:
     """A TrainArgs field with its command-line form.
 
     flag: the option string (default --field-name); action: 'store_true', 'store_false' (a --no-X flag
     for a field that defaults to True) or 'toggle' (--X / --no-X); cli=False: Python only; demo: the
-    default under `cfrg demo` (MISSING: the same; None: not a demo option); eval_help: the field is also
-    a `cfrg eval` option that rebuilds a checkpoint's map or score with another value.
+    default under `cfrg demo` (MISSING: the same; None: not a demo option).
     """
-    meta = dict(help=help, flag=flag, type=type, choices=choices, check=check, action=action, cli=cli, demo=demo,
-                eval_help=eval_help)
+    meta = dict(help=help, flag=flag, type=type, choices=choices, check=check, action=action, cli=cli, demo=demo)
     return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+def with_map_options(after: str):
+    """Class decorator, under @dataclass: the fields of MAP_OPTIONS inserted after field `after`, in their order."""
+    def insert(cls):
+        annotations = {}
+        for name, annotation in cls.__dict__["__annotations__"].items():
+            annotations[name] = annotation
+            if name == after:
+                for o in MAP_OPTIONS.values():
+                    annotations[o.name] = o.annotation
+                    setattr(cls, o.name, option(o.default, o.help, type=o.type, choices=o.choices, check=o.check,
+                                                action=o.action))
+        cls.__annotations__ = annotations
+        return cls
+
+    return insert
 
 
 _RECIPE = CFRGConfig()
@@ -113,7 +98,10 @@ AUGMENTS = ("none", "flip")
 
 
 @dataclass
+@with_map_options(after="recovery_width")
 class TrainArgs:
+    """The options of a training run; the map and score options (MAP_OPTIONS) follow recovery_width."""
+
     data: str = option(help="dataset root in MVTec AD / 3CAD layout", demo=None)
     category: str = option(help="category folder under the root", demo=None)
     out: str = option(help="output folder for model.pt and config.json", demo=None)
@@ -153,63 +141,6 @@ class TrainArgs:
                                 f"(default {_RECIPE.student_width})", type=int, check=multiple_of(2, 2, 1024))
     recovery_width: int = option(_RECIPE.recovery_width, "recovery branch width (default 128)", type=int,
                                  check=multiple_of(4, 4, 4096))
-    map_normalisation: str = option(
-        _RECIPE.map_normalisation, "anomaly map: 'sum' adds every student and recovery discrepancy and the "
-        "segmentation (default); 'position' z-scores each discrepancy per position with good-image statistics; "
-        "'none' is the paper's sum of the recovery discrepancies and the segmentation", choices=MAP_NORMALISATIONS,
-        eval_help="checkpoints: evaluate the same weights with this map fusion (default: the trained one)")
-    gaussian_sigma: float = option(
-        _RECIPE.gaussian_sigma,
-        f"sigma, in input pixels, of the Gaussian that smooths the maps (default {_RECIPE.gaussian_sigma:g})",
-        type=float, check=number(0, 64, low_open=True, high_open=False),
-        eval_help="checkpoints: evaluate the same weights with the maps smoothed at this sigma (the memory's "
-                  "statistics rebuilt; default: the trained one)")
-    seg_sigma: float = option(
-        _RECIPE.seg_sigma, "sigma, in input pixels, of the Gaussian that smooths the segmentation's probability "
-        "in the map (default 0: not smoothed)", type=float, check=number(0, 64, high_open=False),
-        eval_help="checkpoints: evaluate the same weights with the segmentation's probability smoothed at this "
-                  "sigma (0: not smoothed; the memory's statistics rebuilt; default: the trained one)")
-    sum_seg_weight: float = option(
-        _RECIPE.sum_seg_weight,
-        f"weight of the segmentation's probability in the 'sum' map (default {_RECIPE.sum_seg_weight:g})",
-        type=float, check=number(0),
-        eval_help="checkpoints: evaluate the same weights with the segmentation's probability weighted so in the "
-                  "'sum' map (the memory's statistics rebuilt; default: the trained one)")
-    memory_size: int = option(
-        _RECIPE.memory_size, "patches in the good-patch memory fused with the map (default 10000; 0: no memory)",
-        type=int, check=whole(0, 10**7),
-        eval_help="checkpoints: evaluate the same weights with a patch memory of this size, rebuilt from the run's "
-                  "good images (0: none; default: the trained one)")
-    memory_pool: int | str = option(
-        "auto", f"neighbourhood, in feature cells, that each memory patch averages (odd), or auto (default): "
-        f"{_RECIPE.memory_pool} on a {AUTO_POOL_SIDE}-pixel short side of the input, in proportion on others (5 at "
-        f"160x416)", type=parse_pool, check=pool_check,
-        eval_help="checkpoints with a patch memory: evaluate the same weights with this memory pooling (or auto, "
-                  "from the model's input size), the memory rebuilt from the run's good images (default: the "
-                  "trained one)")
-    image_score: str = option(
-        _RECIPE.image_score, "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances "
-        "and (--global-score) a Gaussian distance of the image's global statistics, each z-scored on held-out good "
-        "images (default); 'max' is the fused map's max", choices=IMAGE_SCORES,
-        eval_help="checkpoints with a patch memory: evaluate the same weights with this image score (its statistics "
-                  "rebuilt from the run's good images; default: the trained one)")
-    global_score: bool = option(
-        _RECIPE.global_score, "add to the combined image score a Gaussian over each image's global feature "
-        "statistics, z-scored on held-out good images (default on)", action="toggle",
-        eval_help="checkpoints with a combined image score: evaluate the same weights with (or without) its global "
-                  "branch, rebuilt from the run's good images (default: the trained one)")
-    pixel_map: str = option(
-        _RECIPE.pixel_map, "output pixel map: 'fused' (the CFRG map and the patch memory, per-pixel max of their "
-        "z-scores), 'plain_fused' (the paper's plain map and the patch memory), 'cfrg' or 'plain' (either map "
-        "alone); the image score is the same for all (default fused)", choices=PIXEL_MAPS,
-        eval_help="checkpoints: evaluate the same weights with this pixel map (default: the trained one)")
-    fine_weight: float | str = option(
-        "auto", "weight in the pixel map of one Gaussian of the good images' fine (stride 4 and 8) teacher "
-        "features, shared by every position, scaled to the map's good-image peaks; auto (default): from how well "
-        f"one Gaussian fits those features, 1 - spread / {FINE_SPREAD_LIMIT:g}, so none on textured or structured "
-        "surfaces (see docs/quality.md); 0: none", type=parse_weight, check=weight_check,
-        eval_help="checkpoints: evaluate the same weights with the fine-feature Gaussian at this weight or auto, "
-                  "fitted on the run's good images (0: none; default: the trained one)")
     threads: int = option(0, "torch threads (0: default)", type=int, check=whole(0, 1024))
     progress: bool = option(True, "no progress bars", flag="--no-progress", action="store_false")
     final_eval: bool = option(True, "evaluate on the test split at the end", cli=False)
@@ -228,23 +159,21 @@ class TrainArgs:
             raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
 
     def model_config(self, image_size: tuple[int, int] | None = None) -> CFRGConfig:
-        """The model's configuration; `image_size` resolves --image-size auto."""
+        """The model's configuration: the TrainArgs fields that are CFRGConfig fields, "auto" resolved for the input
+        size (`image_size` resolves --image-size auto; --fine-weight auto starts at 0, see MAP_OPTIONS)."""
         size = image_size or self.image_size
         if size == "auto":
             raise ValueError("--image-size auto is resolved from the training images: pass image_size")
-        pool = auto_memory_pool(size) if self.memory_pool == "auto" else self.memory_pool
-        return CFRGConfig(image_size=tuple(size), teacher=self.teacher, use_recovery=self.use_recovery,
-                          use_segmentation=self.use_segmentation, recovery_code_stride=self.recovery_code_stride,
-                          recovery_width=self.recovery_width, student_width=self.student_width,
-                          map_normalisation=self.map_normalisation,
-                          gaussian_sigma=self.gaussian_sigma, seg_sigma=self.seg_sigma,
-                          sum_seg_weight=self.sum_seg_weight,
-                          memory_size=self.memory_size, memory_pool=pool, image_score=self.image_score,
-                          global_score=self.global_score, pixel_map=self.pixel_map,
-                          fine_weight=0.0 if self.fine_weight == "auto" else self.fine_weight)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in CFRGConfig.__dataclass_fields__}
+        values.update({name: o.config_value(values[name], size) for name, o in MAP_OPTIONS.items()})
+        return CFRGConfig(**{**values, "image_size": tuple(size)})
+
+    def record(self) -> dict:
+        """The options as config.json's "train" records them (JSON values)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-EVAL_OPTIONS = tuple(f.name for f in fields(TrainArgs) if f.metadata.get("eval_help"))
+EVAL_OPTIONS = tuple(MAP_OPTIONS)  # `cfrg eval` flags for checkpoints
 
 
 def flag_of(f) -> str:
@@ -269,9 +198,9 @@ def add_train_options(parser: argparse.ArgumentParser, demo: bool = False) -> No
 
 def add_eval_options(parser: argparse.ArgumentParser) -> None:
     """`cfrg eval` flags that rebuild a checkpoint's map or score with other values (default None: as trained)."""
-    for name in EVAL_OPTIONS:
-        f = next(f for f in fields(TrainArgs) if f.name == name)
-        _add(parser, f, None, f.metadata["eval_help"])
+    by_name = {f.name: f for f in fields(TrainArgs)}
+    for name, o in MAP_OPTIONS.items():
+        _add(parser, by_name[name], None, o.eval_help)
 
 
 def _add(parser, f, default, help_text: str, required: bool = False) -> None:

@@ -77,12 +77,12 @@ def cmd_eval(ns) -> int:
     eval_options = _options().EVAL_OPTIONS
     other_fusion = {k: getattr(ns, k) for k in eval_options if getattr(ns, k) is not None}
     if model_path.suffix == ".pt":
-        training = factory("train", "evaluating a .pt checkpoint")
-        model = training.load_model(model_path)
+        what = "evaluating a .pt checkpoint"
+        model = factory("checkpoint", what).load_model(model_path)
         if other_fusion:
-            model = training.with_map_fusion(model, model_path.parent, data=ns.data, progress=ns.progress,
-                                             **other_fusion)
-        predict, size = training.torch_predictor(model), model.config.image_size
+            model = factory("fitting", what).with_map_fusion(model, model_path.parent, data=ns.data,
+                                                             progress=ns.progress, **other_fusion)
+        predict, size = factory("predictor", what).torch_predictor(model), model.config.image_size
     else:
         if other_fusion:
             raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "

@@ -163,6 +163,13 @@ class Provenance:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @classmethod
+    def made_from(cls, source: str | os.PathLike, data_fingerprint: str | None, versions: dict,
+                  source_sha256: str | None = None) -> "Provenance":
+        """A model file's provenance, made now from `source` (its SHA-256 computed unless given)."""
+        return cls(source_model=Path(source).name, source_sha256=source_sha256 or file_sha256(source),
+                   data_fingerprint=data_fingerprint, versions=versions, created=utc_now())
+
 
 @dataclass(frozen=True)
 class EngineSpec:

@@ -1,4 +1,5 @@
-"""A training run's record (OUT/config.json) as the export and the engine builder read it. Plain data: no torch."""
+"""A training run's record (OUT/config.json): the one schema that training writes and the re-fusion, the export and
+the engine builder read, with the run's held-back good images. Plain data: no torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +7,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from sdk.backends import ModelFileError
+from sdk.files import write_json
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What a training run's config.json says about its data, validated, with paths kept inside the data root."""
+    """What a training run's config.json says about its data, validated, with paths kept inside the data root.
+
+    config.json: {"model": the CFRGConfig, "train": the TrainArgs, "data_fingerprint", "n_train_images", "holdout":
+    the held-back good images relative to the data root, "versions", "summary", and "metrics" when evaluated}."""
 
     path: Path  # the config.json
     data: Path  # the data root: the one given, else the one recorded
@@ -54,3 +60,41 @@ class RunRecord:
                                      f"record was edited or damaged: train again, or pass --calib-dir DIR")
             files.append(p)
         return dataclasses.replace(record, data=root, holdout_files=tuple(files))
+
+    @staticmethod
+    def write(run_dir: str | os.PathLike, *, model: dict, train: dict, data_fingerprint: str, n_train_images: int,
+              holdout_files: Sequence[str | os.PathLike], versions: dict, summary: dict,
+              metrics: dict | None = None) -> dict:
+        """Write RUN/config.json; `holdout_files` are paths under train["data"], recorded relative to it. Returns
+        what was written."""
+        record = {"model": model, "train": train, "data_fingerprint": data_fingerprint,
+                  "n_train_images": n_train_images,
+                  "holdout": [os.path.relpath(p, train["data"]) for p in holdout_files],
+                  "versions": versions, "summary": summary, **({"metrics": metrics} if metrics is not None else {})}
+        write_json(Path(run_dir) / "config.json", record)
+        return record
+
+    def split(self, files: Sequence[str | os.PathLike]) -> tuple[list[int], list[int]]:
+        """(the training images, the held-back ones) among the run's good training images `files`, by index in
+        `files`: the held-back ones are those the record lists, in its order."""
+        index = {os.path.normpath(os.path.abspath(f)): i for i, f in enumerate(files)}
+        held = []
+        for p in self.holdout_files:
+            if os.path.normpath(p) not in index:
+                raise ModelFileError(f"{self.path}: held-back image {p} is not among the {len(files)} good training "
+                                     f"images under {self.data}; pass --data with the run's data set")
+            held.append(index[os.path.normpath(p)])
+        kept = set(held)
+        return [i for i in range(len(files)) if i not in kept], held
+
+    def held_back_files(self) -> list[str]:
+        """The held-back good images, every one present; a refusal saying what to pass instead when the run held
+        none back or some are missing."""
+        if not self.holdout_files:
+            raise ValueError(f"{self.path}: the model was trained with --holdout 0; pass --calib-dir DIR with good "
+                             f"images")
+        absent = [p for p in self.holdout_files if not p.is_file()]
+        if absent:
+            raise FileNotFoundError(f"held-back good image {absent[0]} is missing ({len(absent)} in all): pass --data "
+                                    f"ROOT where the training data lives, or --calib-dir DIR")
+        return [str(p) for p in self.holdout_files]

@@ -28,7 +28,7 @@ def exported_model(tmp_path_factory):
     Returns (torch model, path of model.onnx, model description). Good for numerics and plumbing,
     not for detection quality.
     """
-    from export.model import load_checkpoint
+    from export.checkpoint import load_checkpoint
     from export.onnx_export import export_checkpoint
     from export.train import TrainArgs, train
 

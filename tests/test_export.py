@@ -9,7 +9,8 @@ import pytest
 
 from export.onnx_export import export_checkpoint
 from sdk.build.onnx_utils import TENSORRT_OPS, graph_report
-from export.train import TrainArgs, torch_predictor, train
+from export.train import TrainArgs, train
+from export.predictor import torch_predictor
 from sdk.data import AnomalyDataset
 from sdk.backends.onnxruntime import OnnxRuntimeBackend
 from sdk.evaluate import backend_predictor, evaluate, predict_dataset
@@ -124,7 +125,8 @@ def test_export_without_calibration_images_is_a_clear_error(tmp_path):
 
 
 def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path):
-    from export.model import CFRG, CFRGConfig, save_checkpoint
+    from export.model import CFRG, CFRGConfig
+    from export.checkpoint import save_checkpoint
 
     save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64), map_normalisation="position"), pretrained_teacher=False),
                     tmp_path / "model.pt")
@@ -134,7 +136,8 @@ def test_export_of_a_checkpoint_without_map_statistics_is_a_clear_error(tmp_path
 
 
 def test_export_of_a_checkpoint_with_an_empty_patch_memory_is_a_clear_error(tmp_path):
-    from export.model import CFRG, CFRGConfig, save_checkpoint
+    from export.model import CFRG, CFRGConfig
+    from export.checkpoint import save_checkpoint
 
     model = CFRG(CFRGConfig(image_size=(64, 64), memory_size=50), pretrained_teacher=False)  # memory never filled
     save_checkpoint(model, tmp_path / "model.pt")
@@ -149,8 +152,9 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
     The weights are a few steps' (plumbing and numerics, not detection quality)."""
     import cv2
     import torch
-    from export.model import load_checkpoint
-    from export.train import _to_tensor, with_map_fusion
+    from export.checkpoint import load_checkpoint
+    from export.model import to_tensor
+    from export.fitting import with_map_fusion
 
     train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=SIZE,
                     steps=2, time_budget=0, batch_size=2, progress=False, final_eval=False, fine_weight=0.35))
@@ -159,7 +163,7 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
     assert fine is not None and int(fine.images) > 0 and float(fine.scale) > 0
     ds = AnomalyDataset(data_root, "ball_screw", "test")
     frames = np.stack([ds.load_image(i, color="rgb") for i in (0, 1)])
-    x = _to_tensor(np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in frames]))
+    x = to_tensor(np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in frames]))
     without = with_map_fusion(model, tmp_path / "r", fine_weight=0.0, progress=False)
     assert without.fine is None
     with torch.no_grad():
@@ -183,8 +187,9 @@ def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_
     it; the checkpoint holds that weight, and `cfrg eval --fine-weight auto` refits the same. A weight of 0 (a
     spread past the limit, forced here) leaves no branch, so the exported graph is the one without it. A few
     steps' weights on the demo images (plumbing, not detection quality)."""
-    import export.train as training
-    from export.model import auto_fine_weight, load_checkpoint
+    import export.fitting as fitting
+    from export.gaussians import auto_fine_weight
+    from export.checkpoint import load_checkpoint
 
     args = dict(data=str(DEMO_ROOT), category="ball_screw", image_size=SIZE, steps=2, time_budget=0, batch_size=2,
                 progress=False, final_eval=False, fine_weight="auto")
@@ -193,11 +198,11 @@ def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_
     assert fit["spread"] > 1 and fit["weight"] == auto_fine_weight(fit["spread"]) > 0
     model, _ = load_checkpoint(tmp_path / "r" / "model.pt")
     assert model.config.fine_weight == cfg["model"]["fine_weight"] == fit["weight"] and float(model.fine.scale) > 0
-    again = training.with_map_fusion(model, tmp_path / "r", fine_weight="auto", progress=False)
+    again = fitting.with_map_fusion(model, tmp_path / "r", fine_weight="auto", progress=False)
     assert again.config.fine_weight == fit["weight"]
     assert float(again.fine.scale) == pytest.approx(float(model.fine.scale), rel=1e-4)
 
-    monkeypatch.setattr(training, "auto_fine_weight", lambda spread: 0.0)
+    monkeypatch.setattr(fitting, "auto_fine_weight", lambda spread: 0.0)
     cfg = train(TrainArgs(out=str(tmp_path / "flat"), **args))
     assert cfg["summary"]["fine"]["weight"] == cfg["model"]["fine_weight"] == 0.0
     model, _ = load_checkpoint(tmp_path / "flat" / "model.pt")
@@ -209,7 +214,8 @@ def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_
 
 
 def test_export_of_a_checkpoint_with_an_unfitted_fine_branch_is_a_clear_error(tmp_path):
-    from export.model import CFRG, CFRGConfig, save_checkpoint
+    from export.model import CFRG, CFRGConfig
+    from export.checkpoint import save_checkpoint
 
     save_checkpoint(CFRG(CFRGConfig(image_size=(64, 64), memory_size=0, fine_weight=0.3), pretrained_teacher=False),
                     tmp_path / "model.pt")

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.model import CFRG, CFRGConfig, GaussianBlur, load_checkpoint, save_checkpoint
+from export.model import CFRG, CFRGConfig
+from export.blocks import GaussianBlur
+from export.checkpoint import load_checkpoint, save_checkpoint
 from sdk.backends import ModelFileError
 
 
@@ -28,7 +30,7 @@ def test_map_shape_range_and_score_is_max():
 
 
 def _demo_images(n, size):
-    from export.train import load_train_images
+    from export.train_images import load_train_images
     from sdk.data import AnomalyDataset
     from tests.conftest import DEMO_ROOT
 
@@ -38,7 +40,8 @@ def _demo_images(n, size):
 def test_calibrate_map_matches_per_position_statistics():
     """On real good images: the stored mean/std are the per-position statistics of each discrepancy
     (std shrunk towards the global one), so the calibration images' z-scores average to zero."""
-    from export.train import _to_tensor, calibrate_map
+    from export.model import to_tensor
+    from export.fitting import calibrate_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False, memory_size=0,
@@ -46,7 +49,7 @@ def test_calibrate_map_matches_per_position_statistics():
     images = _demo_images(12, (64, 128))
     assert calibrate_map(m, images, batch=5) == 12 and int(m.map_stats_images) == 12
     with torch.no_grad():
-        x = _to_tensor(images)
+        x = to_tensor(images)
         scales = [torch.cat(ds, 1) for ds in m.discrepancies(m.heads(x, m.teacher_features(x)))]
         for k, d in enumerate(scales):
             mean, var = d.mean(0, keepdim=True), d.var(0, keepdim=True)
@@ -60,11 +63,12 @@ def test_calibrate_map_matches_per_position_statistics():
 
 def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
     """Calibration shifts the map: a constant per-position offset comes out of the discrepancies."""
-    from export.train import _to_tensor, calibrate_map
+    from export.model import to_tensor
+    from export.fitting import calibrate_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=0, map_normalisation="position")).eval()
-    x = _to_tensor(_demo_images(8, (64, 128)))
+    x = to_tensor(_demo_images(8, (64, 128)))
     with torch.no_grad():
         before, _ = m(x)
         heads = m.heads(x, m.teacher_features(x))
@@ -81,14 +85,15 @@ def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
     """map_normalisation "sum": sum over scales of the upsampled student and recovery discrepancies, smoothed,
     plus sigmoid(seg) (seg_sigma 0: not smoothed again); no per-position statistics (nothing to calibrate, no
     buffers)."""
-    from export.model import upsample
-    from export.train import _to_tensor, calibrate_map
+    from export.blocks import upsample
+    from export.model import to_tensor
+    from export.fitting import calibrate_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), map_normalisation="sum", memory_size=0)).eval()
     images = _demo_images(4, (64, 128))
     assert calibrate_map(m, images) == 0 and not hasattr(m, "map_mean0")
-    x = _to_tensor(images)
+    x = to_tensor(images)
     with torch.no_grad():
         heads = m.heads(x, m.teacher_features(x))
         parts = sum(upsample(ds + dr, s) for ds, dr, s in zip(heads["d_student"], heads["d_recovery"], m.strides))
@@ -169,7 +174,7 @@ def test_gaussian_blur_matches_scipy():
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path, model):
-    from export.train import calibrate_map
+    from export.fitting import calibrate_map
 
     calibrate_map(model, _demo_images(4, (128, 160)))
     path = tmp_path / "model.pt"
@@ -199,7 +204,7 @@ def test_checkpoint_errors(tmp_path):
 
 def test_greedy_coreset_covers_every_cluster():
     """k-centre selection: with k equal to the number of well-separated clusters, one point from each."""
-    from export.model import greedy_coreset
+    from export.memory import greedy_coreset
 
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(6, 32, generator=g) * 50
@@ -212,17 +217,17 @@ def test_greedy_coreset_covers_every_cluster():
 def test_patch_memory_distance_is_the_nearest_neighbour_distance():
     """On real images: the MatMul + ReduceMax search equals a brute-force nearest-neighbour distance, and
     the memory map is that distance z-scored."""
-    from export.train import _to_tensor
+    from export.model import to_tensor
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=300)).eval()
     images = _demo_images(6, (64, 128))
     with torch.no_grad():
-        t_train = m.teacher_features(_to_tensor(images[:4]))
+        t_train = m.teacher_features(to_tensor(images[:4]))
         m.memory.fill(m.memory.embed(t_train))
         m.memory.dist_mean.fill_(2.0)
         m.memory.dist_std.fill_(4.0)
-        t_test = m.teacher_features(_to_tensor(images[4:]))
+        t_test = m.teacher_features(to_tensor(images[4:]))
         emb = m.memory.embed(t_test)
         assert emb.shape == (2, 40 + 112, 4, 8)  # Lite0 stride 8 and 16 channels, on the stride-16 grid
         queries = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
@@ -235,15 +240,16 @@ def test_patch_memory_distance_is_the_nearest_neighbour_distance():
 def test_fused_map_is_the_max_of_both_z_scored_maps():
     """With a memory the map is max((CFRG map - mean) / std, smoothed memory z-score) per pixel; with
     image_score "max" the score is that map's max."""
-    from export.model import upsample
-    from export.train import _to_tensor, calibrate_map, calibrate_memory
+    from export.blocks import upsample
+    from export.model import to_tensor
+    from export.fitting import calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, image_score="max")).eval()
     images = _demo_images(10, (64, 128))
     calibrate_map(m, images)
     assert calibrate_memory(m, images) == 10 and int(m.memory.images) == 10
-    x = _to_tensor(images[:3])
+    x = to_tensor(images[:3])
     with torch.no_grad():
         t_feats = m.teacher_features(x)
         cfrg_map = (m.anomaly_map(x, m.heads(x, t_feats)) - m.memory.map_mean) / m.memory.map_std
@@ -261,8 +267,9 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     scores therefore average to 0."""
     import math
 
-    from export.model import upsample
-    from export.train import _to_tensor, calibrate_map, calibrate_memory
+    from export.blocks import upsample
+    from export.model import to_tensor
+    from export.fitting import calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, global_score=False)).eval()
@@ -271,7 +278,7 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
     images = _demo_images(18, (64, 128))
     calibrate_map(m, images[:10])
     calibrate_memory(m, images[:10], holdout=images[10:])
-    x = _to_tensor(images[10:])
+    x = to_tensor(images[10:])
     with torch.no_grad():
         t_feats = m.teacher_features(x)
         cfrg_map = (m.anomaly_map(x, m.heads(x, t_feats)) - m.memory.map_mean) / m.memory.map_std
@@ -294,7 +301,7 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
 def test_ledoit_wolf_matches_scikit_learn():
     from sklearn.covariance import LedoitWolf
 
-    from export.model import ledoit_wolf
+    from export.gaussians import ledoit_wolf
 
     rng = np.random.default_rng(0)
     for n, p in ((50, 20), (30, 80)):  # more samples than dimensions, and fewer
@@ -321,7 +328,8 @@ def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_ima
     Gaussian came from more images than it has dimensions."""
     from sklearn.covariance import LedoitWolf
 
-    from export.train import _to_tensor, calibrate_map, calibrate_memory
+    from export.model import to_tensor
+    from export.fitting import calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
@@ -331,8 +339,8 @@ def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_ima
     calibrate_memory(m, images[:10], holdout=images[10:])
     assert int(m.global_gaussian.images) == 10
     with torch.no_grad():
-        train_desc = _global_descriptor_reference(m.teacher_features(_to_tensor(images[:10])))
-        x = _to_tensor(images[10:])
+        train_desc = _global_descriptor_reference(m.teacher_features(to_tensor(images[:10])))
+        x = to_tensor(images[10:])
         t_feats = m.teacher_features(x)
         held_desc = _global_descriptor_reference(t_feats)
         assert np.allclose(m.global_gaussian.describe(t_feats).numpy(), held_desc, atol=1e-4)
@@ -357,7 +365,7 @@ def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_ima
 def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
     """Without held-out images each fifth of the training images is scored by a Gaussian of the other
     four fifths (in-sample distances would be too small); the final Gaussian uses all of them."""
-    from export.model import GlobalGaussian
+    from export.gaussians import GlobalGaussian
 
     rng = np.random.default_rng(1)
     train = torch.from_numpy(rng.normal(size=(40, 12)))
@@ -384,7 +392,8 @@ def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
 def test_memory_statistics_leave_each_image_out():
     """Without held-out images, a training image's own patches are left out of its search: with every
     patch in the bank the distances would all be 0; left out, they are the distances to other images."""
-    from export.train import _to_tensor, calibrate_map, calibrate_memory
+    from export.model import to_tensor
+    from export.fitting import calibrate_map, calibrate_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=4 * 32)).eval()  # room for all 4 x 32 patches
@@ -392,7 +401,7 @@ def test_memory_statistics_leave_each_image_out():
     calibrate_map(m, images)
     calibrate_memory(m, images)
     with torch.no_grad():
-        emb = m.memory.embed(m.teacher_features(_to_tensor(images)))
+        emb = m.memory.embed(m.teacher_features(to_tensor(images)))
         per_image = emb.permute(0, 2, 3, 1).reshape(4, -1, emb.shape[1]).double()
         nearest_other = [torch.cdist(per_image[i], torch.cat([per_image[j] for j in range(4) if j != i])).amin(1)
                          for i in range(4)]
@@ -442,8 +451,9 @@ def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with
 
 def test_folded_batchnorm_gives_the_trained_models_map_and_score_on_real_images(exported_model):
     """The inference copy cfrg eval runs: every BatchNorm folded away, same outputs, original untouched."""
-    from export.model import fold_batchnorm
-    from export.train import _to_tensor, load_train_images
+    from export.predictor import fold_batchnorm
+    from export.model import to_tensor
+    from export.train_images import load_train_images
     from sdk.data import AnomalyDataset
     from tests.conftest import DEMO_ROOT
 
@@ -453,7 +463,7 @@ def test_folded_batchnorm_gives_the_trained_models_map_and_score_on_real_images(
     assert n_bn > 50 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn
     test = AnomalyDataset(DEMO_ROOT, "ball_screw", "test")
-    x = _to_tensor(load_train_images(test, model.config.image_size, False, np.arange(6)))
+    x = to_tensor(load_train_images(test, model.config.image_size, False, np.arange(6)))
     with torch.inference_mode():
         (map_a, score_a), (map_b, score_b) = model(x), folded(x)
     assert float(score_a.std()) > 0
@@ -462,7 +472,7 @@ def test_folded_batchnorm_gives_the_trained_models_map_and_score_on_real_images(
 
 
 def test_fold_batchnorm_only_folds_a_convolution_read_by_nothing_else():
-    from export.model import fold_batchnorm
+    from export.predictor import fold_batchnorm
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -497,7 +507,7 @@ def test_fold_batchnorm_only_folds_a_convolution_read_by_nothing_else():
 def test_fold_batchnorm_traces_every_teacher_and_variant(teacher, options):
     """Random weights and BatchNorm statistics: proves the fx trace and the folding arithmetic for each
     architecture, not detection quality."""
-    from export.model import fold_batchnorm
+    from export.predictor import fold_batchnorm
 
     torch.manual_seed(0)
     model = CFRG(CFRGConfig(image_size=(64, 96), teacher=teacher, **options), pretrained_teacher=False).eval()
@@ -518,7 +528,8 @@ def test_fine_gaussian_is_the_high_passed_mahalanobis_distance_scaled_to_the_map
     """FineGaussian: the distance of each cell's pooled stride-4/8 features to the fitted mean, whitened by the
     Ledoit-Wolf covariance; the good images' high-passed map has mean 0 after the offset, and its mean peak above
     that is `weight` times the pixel map's."""
-    from export.model import FineGaussian, ledoit_wolf, upsample
+    from export.gaussians import FineGaussian, ledoit_wolf
+    from export.blocks import upsample
     g = torch.Generator().manual_seed(0)
     fine = FineGaussian([3, 2, 4], [4, 8, 16], sigma=2.0)
     feats = [torch.randn(6, 3, 16, 16, generator=g), torch.randn(6, 2, 8, 8, generator=g) * 3,
@@ -552,7 +563,7 @@ def test_fine_gaussian_spread_is_one_for_a_gaussian_cloud_and_grows_with_heavy_t
     """FineGaussian.spread: the squared distances' coefficient of variation in units of a Gaussian's sqrt(2 / D);
     fine_weight "auto" is 1 - spread / FINE_SPREAD_LIMIT, 0 from the limit on."""
     from export.config import FINE_SPREAD_LIMIT
-    from export.model import FineGaussian, auto_fine_weight
+    from export.gaussians import FineGaussian, auto_fine_weight
     g = torch.Generator().manual_seed(0)
     fine = FineGaussian([3, 2, 4], [4, 8, 16], sigma=2.0)
     mixing = torch.randn(5, 5, generator=g) + 3 * torch.eye(5)

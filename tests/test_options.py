@@ -8,8 +8,8 @@ import stat
 import pytest
 
 from export.config import CFRGConfig
-from export.options import (EVAL_OPTIONS, TrainArgs, auto_memory_pool, flag_of, parse_pool, parse_weight,
-                            train_args_from)
+from export.options import EVAL_OPTIONS, TrainArgs, flag_of, train_args_from
+from export.map_options import auto_memory_pool, parse_pool, parse_weight
 from sdk.cli import build_parser
 from sdk.files import atomic_output, write_json
 

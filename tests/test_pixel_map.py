@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from export.config import PIXEL_MAPS
-from export.model import load_checkpoint, upsample
-from export.train import TrainArgs, train, with_map_fusion
+from export.checkpoint import load_checkpoint
+from export.blocks import upsample
+from export.train import TrainArgs, train
+from export.fitting import with_map_fusion
 from tests.conftest import DEMO_ROOT
 
 
@@ -68,9 +70,9 @@ def test_training_with_plain_fused_writes_it_into_the_checkpoint(tmp_path):
 def test_each_pixel_map_exports_with_onnx_runtime_parity(trained_run, tmp_path, change):
     """The default (map "sum", fused) is exported in test_export.py; here the other maps."""
     pytest.importorskip("onnx")
-    from export.model import save_checkpoint
+    from export.checkpoint import save_checkpoint
     from export.onnx_export import export_checkpoint
-    from export.train import torch_predictor
+    from export.predictor import torch_predictor
     from sdk.backends.onnxruntime import OnnxRuntimeBackend
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor, predict_dataset
@@ -106,7 +108,7 @@ def test_eval_with_another_smoothing_or_seg_weight_rebuilds_the_memory_statistic
     """--gaussian-sigma, --seg-sigma and --sum-seg-weight on a checkpoint: the same weights and memory bank, the
     discrepancies (and the segmentation's probability) smoothed at the new sigma or the segmentation weighted
     anew (neither is part of training), the memory's z-score statistics measured again on that map."""
-    from export.model import GaussianBlur
+    from export.blocks import GaussianBlur
 
     trained, _ = load_checkpoint(trained_run / "model.pt")
     sharper = with_map_fusion(trained, trained_run, gaussian_sigma=2.0, progress=False)

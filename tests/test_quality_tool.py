@@ -175,7 +175,7 @@ def test_map_variants_fine_gaussian_is_the_mahalanobis_distance_to_good_features
     and the good mean scores 0."""
     import torch
     import map_variants
-    from export.model import ledoit_wolf
+    from export.gaussians import ledoit_wolf
     g = torch.Generator().manual_seed(0)
     mix = torch.tensor([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.2]])
     rows = torch.randn(4000, 3, generator=g) @ mix + torch.tensor([1.0, -2.0, 0.5])
@@ -202,7 +202,7 @@ def test_map_variants_fine_features_resample_to_the_finest_grid_and_high_pass_ke
     model = CFRG(CFRGConfig(image_size=(64, 64)), pretrained_teacher=False).eval()
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     batches = list(map_variants.fine_features(model, images, (0, 1), 3, batch=2))
-    t = model.teacher_features(map_variants._to_tensor(images[:2]))
+    t = model.teacher_features(map_variants.to_tensor(images[:2]))
     channels = t[0].shape[1] + t[1].shape[1]
     assert [tuple(b.shape) for b in batches] == [(2, channels, 16, 16), (1, channels, 16, 16)]
     unpooled = next(map_variants.fine_features(model, images, (0, 1), 1, batch=2))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.model import load_checkpoint
-from export.train import TrainArgs, cfrg_losses, train
+from export.checkpoint import load_checkpoint
+from export.train import TrainArgs, train
+from export.batches import cfrg_losses
 from tests.conftest import DEMO_ROOT
 
 
@@ -21,7 +22,9 @@ def test_loss_falls_on_real_images():
     """A fixed synthetic batch of real ball_screw images: 25 steps lower every loss term."""
     from export.model import CFRG, CFRGConfig
     from sdk.synthesis import DefectSynthesizer
-    from export.train import _to_tensor, load_train_images, teacher_cache
+    from export.model import to_tensor
+    from export.train_images import load_train_images
+    from export.fitting import teacher_cache
     from sdk.data import AnomalyDataset
 
     torch.manual_seed(0)
@@ -36,7 +39,7 @@ def test_loss_falls_on_real_images():
         a, m, _ = synth(img, rng)
         xs.append(a)
         masks.append(m)
-    x = _to_tensor(np.stack(xs))
+    x = to_tensor(np.stack(xs))
     mask = torch.from_numpy(np.stack(masks)[:, None])
     t_clean = [c.float() for c in cache]
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3)
@@ -57,7 +60,9 @@ def _demo_batch(n=6, flip=False):
     """A CFRG, its clean-feature cache and one BatchMaker batch of real ball_screw images."""
     from export.model import CFRG, CFRGConfig
     from sdk.synthesis import DefectSynthesizer
-    from export.train import BatchMaker, load_train_images, teacher_cache
+    from export.batches import BatchMaker
+    from export.train_images import load_train_images
+    from export.fitting import teacher_cache
     from sdk.data import AnomalyDataset
 
     torch.manual_seed(0)
@@ -74,8 +79,8 @@ def _demo_batch(n=6, flip=False):
 def test_training_reuses_cached_features_where_no_defect_was_drawn():
     """The training loop runs the BatchNorm-folded teacher only on images with a synthetic defect and takes the
     cached clean features for the rest: the losses match running model.teacher on the whole batch."""
-    from export.model import fold_batchnorm
-    from export.train import step_inputs
+    from export.predictor import fold_batchnorm
+    from export.batches import step_inputs
 
     model, images, cache, (idx, xs, masks, flips) = _demo_batch()
     has_defect = torch.from_numpy(masks).flatten(1).amax(1) > 0
@@ -95,7 +100,8 @@ def test_training_reuses_cached_features_where_no_defect_was_drawn():
 def test_flip_augmentation_flips_images_and_their_clean_features():
     """--augment flip: BatchMaker flips three in four images before drawing a defect, and the clean targets of
     a flipped image are the teacher's features of the flipped clean image, not the cached unflipped ones."""
-    from export.train import _to_tensor, flip_image, step_inputs
+    from export.model import to_tensor
+    from export.batches import flip_image, step_inputs
 
     model, images, cache, (idx, xs, masks, flips) = _demo_batch(flip=True)
     assert flips.any() and not flips.all() and set(flips.tolist()) <= {0, 1, 2, 3}
@@ -104,7 +110,7 @@ def test_flip_augmentation_flips_images_and_their_clean_features():
         assert np.array_equal(xs[j][untouched], flip_image(images[i], code)[untouched])
     assert np.array_equal(flip_image(images[0], 3), images[0][::-1, ::-1])
     x, t_clean, mask, t_in = step_inputs(model.teacher, model, images, cache, idx, xs, masks, flips)
-    want_clean = model.teacher_features(_to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])))
+    want_clean = model.teacher_features(to_tensor(np.stack([flip_image(images[i], f) for i, f in zip(idx, flips)])))
     for got, want in zip(t_clean, want_clean):
         assert torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))
         assert torch.allclose(got[torch.from_numpy(flips != 0)], want[torch.from_numpy(flips != 0)], atol=1e-4)
@@ -220,7 +226,8 @@ def test_eval_with_another_map_fusion_rebuilds_the_statistics_and_memory(tmp_pat
     """The same weights under the per-position map, then the paper's map without memory, and back: the map
     statistics and the patch memory rebuilt from the run's own good images are the same each time (the bank
     does not depend on the map; its z-score statistics do)."""
-    from export.train import load_model, with_map_fusion
+    from export.checkpoint import load_model
+    from export.fitting import with_map_fusion
     from sdk.cli import main
 
     train(tiny_args(tmp_path, steps=2, final_eval=False, fine_weight=0.0))  # the map fusion alone (score = map max)

@@ -204,7 +204,7 @@ def gpu_description() -> dict:
 
 def engine_description(info, options: BuildOptions, trt, extra: dict):
     """The engine's model.json: the source model's description with precision, provenance and the engine."""
-    from sdk.model_info import Provenance, file_sha256, software_versions, utc_now
+    from sdk.model_info import Provenance, file_sha256, software_versions
 
     size = (info.input.height, info.input.width)
     source = options.engine_source
@@ -215,7 +215,6 @@ def engine_description(info, options: BuildOptions, trt, extra: dict):
               "source_sha256": file_sha256(source), "precision_graph": options.graph.name, **extra}
     return dataclasses.replace(
         info, precision=options.precision, engine=engine,
-        provenance=Provenance(source_model=source.name, source_sha256=engine["source_sha256"],
-                              data_fingerprint=info.provenance.data_fingerprint,
-                              versions={**software_versions("numpy"), "tensorrt": trt.__version__},
-                              created=utc_now()))
+        provenance=Provenance.made_from(source, info.provenance.data_fingerprint,
+                                        {**software_versions("numpy"), "tensorrt": trt.__version__},
+                                        source_sha256=engine["source_sha256"]))

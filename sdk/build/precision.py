@@ -373,7 +373,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
     from sdk.backends.onnxruntime import OnnxRuntimeBackend
     from sdk.evaluate import backend_predictor
     from sdk.files import atomic_output
-    from sdk.model_info import ModelInfo, Provenance, file_sha256, software_versions, utc_now
+    from sdk.model_info import ModelInfo, Provenance, software_versions
 
     from .thresholds import calibrate_thresholds, score_normalisation
     from .onnx_utils import save_with_description
@@ -414,10 +414,8 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
         info = dataclasses.replace(
             source, thresholds=thresholds, score_normalisation=scale, precision="int8" if "int8" in precision
             else precision, precision_check=check,
-            provenance=Provenance(source_model=fp32_path.name, source_sha256=file_sha256(fp32_path),
-                                  data_fingerprint=source.provenance.data_fingerprint,
-                                  versions={**software_versions("onnx", "onnxruntime", "numpy"),
-                                            "graph": precision}, created=utc_now()))
+            provenance=Provenance.made_from(fp32_path, source.provenance.data_fingerprint,
+                                            {**software_versions("onnx", "onnxruntime", "numpy"), "graph": precision}))
         proto = onnx.load(str(tmp))
         save_with_description(proto, tmp, info)
     info.write_beside(out)

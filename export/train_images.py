@@ -1,0 +1,64 @@
+"""The good training images: which are held back for the thresholds, whether there are enough, loading them."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from sdk.data import AnomalyDataset
+from sdk.evaluate import resize_for_model
+
+
+def split_holdout(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    """Deterministic split: every k-th good image is held back (k = round(1 / fraction))."""
+    if fraction <= 0:
+        return list(range(n)), []
+    train, held = _split(n, fraction)
+    if len(train) < MIN_FIT_IMAGES:
+        raise ValueError(f"only {n} good training images: too few to hold back {fraction:.0%}; use --holdout 0")
+    return train, held
+
+
+MIN_FIT_IMAGES = 2  # the map's and the global branch's statistics need two good images to have a spread
+
+
+def minimum_training_images(holdout: float) -> int:
+    """The fewest good images that leave MIN_FIT_IMAGES to fit on and, with --holdout > 0, one held back."""
+    n = MIN_FIT_IMAGES
+    while True:
+        train, held = (list(range(n)), []) if holdout <= 0 else _split(n, holdout)
+        if len(train) >= MIN_FIT_IMAGES and (holdout <= 0 or held):
+            return n
+        n += 1
+
+
+def _holdout_every(fraction: float) -> int:
+    """Every k-th good image is held back."""
+    return max(2, int(round(1 / fraction)))
+
+
+def _split(n: int, fraction: float) -> tuple[list[int], list[int]]:
+    k = _holdout_every(fraction)
+    return [i for i in range(n) if i % k != k - 1], [i for i in range(n) if i % k == k - 1]
+
+
+def check_training_size(n: int, holdout: float, folder) -> None:
+    """Refuse, before any work, a training set too small for every step after it (statistics, thresholds)."""
+    need = minimum_training_images(holdout)
+    if n < need:
+        from sdk.data import DatasetError
+
+        held = "" if holdout <= 0 else f", and one in {_holdout_every(holdout)} held back for the thresholds"
+        raise DatasetError(f"{folder} holds {n} good image(s); training needs at least {need} ({MIN_FIT_IMAGES} to "
+                           f"fit the statistics on{held}): add good images" + (
+                               "" if holdout <= 0 else f", or use --holdout 0 with {MIN_FIT_IMAGES} (the export "
+                                                       f"then needs --calib-dir with good images)"))
+
+
+def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool,
+                      index: Sequence[int] | None = None) -> np.ndarray:
+    from sdk.progress import progress_bar
+    index = range(len(dataset)) if index is None else index
+    imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
+            for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False)]
+    return np.stack(imgs)
