@@ -94,7 +94,7 @@ def test_build_without_tensorrt_writes_the_precision_graph_and_says_why_no_engin
 
 # a subprocess whose meta-path blocker, set before any import, refuses torch, torchvision and export
 BLOCKED = ("torch", "torchvision", "export")
-PARSER_DECLARATIONS = ("export", "export.options", "export.config")
+PARSER_DECLARATIONS = ("export", "export.options", "export.config", "export.map_options")
 
 SCRIPT = """
 import importlib, importlib.abc, json, pkgutil, sys
@@ -145,7 +145,7 @@ def test_sdk_build_and_cfrg_build_run_where_torch_and_the_factory_cannot_be_impo
     each of its modules import; `cfrg build --dry-run` then plans an INT8 build (its rule check makes the Q/DQ graph,
     calibrated on the held-back images the run recorded) and `cfrg build --fp16` writes the FP16 graph and checks it
     against FP32. For the two commands the blocker lets through only the plain-data option declarations that the
-    `cfrg` parser reads for every command (export.options, export.config: no torch)."""
+    `cfrg` parser reads for every command (export.options, export.config, export.map_options: no torch)."""
     skip_where_tensorrt_is_installed()
     onnx_path, _ = model
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
