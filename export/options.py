@@ -123,7 +123,7 @@ class TrainArgs:
     eval_limit: Optional[int] = option(None, "images per periodic evaluation (default: all)", type=int,
                                        check=optional(whole(1, 10**9)))
     resume: bool = option(False, "continue from OUT/last.pt", action="store_true")
-    holdout: float = option(0.1, "fraction of good training images held back for threshold calibration "
+    holdout: float = option(0.1, "fraction of good training images held back to measure the thresholds on "
                                  "(default 0.1)", type=float, check=number(0, 1))
     texture_dir: Optional[str] = option(None, "folder of texture images for defect synthesis")
     augment: str = option("none", "training images flipped at random: 'flip' (horizontally and/or vertically, "

@@ -30,7 +30,7 @@ class Result:
     min_area > 0, a region survives the filter). score is the model's image score (see model.json
     "outputs"): the max of its map, or with a patch memory the sum of its z-scored branch scores, which
     also rises with the extent of a texture change. With min_area 0 a "defect" frame can therefore have
-    an empty mask: the pixel threshold is calibrated on the map's peaks, the image threshold on scores."""
+    an empty mask: the pixel threshold is measured on the map's peaks, the image threshold on scores."""
 
     score: float
     verdict: str  # "ok" | "defect"

@@ -9,7 +9,7 @@ from it by up to ~1e-4 on a map's values). The Detector (through ``postprocess``
 
 * ``full_map``: float32 (H, W), ``map_to_frame(anomaly_map, frame_shape)``;
 * ``mask``: uint8 (H, W), ``mask_value`` (255) on pixels with ``full_map >= threshold`` (compared
-  in float32; ``score >= threshold`` is positive, as in sdk.metrics and the calibration) that
+  in float32; ``score >= threshold`` is positive, as in sdk.metrics and the thresholds' measurement) that
   belong to an 8-connected region of at least ``min_area`` pixels, else 0;
 * ``regions``: list of :class:`Region` (box (x, y, w, h) in frame pixels, area in pixels, max and
   mean score rounded to float32), ordered by the raster position of each region's first pixel.

@@ -48,7 +48,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray 
     """Heat map of ``anomaly_map`` blended on ``image`` (BGR uint8 out), mask contours, a label.
 
     map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
-    [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed
+    [0, 1] (normalised scores), else (0, map max). The map is resized to the image when needed
     (sdk.postprocess.map_to_frame, as the Detector resizes it).
     """
     from .postprocess import blend_heatmap, map_to_frame
