@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from sdk import postprocess as post  # noqa: E402
 from sdk import preprocess as pre  # noqa: E402
 from sdk import tiling  # noqa: E402
-from sdk.native import require_native, use_backend  # noqa: E402
+from sdk.native import require_native, use_implementation  # noqa: E402
 
 
 
@@ -101,7 +101,7 @@ def make_cases(data: Path):
     stitched = np.empty((1024, 8192), np.float32)
 
     def tiles_twin(mode):
-        with use_backend("twin"):
+        with use_implementation("twin"):
             t, o = tiling.make_tiles(line, 256, 32, out=tiles)
             tiling.stitch(maps, o, line.shape, mode, out=stitched)
 

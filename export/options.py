@@ -12,7 +12,7 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Optional
 
-from sdk.values import Check, checked_type, multiple_of, number, optional, whole
+from sdk.checks import Rule, checked_type, multiple_of, number, optional, whole
 
 from .config import TEACHERS, CFRGConfig
 from .map_options import MAP_OPTIONS
@@ -64,7 +64,7 @@ def image_size_check(v) -> Optional[str]:
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
-           choices: tuple | None = None, check: Check | None = None, action: str | None = None,
+           choices: tuple | None = None, check: Rule | None = None, action: str | None = None,
            cli: bool = True, demo: Any = MISSING) -> Any:
     """A TrainArgs field with its command-line form.
 

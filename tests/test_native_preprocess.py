@@ -17,9 +17,9 @@ _native = require_native()  # fails the module with the build command when it is
 def both(make_out, **kwargs):
     """(twin out, native out) for the same call."""
     results = []
-    for backend in ("twin", "native"):
+    for implementation in ("twin", "native"):
         out = make_out()
-        run(backend, lambda: pre.preprocess(out=out, **kwargs))
+        run(implementation, lambda: pre.preprocess(out=out, **kwargs))
         results.append(out)
     return tuple(results)
 
@@ -130,12 +130,12 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["twin", "native"])
+@pytest.mark.parametrize("implementation", ["twin", "native"])
 @pytest.mark.parametrize("bad,words", BAD_CALLS)
-def test_bad_arguments_say_what_was_expected_and_what_came(backend, bad, words):
+def test_bad_arguments_say_what_was_expected_and_what_came(implementation, bad, words):
     kwargs = dict(frame=np.zeros((10, 10, 3), np.uint8), out=np.zeros((1, 8, 8, 3), np.uint8))
     kwargs.update(bad)
-    assert_refused(backend, lambda: pre.preprocess(**kwargs), words)
+    assert_refused(implementation, lambda: pre.preprocess(**kwargs), words)
 
 
 def test_extension_checks_its_own_arguments():
