@@ -111,9 +111,9 @@ def make_cases(data: Path):
 
     return [
         ("pre area 1920x1080->256 u8", lambda: composite(cv2.INTER_AREA),
-         lambda t: pre.preprocess(frame, u8, color_out="rgb", threads=t)),
+         lambda t: pre.preprocess(frame, u8, colour_out="rgb", threads=t)),
         ("pre linear 1920x1080->256 u8", lambda: composite(cv2.INTER_LINEAR),
-         lambda t: pre.preprocess(frame, u8, color_out="rgb", interpolation="linear", threads=t)),
+         lambda t: pre.preprocess(frame, u8, colour_out="rgb", interpolation="linear", threads=t)),
         ("post 256->1920x1080 +CC+stats", post_baseline,
          lambda t: post.postprocess(amap, (1080, 1920), threshold, min_area, out_map=full, out_mask=mask, threads=t)),
         ("tiles 8192x1024 + stitch max", lambda: tiles_twin("max"), lambda t: tiles_native("max", t)),

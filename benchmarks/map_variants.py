@@ -116,7 +116,7 @@ def evaluation_split(run: Path) -> AnomalyDataset:
 
 
 def evaluation_images(test: AnomalyDataset, size) -> np.ndarray:
-    return np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
+    return np.stack([resize_for_model(test.load_image(i, colour="rgb"), size) for i in range(len(test))])
 
 
 def cache(run: Path) -> None:

@@ -59,6 +59,6 @@ def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bo
                       index: Sequence[int] | None = None) -> np.ndarray:
     from sdk.progress import progress_bar
     index = range(len(dataset)) if index is None else index
-    imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
+    imgs = [resize_for_model(dataset.load_image(i, colour="rgb"), size)
             for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False)]
     return np.stack(imgs)

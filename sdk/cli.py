@@ -88,7 +88,7 @@ def cmd_eval(ns) -> int:
             raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "
                              f"{model_path.name} are built into the graph; export the checkpoint again instead")
         from .detector import Detector
-        det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))
+        det = Detector(model_path, backend=ns.backend, colour="rgb", **_tiling(ns))
         predict, size = (det if ns.tile else det.predictor()), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
     if not any(smp.label for smp in test.samples):

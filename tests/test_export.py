@@ -162,7 +162,7 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
     fine = model.fine
     assert fine is not None and int(fine.images) > 0 and float(fine.scale) > 0
     ds = AnomalyDataset(data_root, "ball_screw", "test")
-    frames = np.stack([ds.load_image(i, color="rgb") for i in (0, 1)])
+    frames = np.stack([ds.load_image(i, colour="rgb") for i in (0, 1)])
     x = to_tensor(np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in frames]))
     without = with_map_fusion(model, tmp_path / "r", fine_weight=0.0, progress=False)
     assert without.fine is None

@@ -177,19 +177,20 @@ def test_extension_checks_its_own_arguments():
 
 
 @pytest.mark.parametrize("gray", [False, True])
-@pytest.mark.parametrize("color_order", ["bgr", "rgb"])
-def test_overlay_identical_and_draws_contours(gray, color_order):
+@pytest.mark.parametrize("colour_order", ["bgr", "rgb"])
+def test_overlay_identical_and_draws_contours(gray, colour_order):
     rng = np.random.default_rng(6)
     frame = rng.integers(0, 256, (60, 80) if gray else (60, 80, 3), dtype=np.uint8)
     amap = smooth_map(rng, 60, 80) * 3 - 1
     mask = np.zeros((60, 80), np.uint8)
     mask[10:30, 20:50] = 255
     images = [
-        run(backend, lambda: post.blend_heatmap(frame, amap, mask, alpha=0.4, color_order=color_order, threads=2))
-        for backend in ("twin", "native")
+        run(implementation,
+            lambda: post.blend_heatmap(frame, amap, mask, alpha=0.4, colour_order=colour_order, threads=2))
+        for implementation in ("twin", "native")
     ]
     np.testing.assert_array_equal(images[0], images[1])
-    red = (0, 0, 255) if color_order == "bgr" else (255, 0, 0)
+    red = (0, 0, 255) if colour_order == "bgr" else (255, 0, 0)
     img = images[1]
     assert tuple(img[10, 30]) == red and tuple(img[29, 49]) == red and tuple(img[20, 20]) == red
     assert tuple(img[20, 30]) != red  # interior: heat map blend
