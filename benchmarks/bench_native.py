@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from sdk import postprocess as post  # noqa: E402
 from sdk import preprocess as pre  # noqa: E402
 from sdk import tiling  # noqa: E402
-from sdk.native import require_native, use_backend  # noqa: E402
+from sdk.native import require_native, use_implementation  # noqa: E402
 
 
 
@@ -101,7 +101,7 @@ def make_cases(data: Path):
     stitched = np.empty((1024, 8192), np.float32)
 
     def tiles_twin(mode):
-        with use_backend("twin"):
+        with use_implementation("twin"):
             t, o = tiling.make_tiles(line, 256, 32, out=tiles)
             tiling.stitch(maps, o, line.shape, mode, out=stitched)
 
@@ -111,9 +111,9 @@ def make_cases(data: Path):
 
     return [
         ("pre area 1920x1080->256 u8", lambda: composite(cv2.INTER_AREA),
-         lambda t: pre.preprocess(frame, u8, color_out="rgb", threads=t)),
+         lambda t: pre.preprocess(frame, u8, colour_out="rgb", threads=t)),
         ("pre linear 1920x1080->256 u8", lambda: composite(cv2.INTER_LINEAR),
-         lambda t: pre.preprocess(frame, u8, color_out="rgb", interpolation="linear", threads=t)),
+         lambda t: pre.preprocess(frame, u8, colour_out="rgb", interpolation="linear", threads=t)),
         ("post 256->1920x1080 +CC+stats", post_baseline,
          lambda t: post.postprocess(amap, (1080, 1920), threshold, min_area, out_map=full, out_mask=mask, threads=t)),
         ("tiles 8192x1024 + stitch max", lambda: tiles_twin("max"), lambda t: tiles_native("max", t)),

@@ -35,7 +35,7 @@ def make_video(args, folder: Path) -> Path:
     """A video of --frames frames cycling through up to 100 test images of the data set, at --size."""
     width, height = (int(v) for v in args.size.lower().split("x"))
     test = AnomalyDataset(args.data, args.category, "test")
-    images = [cv2.resize(test.load_image(i, color="bgr"), (width, height), interpolation=cv2.INTER_AREA)
+    images = [cv2.resize(test.load_image(i, colour="bgr"), (width, height), interpolation=cv2.INTER_AREA)
               for i in spread_indices(len(test), 100)]
     path = folder / "bench.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height))

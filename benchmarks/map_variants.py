@@ -116,7 +116,7 @@ def evaluation_split(run: Path) -> AnomalyDataset:
 
 
 def evaluation_images(test: AnomalyDataset, size) -> np.ndarray:
-    return np.stack([resize_for_model(test.load_image(i, color="rgb"), size) for i in range(len(test))])
+    return np.stack([resize_for_model(test.load_image(i, colour="rgb"), size) for i in range(len(test))])
 
 
 def cache(run: Path) -> None:
@@ -211,7 +211,7 @@ class Variants:
             for k in range(self.n_scales):
                 d = train[f"{kind}{k}"].double()
                 # per position: mean and variance over images; global: the variance about the global mean, over
-                # images and positions (as CFRG.calibrate_map)
+                # images and positions (as CFRG.fit_map)
                 self.stats[f"{kind}{k}"] = (d.mean(0, keepdim=True), d.var(0, keepdim=True),
                                             d.var(unbiased=False))
         # the good images the fusion statistics come from: held back if there are at least 8, else training

@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     for cat in cats:
         train = AnomalyDataset(args.data, cat, "train")
         test = AnomalyDataset(args.data, cat, "test")
-        images = np.stack([resize_for_model(train.load_image(i, color="rgb"), size) for i in range(len(train))])
+        images = np.stack([resize_for_model(train.load_image(i, colour="rgb"), size) for i in range(len(train))])
         for name in args.models.split(","):
             out = Path(args.runs) / name / cat
             if (out / "eval_default.json").is_file():

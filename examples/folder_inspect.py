@@ -38,7 +38,7 @@ def inspect(det: sdk.Detector, folder: Path, out: Path) -> list[dict]:
                    "normalized_score": "", "regions": [], "error": rec.error or "", "thumb": ""}
             if rec.status == "ok":
                 r = rec.result
-                row.update(score=f"{r.score:.4f}", normalized_score=f"{r.normalized_score:.3f}",
+                row.update(score=f"{r.score:.4f}", normalized_score=f"{r.normalised_score:.3f}",
                            regions=[(*g.box, g.area, round(g.max_score, 3)) for g in r.regions])
                 picture = overlay(rec.image, r.anomaly_map, r.mask, label=f"{r.verdict} {r.score:.3f}",
                                   defect=r.verdict != "ok")

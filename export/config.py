@@ -38,7 +38,7 @@ class CFRGConfig:
     global_score: bool = True  # combined score: add a Gaussian over each image's global teacher statistics
     pixel_map: str = "fused"  # PIXEL_MAPS
     # the fine-feature Gaussian's weight in the pixel map (0: none; FineGaussian). Training's default, "auto",
-    # starts the model at 0 and the fit at the end of training sets it (export.fitting.calibrate_fine)
+    # starts the model at 0 and the fit at the end of training sets it (export.fitting.fit_fine)
     fine_weight: float = 0.0
 
     def to_dict(self) -> dict:

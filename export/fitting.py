@@ -29,7 +29,7 @@ def teacher_cache(model: CFRG, images: np.ndarray, batch: int = 16) -> list[torc
     return [torch.cat(f) for f in feats]
 
 
-def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
+def fit_map(model: CFRG, images: np.ndarray, limit: int | None = None, progress: bool = False,
                   batch: int = 16) -> int:
     """Per-position map statistics from good training images (all, or `limit` spread over the set)."""
     from sdk.progress import progress_bar
@@ -45,13 +45,13 @@ def calibrate_map(model: CFRG, images: np.ndarray, limit: int | None = None, pro
             bar.update(len(index[s:s + batch]))
 
     try:
-        return model.calibrate_map(batches())
+        return model.fit_map(batches())
     finally:
         bar.close()
 
 
 @torch.no_grad()
-def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
+def fit_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
                      cache: list[torch.Tensor] | None = None, limit: int | None = None,
                      progress: bool = False, batch: int = 8, seed: int = 0) -> int:
     """Fill the patch memory from good training images (all, or `limit` spread over the set; teacher
@@ -59,7 +59,7 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
     branch scores ("combined" image score), on good images: the held-out ones when there are at least 8,
     else the training images with each image's own patches left out of its nearest-neighbour search.
     The global branch (if any) is fitted on all the training images and z-scored on the same held-out
-    ones (else cross-fitted on the training images). Run after calibrate_map. Returns the images in the bank."""
+    ones (else cross-fitted on the training images). Run after fit_map. Returns the images in the bank."""
     from sdk.progress import progress_bar
 
     memory = model.memory
@@ -96,25 +96,25 @@ def calibrate_memory(model: CFRG, images: np.ndarray, holdout: np.ndarray | None
             plain = model.plain_map(x, heads, amap) if memory.plain_stats else None
             yield amap, memory.nearest_sq(memory.embed(t_feats), exclude=own).sqrt(), plain
 
-    memory.calibrate(maps_and_distances())
+    memory.fit_z_scores(maps_and_distances())
     if model.global_gaussian is not None:  # from every training image: it needs more than its dimensions
         train_descriptors = torch.cat([GlobalGaussian.describe([c[s:s + 64] for c in cache])
                                        for s in range(0, len(cache[0]), 64)])
         held = torch.cat(held_descriptors) if held_descriptors is not None else None  # else cross-fitted
-        model.global_gaussian.fit_and_calibrate(train_descriptors, held)
+        model.global_gaussian.fit_with_z_scores(train_descriptors, held)
     model.train(was_training)
     return len(index)
 
 
 @torch.no_grad()
-def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
+def fit_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
                    cache: list[torch.Tensor] | None = None, limit: int | None = None, progress: bool = False,
                    batch: int = 8, seed: int = 0, max_rows: int = 200_000, max_good: int = 200,
                    weight: float | str | None = None) -> dict | None:
     """The fine-feature Gaussian: fitted on up to `max_rows` cells drawn evenly from the training images' features
     (all, or `limit` spread over the set), scaled on good images: the held-out ones when there are at least 8, else
     the training images (both peaks then biased low: the Gaussian was fitted on them and their own patches are in
-    the memory), at most `max_good` (or `limit`) spread over them. Run after calibrate_memory: the scale depends on
+    the memory), at most `max_good` (or `limit`) spread over them. Run after fit_memory: the scale depends on
     the pixel map. `weight`: None keeps config.fine_weight (nothing to do at 0); "auto" takes auto_fine_weight of
     the fit's spread, and at 0 leaves the model without the branch. Returns {"images", "spread", "weight"} (None
     when there was nothing to fit)."""
@@ -154,7 +154,7 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
             pixel_map, _, t_feats = model.map_before_fine(to_tensor(good[s:s + batch]))
             pixel_maps.append(pixel_map)
             maps.append(fine.distance_map(t_feats))
-        fine.calibrate(weight, torch.cat(maps), torch.cat(pixel_maps), n)
+        fine.fit_scale(weight, torch.cat(maps), torch.cat(pixel_maps), n)
     model.train(was_training)
     if auto:
         print(f"--fine-weight auto: spread {spread:.2f} -> weight {weight:g}"
@@ -162,15 +162,15 @@ def calibrate_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None =
     return {"images": n, "spread": round(spread, 4), "weight": weight}
 
 
-def calibrate(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None, cache: list[torch.Tensor],
+def fit_statistics(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None, cache: list[torch.Tensor],
               seed: int, limit: int | None = None, progress: bool = False,
               fine_weight: float | str | None = None) -> tuple[int, int, dict | None]:
     """The map's per-position statistics, then the patch memory and the score statistics, then the fine-feature
-    Gaussian (calibrate_fine's `weight`), from good images; returns the images the first two used and the fine
+    Gaussian (fit_fine's `weight`), from good images; returns the images the first two used and the fine
     branch's fit."""
-    n_stats = calibrate_map(model, images, limit=limit, progress=progress)
-    n_memory = calibrate_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
-    fine = calibrate_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed,
+    n_stats = fit_map(model, images, limit=limit, progress=progress)
+    n_memory = fit_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
+    fine = fit_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed,
                           weight=fine_weight)
     return n_stats, n_memory, fine
 
@@ -240,10 +240,10 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
         images, holdout, seed = run_images(run_dir, data, config.image_size, progress,
                                            holdout=rebuild_memory or fine)
         if new_stats and config.map_normalisation == "position":
-            calibrate_map(new, images, progress=progress)
+            fit_map(new, images, progress=progress)
         cache = teacher_cache(new, images) if rebuild_memory or fine else None
         if rebuild_memory:  # memory statistics depend on the map
-            calibrate_memory(new, images, holdout, cache, progress=progress, seed=seed)
-        calibrate_fine(new, images, holdout, cache, progress=progress, seed=seed,
+            fit_memory(new, images, holdout, cache, progress=progress, seed=seed)
+        fit_fine(new, images, holdout, cache, progress=progress, seed=seed,
                        weight="auto" if fine_from_fit else None)
     return new.to(memory_format=torch.channels_last).eval()

@@ -96,14 +96,14 @@ class GlobalGaussian(nn.Module):
         return shrink
 
     @torch.no_grad()
-    def calibrate(self, distances: torch.Tensor) -> None:
+    def fit_z_scores(self, distances: torch.Tensor) -> None:
         """z-score statistics from the distances of good images the Gaussian was not fitted on."""
         d = distances.double()
         self.dist_mean.fill_(float(d.mean()))
         self.dist_std.fill_(float(d.std()) + 1e-6 if len(d) > 1 else 1.0)
 
     @torch.no_grad()
-    def fit_and_calibrate(self, train: torch.Tensor, held_out: torch.Tensor | None = None, folds: int = 5) -> float:
+    def fit_with_z_scores(self, train: torch.Tensor, held_out: torch.Tensor | None = None, folds: int = 5) -> float:
         """Fit on `train` descriptors; z-score statistics on `held_out` or, without it, on each of `folds`
         parts of `train` scored by a Gaussian fitted on the other parts (with fewer than 3 images, on the
         training images themselves)."""
@@ -117,7 +117,7 @@ class GlobalGaussian(nn.Module):
         shrink = self.fit(train)
         if held_out is not None:
             distances = [self.distance(held_out.float())]
-        self.calibrate(torch.cat(distances) if distances else self.distance(train.float()))
+        self.fit_z_scores(torch.cat(distances) if distances else self.distance(train.float()))
         return shrink
 
 
@@ -145,7 +145,7 @@ class FineGaussian(nn.Module):
         self.register_buffer("center", torch.zeros(1, dim, 1, 1))
         self.register_buffer("whiten", torch.eye(dim).view(dim, dim, 1, 1))  # |whiten (f - center)|^2 = d^2
         self.register_buffer("offset", torch.zeros(()))  # the good images' mean of the high-passed map
-        self.register_buffer("scale", torch.zeros(()))  # 0 until calibrated: the branch adds nothing
+        self.register_buffer("scale", torch.zeros(()))  # 0 until fitted: the branch adds nothing
         self.register_buffer("images", torch.zeros(()))  # good images the Gaussian came from (0: not fitted)
 
     def features(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -178,7 +178,7 @@ class FineGaussian(nn.Module):
         return float(d2.std() / d2.mean().clamp_min(1e-12)) / math.sqrt(2.0 / dim)
 
     @torch.no_grad()
-    def calibrate(self, weight: float, good_maps: torch.Tensor, good_pixel_maps: torch.Tensor, images: int) -> None:
+    def fit_scale(self, weight: float, good_maps: torch.Tensor, good_pixel_maps: torch.Tensor, images: int) -> None:
         """From good images' distance maps and pixel maps (N, 1, H, W; without this branch)."""
         self.offset.fill_(float(good_maps.double().mean()))
         self.scale.fill_(weight * peak_above_mean(good_pixel_maps) / max(peak_above_mean(good_maps), 1e-6))

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from sdk.values import Check, number, odd, whole
+from sdk.checks import Rule, allows, number, odd, whole
 
 from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
 
@@ -36,7 +36,7 @@ def parse_pool(text: str) -> int | str:
 
 
 def pool_check(v) -> Optional[str]:
-    return None if v == "auto" or odd(v) is None else "give an odd whole number >= 1 (the window is centred) or 'auto'"
+    return None if v == "auto" or allows(odd, v) else "give an odd whole number >= 1 (the window is centred) or 'auto'"
 
 
 def parse_weight(text: str) -> float | str:
@@ -50,7 +50,7 @@ def parse_weight(text: str) -> float | str:
 
 
 def weight_check(v) -> Optional[str]:
-    return None if v == "auto" or number(0)(v) is None else "give a number >= 0 or 'auto'"
+    return None if v == "auto" or allows(number(0), v) else "give a number >= 0 or 'auto'"
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class MapOption:
     eval_help: str  # `cfrg eval` on a checkpoint
     type: Callable | None = None
     choices: tuple | None = None
-    check: Check | None = None
+    check: Rule | None = None
     action: str | None = None  # "toggle": --X / --no-X
     train_default: Any = AS_CONFIG  # AS_CONFIG: CFRGConfig's
     auto: Callable[[tuple[int, int]], Any] | None = None  # the config's value for "auto", from the input size

@@ -126,7 +126,7 @@ class PatchMemory(nn.Module):
         return torch.maximum((plain - self.plain_mean) / self.plain_std, memory_map)
 
     @torch.no_grad()
-    def calibrate(self, batches) -> None:
+    def fit_z_scores(self, batches) -> None:
         """z-score statistics of the CFRG map, of the memory distances, (combined score) of the two branch
         scores and (plain_stats) of the plain map, from good images: `batches` yields (CFRG map (N,1,H,W),
         nearest-patch distance (N,1,h,w), plain map (N,1,H,W) or None)."""

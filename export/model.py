@@ -10,7 +10,7 @@ memory).
 map_normalisation "sum" (default): the same with the student discrepancies added,
 sum_s up(1 - cos(T_s, S_s) + 1 - cos(T_s, R_s)) + sum_seg_weight * sigmoid(seg).
 map_normalisation "position": each student and recovery discrepancy is z-scored per position
-with statistics of good training images (calibrate_map), the z-scores are averaged over components and
+with statistics of good training images (fit_map), the z-scores are averaged over components and
 scales, and seg_weight * sigmoid(seg) is added before the same smoothing.
 memory_size > 0 (default) adds a patch memory (PatchMemory): the distance of each locally pooled stride-8/16
 teacher feature to its nearest neighbour in a coreset of good training patches. Both maps are z-scored on
@@ -23,7 +23,7 @@ with the extent of a texture change, and (global_score) the Mahalanobis distance
 teacher statistics (GlobalGaussian). "max" (and any model without a memory): score = max of the fused map.
 fine_weight > 0 adds FineGaussian's map to the pixel map: a Gaussian of good stride-4/8 features, the same
 for every position; the score does not use it. Training's default, "auto", starts the model at 0 and sets the
-weight from that Gaussian's fit at the end of training (export.fitting.calibrate_fine; 0, no branch, on textured
+weight from that Gaussian's fit at the end of training (export.fitting.fit_fine; 0, no branch, on textured
 or structured surfaces); CFRGConfig's own default is 0.
 
 The parts live beside this module: blocks (student, recovery, segmentation head, map operations), memory
@@ -75,7 +75,7 @@ class CFRG(nn.Module):
             for k, s in enumerate(self.strides):
                 self.register_buffer(f"map_mean{k}", torch.zeros(1, n_comp, h // s, w // s))
                 self.register_buffer(f"map_std{k}", torch.ones(1, n_comp, h // s, w // s))
-            self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not calibrated yet
+            self.register_buffer("map_stats_images", torch.zeros(()))  # 0: not fitted yet
         if config.pixel_map not in PIXEL_MAPS:
             raise ValueError(f"pixel_map must be one of {PIXEL_MAPS}, got {config.pixel_map!r}")
         if config.memory_size < 0:
@@ -97,7 +97,7 @@ class CFRG(nn.Module):
         self.fine = self.new_fine_branch() if config.fine_weight > 0 else None
 
     def new_fine_branch(self) -> FineGaussian:
-        """An unfitted FineGaussian for this teacher and smoothing (calibrate_fine fits and scales it)."""
+        """An unfitted FineGaussian for this teacher and smoothing (fit_fine fits and scales it)."""
         return FineGaussian([fi.channels for fi in self.teacher.feature_info], self.strides, self.config.gaussian_sigma)
 
     def train(self, mode: bool = True):
@@ -165,14 +165,14 @@ class CFRG(nn.Module):
         return [getattr(self, f"map_{kind}{k}") for k in range(len(self.strides))]
 
     @torch.no_grad()
-    def calibrate_map(self, batches, shrink: float = 0.5) -> int:
+    def fit_map(self, batches, shrink: float = 0.5) -> int:
         """Per-position mean and std of each discrepancy over good images (batches of model inputs).
 
         std is sqrt(var_position + (shrink * std_global)^2): positions seen with little variation
         in a small training set do not turn into hair triggers. Returns the number of images used.
         """
         if self.config.map_normalisation != "position":
-            raise ValueError(f"calibrate_map: this model's map_normalisation is {self.config.map_normalisation!r}; "
+            raise ValueError(f"fit_map: this model's map_normalisation is {self.config.map_normalisation!r}; "
                              "only 'position' has map statistics")
         was_training = self.training
         self.eval()
@@ -187,7 +187,7 @@ class CFRG(nn.Module):
                 s2[k] += (d * d).sum(0, keepdim=True)
             n += len(x)
         if n < 2:
-            raise ValueError(f"calibrate_map needs at least 2 good images, got {n}")
+            raise ValueError(f"fit_map needs at least 2 good images, got {n}")
         for k in range(len(self.strides)):
             mean = s1[k] / n
             var = (s2[k] / n - mean * mean).clamp_min(0) * (n / (n - 1))

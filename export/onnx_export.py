@@ -64,14 +64,14 @@ def export_onnx(model: CFRG, path=None, opset: int = OPSET):
     return proto
 
 
-def _good_calibration_images(ckpt_dir: Path, data: str | None, calib_dir: str | None) -> list[str]:
-    """Held-back good images recorded at training, or every image of --calib-dir."""
-    if calib_dir:
-        if not Path(calib_dir).is_dir():
-            raise FileNotFoundError(f"--calib-dir {calib_dir} is not a folder; pass a folder of good images")
-        files = [str(p) for p in image_files(calib_dir)]
+def _good_threshold_images(ckpt_dir: Path, data: str | None, good_dir: str | None) -> list[str]:
+    """Held-back good images recorded at training, or every image of --good-dir."""
+    if good_dir:
+        if not Path(good_dir).is_dir():
+            raise FileNotFoundError(f"--good-dir {good_dir} is not a folder; pass a folder of good images")
+        files = [str(p) for p in image_files(good_dir)]
         if not files:
-            raise ValueError(f"--calib-dir {calib_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ValueError(f"--good-dir {good_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
     return RunRecord.read(ckpt_dir, data).held_back_files()
 
@@ -88,9 +88,9 @@ def _score_description(model) -> str:
 
 
 def export_checkpoint(checkpoint, out, data: str | None = None, category: str | None = None,
-                      calib_dir: str | None = None, target_frr: float = 0.01, defect_split: str | None = None,
+                      good_dir: str | None = None, target_frr: float = 0.01, defect_split: str | None = None,
                       progress: bool = True) -> ModelInfo:
-    """Checkpoint -> out (.onnx) + model.json with calibrated thresholds; returns the model description.
+    """Checkpoint -> out (.onnx) + model.json with thresholds measured on good images; returns the model description.
     Nothing is written until every input has been checked, and out is replaced only when complete."""
     import onnx
 
@@ -98,7 +98,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor
 
-    from sdk.build.thresholds import calibrate_thresholds, score_normalisation
+    from sdk.build.thresholds import measure_thresholds, score_normalisation
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix.lower() != ".onnx":
@@ -120,7 +120,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                          f"train ... --resume` so that it writes a complete model.pt")
     run = RunRecord.read(checkpoint.parent, data) if (checkpoint.parent / "config.json").is_file() else None
     # Inputs are checked before the slow export, so a mistake costs nothing and leaves no files behind.
-    good_files = _good_calibration_images(checkpoint.parent, data, calib_dir)
+    good_files = _good_threshold_images(checkpoint.parent, data, good_dir)
     root = data or (run.data if run else None)
     cat = category or (run.category if run else None)
     if defect_split and not (root and cat):
@@ -138,7 +138,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     with atomic_output(out) as tmp:
         onnx.save(proto, str(tmp))
         predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME, model.config.colour_order)
-        thresholds, good_scores = calibrate_thresholds(predict, (h, w), good_files, target_frr, defect_set,
+        thresholds, good_scores = measure_thresholds(predict, (h, w), good_files, target_frr, defect_set,
                                                         f"{cat}/{defect_split}", progress)
         info = ModelInfo(
             input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),

@@ -12,7 +12,7 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, Optional
 
-from sdk.values import Check, checked_type, multiple_of, number, optional, whole
+from sdk.checks import Rule, checked_type, multiple_of, number, optional, whole
 
 from .config import TEACHERS, CFRGConfig
 from .map_options import MAP_OPTIONS
@@ -64,7 +64,7 @@ def image_size_check(v) -> Optional[str]:
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, type: Callable | None = None,
-           choices: tuple | None = None, check: Check | None = None, action: str | None = None,
+           choices: tuple | None = None, check: Rule | None = None, action: str | None = None,
            cli: bool = True, demo: Any = MISSING) -> Any:
     """A TrainArgs field with its command-line form.
 
@@ -123,7 +123,7 @@ class TrainArgs:
     eval_limit: Optional[int] = option(None, "images per periodic evaluation (default: all)", type=int,
                                        check=optional(whole(1, 10**9)))
     resume: bool = option(False, "continue from OUT/last.pt", action="store_true")
-    holdout: float = option(0.1, "fraction of good training images held back for threshold calibration "
+    holdout: float = option(0.1, "fraction of good training images held back to measure the thresholds on "
                                  "(default 0.1)", type=float, check=number(0, 1))
     texture_dir: Optional[str] = option(None, "folder of texture images for defect synthesis")
     augment: str = option("none", "training images flipped at random: 'flip' (horizontally and/or vertically, "

@@ -18,7 +18,7 @@ from sdk.synthesis import DefectSynthesizer
 
 from .batches import BatchMaker, cfrg_losses, step_inputs
 from .checkpoint import save_checkpoint
-from .fitting import calibrate, teacher_cache
+from .fitting import fit_statistics, teacher_cache
 from .model import CFRG
 from .options import TrainArgs, auto_image_size, shared_aspect
 from .predictor import fold_batchnorm, run_eval
@@ -206,7 +206,8 @@ def train(args: TrainArgs) -> dict:
                 if elapsed >= next_eval and test_set is not None:
                     if average is not None:
                         average.swap()  # the weights that will be saved are the ones evaluated
-                    calibrate(model, images, holdout_images, cache, args.seed, limit=128, fine_weight=args.fine_weight)
+                    fit_statistics(model, images, holdout_images, cache, args.seed, limit=128,
+                                   fine_weight=args.fine_weight)
                     res = run_eval(model, test_set, args.eval_limit, progress=False)
                     if average is not None:
                         average.swap()
@@ -225,7 +226,7 @@ def train(args: TrainArgs) -> dict:
                                   f"the same command with --resume continues from there")
     if average is not None:
         average.swap()  # model.pt holds the average; last.pt keeps both for --resume
-    n_stats, n_memory, fine = calibrate(model, images, holdout_images, cache, args.seed, progress=args.progress,
+    n_stats, n_memory, fine = fit_statistics(model, images, holdout_images, cache, args.seed, progress=args.progress,
                                         fine_weight=args.fine_weight)
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
                "map_stats_images": n_stats, "memory_images": n_memory, "fine": fine, "history": history}

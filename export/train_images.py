@@ -52,13 +52,13 @@ def check_training_size(n: int, holdout: float, folder) -> None:
         raise DatasetError(f"{folder} holds {n} good image(s); training needs at least {need} ({MIN_FIT_IMAGES} to "
                            f"fit the statistics on{held}): add good images" + (
                                "" if holdout <= 0 else f", or use --holdout 0 with {MIN_FIT_IMAGES} (the export "
-                                                       f"then needs --calib-dir with good images)"))
+                                                       f"then needs --good-dir with good images)"))
 
 
 def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bool,
                       index: Sequence[int] | None = None) -> np.ndarray:
     from sdk.progress import progress_bar
     index = range(len(dataset)) if index is None else index
-    imgs = [resize_for_model(dataset.load_image(i, color="rgb"), size)
+    imgs = [resize_for_model(dataset.load_image(i, colour="rgb"), size)
             for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False)]
     return np.stack(imgs)

@@ -8,10 +8,13 @@ Two kinds:
   CLI's flags (``checked_type``), the training options (export/options.py) and the Detector
   (``require``). A rule maps a value to what is wrong with it (a phrase that says the fix) or None;
   read it through ``allows(rule, value)`` or ``require(value, rule, message)``.
+
+``older_spellings`` lets a public function keep accepting a keyword under its older (US) spelling.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from typing import Any, Callable, Optional, TypeVar
 
@@ -21,6 +24,23 @@ INT64_MAX = 2**63 - 1  # what the C++ extension's int64 arguments (e.g. min_area
 
 Rule = Callable[[Any], Optional[str]]  # what is wrong with a value, or None
 T = TypeVar("T")
+
+
+def older_spellings(**older: str) -> Callable[[Callable], Callable]:
+    """Decorator: each keyword older=newer (e.g. color="colour") is accepted and passed on as the newer one; a
+    TypeError when a call gives both."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            for old, new in older.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__qualname__}() got both {new}= and {old}= (its older spelling): "
+                                        f"pass {new}= only")
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        return call
+    return decorate
 
 
 # ---- option rules ---------------------------------------------------------------------------------
@@ -172,7 +192,7 @@ def check_threads(threads: Any) -> int:
     return int(threads)
 
 
-def check_color(value: Any, name: str = "color") -> str:
+def check_colour(value: Any, name: str = "colour") -> str:
     """'bgr' or 'rgb' (any case), returned in lower case."""
     order = value.lower() if isinstance(value, str) else value
     if order not in ("bgr", "rgb"):

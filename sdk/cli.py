@@ -88,7 +88,7 @@ def cmd_eval(ns) -> int:
             raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "
                              f"{model_path.name} are built into the graph; export the checkpoint again instead")
         from .detector import Detector
-        det = Detector(model_path, backend=ns.backend, color="rgb", **_tiling(ns))
+        det = Detector(model_path, backend=ns.backend, colour="rgb", **_tiling(ns))
         predict, size = (det if ns.tile else det.predictor()), det.size
     test = AnomalyDataset(ns.data, ns.category, "test")
     if not any(smp.label for smp in test.samples):
@@ -123,7 +123,7 @@ def cmd_eval(ns) -> int:
 def cmd_export(ns) -> int:
     exporter = factory("onnx_export", "exporting")
     info = exporter.export_checkpoint(ns.checkpoint, ns.output, data=ns.data, category=ns.category,
-                                      calib_dir=ns.calib_dir, target_frr=ns.target_frr, defect_split=ns.defect_split,
+                                      good_dir=ns.good_dir, target_frr=ns.target_frr, defect_split=ns.defect_split,
                                       progress=ns.progress)
     good, f1 = info.thresholds["good_only"], info.thresholds.get("f1")
     line = f"good-only threshold {good.image:.4f} (target FRR {ns.target_frr:.2%}, " \
@@ -237,7 +237,7 @@ def cmd_demo(ns) -> int:
     # step 4 evaluates the exported model, so training skips its own final evaluation
     training.train(_options().train_args_from(ns, data=data, category=category, out=str(out / "train"),
                                               final_eval=False))
-    print("[2/4] exporting to ONNX with thresholds calibrated on held-back good images")
+    print("[2/4] exporting to ONNX with thresholds measured on held-back good images")
     onnx_path = out / "model.onnx"
     exporter.export_checkpoint(out / "train" / "model.pt", onnx_path, defect_split="test",
                                progress=ns.progress)
@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .onnx path (model.json is written beside it)")
     p.add_argument("--data", help="dataset root (default: the one recorded at training)")
     p.add_argument("--category", help="category (default: the one recorded at training)")
-    p.add_argument("--calib-dir", help="folder of good images for the threshold (default: held-back training images)")
+    p.add_argument("--good-dir", "--calib-dir", dest="good_dir", metavar="DIR",
+                   help="folder of good images to measure the thresholds on (default: the good images held back at "
+                        "training; --calib-dir is the older name)")
     p.add_argument("--target-frr", type=checked_type(float, number(0, 1)), default=0.01,
                    help="false-reject rate on good parts (default 0.01)")
     p.add_argument("--defect-split", help="split with defect images for F1-optimal thresholds, e.g. test")

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from .files import IMAGE_EXTENSIONS, image_files
-from .checks import check_color
+from .checks import check_colour, older_spellings
 
 SPLITS = ("train", "test")
 GOOD = "good"
@@ -95,10 +95,11 @@ def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     )
 
 
-def read_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
+@older_spellings(color="colour")
+def read_image(path: str | os.PathLike, colour: str = "rgb") -> np.ndarray:
     """Read an image as uint8 HxWx3 in RGB or BGR order (see module docstring for the rules)."""
     try:
-        order = check_color(color)
+        order = check_colour(colour)
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
     image = _to_uint8(_read_raw(path), path)
@@ -237,8 +238,9 @@ class AnomalyDataset:
     def defect_types(self) -> list[str]:
         return sorted({s.defect_type for s in self.samples})
 
-    def load_image(self, i: int, color: str = "rgb") -> np.ndarray:
-        image = read_image(self.samples[i].path, color)
+    @older_spellings(color="colour")
+    def load_image(self, i: int, colour: str = "rgb") -> np.ndarray:
+        image = read_image(self.samples[i].path, colour)
         self._image_shapes[i] = image.shape[:2]
         return image
 

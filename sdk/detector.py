@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends import load_backend
-from .checks import INT64_MAX, check_color, check_frame, number, optional, require, whole
+from .checks import INT64_MAX, check_colour, check_frame, number, older_spellings, optional, require, whole
 from .evaluate import backend_predictor
 from .model_info import ModelInfo
 from .postprocess import Region, postprocess
@@ -30,20 +30,25 @@ class Result:
     min_area > 0, a region survives the filter). score is the model's image score (see model.json
     "outputs"): the max of its map, or with a patch memory the sum of its z-scored branch scores, which
     also rises with the extent of a texture change. With min_area 0 a "defect" frame can therefore have
-    an empty mask: the pixel threshold is calibrated on the map's peaks, the image threshold on scores."""
+    an empty mask: the pixel threshold is measured on the map's peaks, the image threshold on scores."""
 
     score: float
     verdict: str  # "ok" | "defect"
     anomaly_map: np.ndarray  # float32, frame resolution
     mask: np.ndarray  # uint8 0/1, frame resolution, after the minimum-area filter
     regions: list[Region]
-    normalized_score: float = float("nan")  # 1.0 at the image threshold
+    normalised_score: float = float("nan")  # 1.0 at the image threshold
     timings: dict = field(default_factory=dict)  # ms per stage
     tiling: dict | None = None  # tiled inference: tile (h, w), overlap and scale in model pixels, tile count
 
     @property
     def is_defect(self) -> bool:
         return self.verdict == "defect"
+
+    @property
+    def normalized_score(self) -> float:
+        """normalised_score under its older spelling (read-only)."""
+        return self.normalised_score
 
 
 def _python_int(value):
@@ -70,7 +75,7 @@ class TiledRaw:
 class Detector:
     """Anomaly detector around an exported CFRG model.
 
-    frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `color` order ("bgr" as OpenCV delivers, or "rgb").
+    frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `colour` order ("bgr" as OpenCV delivers, or "rgb").
     threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
     tiling: for frames much larger than the model input (line-scan strips, large sheets): each frame is
     scaled by `tile_scale` (default: so that its short side fits the model's), cut into overlapping tiles of the
@@ -78,14 +83,15 @@ class Detector:
     the overlaps) and the frame's score is its highest tile score. Results come at the frame's resolution.
     """
 
+    @older_spellings(color="colour")
     def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
-                 min_area: int = 0, color: str = "bgr", tiling: bool = False, tile_overlap: int = 32,
+                 min_area: int = 0, colour: str = "bgr", tiling: bool = False, tile_overlap: int = 32,
                  tile_scale: float | None = None, **backend_options):
         self.path = Path(path)
         self._backend_choice, self._backend_options = backend, dict(backend_options)
         self.backend = load_backend(self.path, backend, **backend_options)
         self.info = ModelInfo.read(self.path, self.backend)
-        self.color = check_color(color)
+        self.colour = check_colour(colour)
         self.input_name = self.info.input.name
         self.size = (self.info.input.height, self.info.input.width)
         self.model_colour = self.info.input.colour_order.lower()
@@ -114,7 +120,7 @@ class Detector:
             return self._tiles(frames)
         batch = np.empty((len(frames), *self.size, 3), np.uint8) if out is None else out
         for i, f in enumerate(frames):
-            preprocess(f, batch, index=i, color_in=self.color, color_out=self.model_colour)
+            preprocess(f, batch, index=i, colour_in=self.colour, colour_out=self.model_colour)
         return batch
 
     def infer(self, batch: np.ndarray | TiledBatch):
@@ -150,7 +156,7 @@ class Detector:
                 raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled_hw[1]}x{scaled_hw[0]} model "
                                  f"pixels, more than {MAX_TILED_PIXELS} to tile: give a smaller scale")
             scaled = np.empty((1, *scaled_hw, 3), np.uint8)
-            preprocess(frame, scaled, index=0, color_in=self.color, color_out=self.model_colour)
+            preprocess(frame, scaled, index=0, colour_in=self.colour, colour_out=self.model_colour)
             frame_tiles, origins = make_tiles(scaled[0], self.size, self.tile_overlap)
             layout.append((first, len(frame_tiles), origins, scaled_hw, scale))
             first += len(frame_tiles)
@@ -173,7 +179,7 @@ class Detector:
         full, mask, regions = postprocess(amap, frame_hw, self.pixel_threshold, self.min_area, mask_value=1)
         defect = score >= self.image_threshold and (self.min_area == 0 or bool(regions))
         return Result(score=score, verdict="defect" if defect else "ok", anomaly_map=full, mask=mask,
-                      regions=regions, normalized_score=self.info.normalise_score(score))
+                      regions=regions, normalised_score=self.info.normalise_score(score))
 
     # -- convenience ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ def resize_for_model(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if image.shape[:2] == (h, w) and image.ndim == 3:
         return image
     out = np.empty((1, h, w, 3), np.uint8)
-    preprocess(image, out, color_in="rgb", color_out="rgb")
+    preprocess(image, out, colour_in="rgb", colour_out="rgb")
     return out[0]
 
 
@@ -70,7 +70,7 @@ def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Seq
 
 def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progress: bool = True,
                    limit: int | None = None) -> Predictions:
-    """Run an sdk.Detector (color="rgb"; e.g. tiled) on each image at its own resolution; keeps the
+    """Run an sdk.Detector (colour="rgb"; e.g. tiled) on each image at its own resolution; keeps the
     frame-size maps it returns."""
 
     def run(images):
@@ -89,7 +89,7 @@ def _predict(run, dataset: AnomalyDataset, batch_size: int, progress: bool, limi
     bar = progress_bar(total=len(index), desc="predict", unit="img", disable=not progress, leave=False)
     for start in range(0, len(index), batch_size):
         chunk = index[start:start + batch_size]
-        images = [dataset.load_image(i, color="rgb") for i in chunk]
+        images = [dataset.load_image(i, colour="rgb") for i in chunk]
         shapes.extend(img.shape[:2] for img in images)
         m, s = run(images)
         maps.extend(m)
@@ -188,11 +188,11 @@ def save_overlays(preds: Predictions, dataset: AnomalyDataset, out_dir: str | os
     vmax = vmax or float(np.percentile(preds.scores, 99)) or 1.0
     for k, path in enumerate(preds.paths):
         i = path_to_index[path]
-        img = dataset.load_image(i, color="bgr")
+        img = dataset.load_image(i, colour="bgr")
         mask = dataset.load_mask(i)
         amap = map_to_frame(preds.maps[k], img.shape[:2])
         blend = blend_heatmap(img, amap, np.zeros_like(mask), value_range=(0.0, vmax))
-        gt = blend_heatmap(img, amap, mask, alpha=0.0, contour_color=(0, 255, 0))
+        gt = blend_heatmap(img, amap, mask, alpha=0.0, contour_colour=(0, 255, 0))
         panel = np.concatenate([img, blend, gt], axis=1)
         cv2.putText(panel, f"{preds.defect_types[k]} score {preds.scores[k]:.3f}", (5, 20),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)

@@ -9,7 +9,7 @@ with one ModelFileError that names the file, the problem and the fix.
      "input": {"name", "height", "width", "channels": 3, "dtype": "uint8", "layout": "NHWC", "colour_order"},
      "outputs": {"anomaly_map": text, "score": text},
      "normalisation": {"inside_graph", "scale", "mean", "std"},
-     "thresholds": {"default": name, name: {"image", "pixel", ...calibration details}},
+     "thresholds": {"default": name, name: {"image", "pixel", ...how they were measured}},
      "score_normalisation": {"method": "affine", "offset", "scale", "formula"},
      "precision": "fp32" | "fp16" | "int8",
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
@@ -110,7 +110,7 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Threshold:
-    """An image-score threshold and a pixel threshold, with how they were calibrated."""
+    """An image-score threshold and a pixel threshold, with how they were measured."""
 
     image: float
     pixel: float

@@ -1,10 +1,11 @@
-"""Loader of the C++ extension ``sdk._native``, and the switch between it and its NumPy/OpenCV twin.
+"""Loader of the C++ extension ``sdk._native``, and the switch between the two implementations of
+pre/post-processing: the extension and its NumPy/OpenCV twin.
 
 Every public function in :mod:`sdk.preprocess`, :mod:`sdk.postprocess` and :mod:`sdk.tiling`
 dispatches to ``sdk._native`` when it was built, and otherwise to a NumPy/OpenCV reference twin
 that gives the same results (see the parity tests). A missing extension is reported once with a
 ``RuntimeWarning``; ``CFRG_NO_NATIVE=1`` selects the twin on purpose (read at every call, so tests
-can switch backends with ``monkeypatch.setenv``).
+can switch implementations with ``monkeypatch.setenv``).
 
 Build the extension with ``python setup.py build_ext --inplace``. The argument checks both share
 are in :mod:`sdk.checks`.
@@ -54,14 +55,14 @@ def native_module() -> Optional[ModuleType]:
     return _native
 
 
-def backend() -> str:
-    """'native' or 'twin': what the next call will use."""
+def implementation() -> str:
+    """'native' or 'twin': the implementation the next call will use."""
     return "native" if native_module() is not None else "twin"
 
 
 def require_native() -> ModuleType:
     """The extension module; ImportError saying how to build it when it is missing."""
-    with use_backend("native"):
+    with use_implementation("native"):
         module = native_module()
     if module is None:
         raise ImportError(f"sdk._native is not built ({_import_error}): run `python setup.py build_ext --inplace`")
@@ -69,10 +70,10 @@ def require_native() -> ModuleType:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Within the block, calls use the 'native' extension or the 'twin' (for tests and benchmarks:
+def use_implementation(name: str) -> Iterator[None]:
+    """Within the block, calls use the 'native' extension or the 'twin' implementation (for tests and benchmarks:
     it sets CFRG_NO_NATIVE, which is process-wide, and restores it afterwards)."""
-    check_choice(name, "backend", ("native", "twin"))
+    check_choice(name, "implementation", ("native", "twin"))
     before = os.environ.get("CFRG_NO_NATIVE")
     os.environ["CFRG_NO_NATIVE"] = "1" if name == "twin" else "0"
     try:
@@ -82,3 +83,6 @@ def use_backend(name: str) -> Iterator[None]:
             del os.environ["CFRG_NO_NATIVE"]
         else:
             os.environ["CFRG_NO_NATIVE"] = before
+
+
+backend, use_backend = implementation, use_implementation  # the older names

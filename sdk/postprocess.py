@@ -9,7 +9,7 @@ from it by up to ~1e-4 on a map's values). The Detector (through ``postprocess``
 
 * ``full_map``: float32 (H, W), ``map_to_frame(anomaly_map, frame_shape)``;
 * ``mask``: uint8 (H, W), ``mask_value`` (255) on pixels with ``full_map >= threshold`` (compared
-  in float32; ``score >= threshold`` is positive, as in sdk.metrics and the calibration) that
+  in float32; ``score >= threshold`` is positive, as in sdk.metrics and the thresholds' measurement) that
   belong to an 8-connected region of at least ``min_area`` pixels, else 0;
 * ``regions``: list of :class:`Region` (box (x, y, w, h) in frame pixels, area in pixels, max and
   mean score rounded to float32), ordered by the raster position of each region's first pixel.
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import cv2
 import numpy as np
 
-from .checks import check_choice, check_frame, check_map, check_output, check_threads, describe
+from .checks import check_choice, check_frame, check_map, check_output, check_threads, describe, older_spellings
 from .native import native_module
 
 
@@ -156,26 +156,28 @@ def region_stats(
     return mask, [region for _, region in found]
 
 
-def jet_lut(color_order: str = "bgr") -> np.ndarray:
+@older_spellings(color_order="colour_order")
+def jet_lut(colour_order: str = "bgr") -> np.ndarray:
     """cv2.COLORMAP_JET as a (256, 3) uint8 table in the frame's colour order."""
     lut = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET).reshape(256, 3)
-    return np.ascontiguousarray(lut[:, ::-1] if color_order == "rgb" else lut)
+    return np.ascontiguousarray(lut[:, ::-1] if colour_order == "rgb" else lut)
 
 
+@older_spellings(color_order="colour_order", contour_color="contour_colour")
 def blend_heatmap(
     frame: np.ndarray,
     anomaly_map_full: np.ndarray,
     mask: np.ndarray,
     alpha: float = 0.5,
     value_range: Optional[tuple[float, float]] = None,
-    color_order: str = "bgr",
-    contour_color: Optional[tuple[int, int, int]] = None,
+    colour_order: str = "bgr",
+    contour_colour: Optional[tuple[int, int, int]] = None,
     out: Optional[np.ndarray] = None,
     threads: int = 0,
 ) -> np.ndarray:
     """uint8 (H, W, 3) image: ``rint(frame * (1 - alpha) + jet(map) * alpha)`` (float32), the map
     scaled so value_range (default: the map's min and max) spans the colour map, and the contours
-    of ``mask`` (mask pixels with a 4-neighbour outside the mask or the image) in contour_color
+    of ``mask`` (mask pixels with a 4-neighbour outside the mask or the image) in contour_colour
     (default red), in the frame's colour order. A gray frame gives a 3-channel result."""
     frame = check_frame(frame)
     h, w = frame.shape[:2]
@@ -186,24 +188,25 @@ def blend_heatmap(
         raise ValueError(f"mask must be a uint8 array of the frame's shape {(h, w)}; got {describe(mask)}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
-    check_choice(color_order, "color_order", ("bgr", "rgb"))
+    check_choice(colour_order, "colour_order", ("bgr", "rgb"))
     if value_range is None:
         value_range = (float(anomaly_map_full.min()), float(anomaly_map_full.max()))
     lo, hi = (float(v) for v in value_range)
-    color = contour_color if contour_color is not None else ((0, 0, 255) if color_order == "bgr" else (255, 0, 0))
-    if len(color) != 3 or not all(0 <= int(c) <= 255 for c in color):
-        raise ValueError(f"contour_color must be 3 ints in [0, 255]; got {color!r}")
+    red = (0, 0, 255) if colour_order == "bgr" else (255, 0, 0)
+    colour = contour_colour if contour_colour is not None else red
+    if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
+        raise ValueError(f"contour_colour must be 3 ints in [0, 255]; got {colour!r}")
     threads = check_threads(threads)
     out = np.empty((h, w, 3), np.uint8) if out is None else check_output(out, "out", np.uint8, (h, w, 3))
     lo32 = np.float32(lo)
     scale32 = np.float32(255.0 / (hi - lo)) if hi > lo else np.float32(0.0)
     alpha32, inv32 = np.float32(alpha), np.float32(1.0 - float(alpha))
-    lut = jet_lut(color_order)
+    lut = jet_lut(colour_order)
 
     native = native_module()
     if native is not None:
-        color_list = [int(c) for c in color]
-        native.overlay(frame, anomaly_map_full, mask, out, lo32, scale32, alpha32, inv32, lut, color_list, threads)
+        colour_list = [int(c) for c in colour]
+        native.overlay(frame, anomaly_map_full, mask, out, lo32, scale32, alpha32, inv32, lut, colour_list, threads)
         return out
     t = np.nan_to_num((anomaly_map_full - lo32) * scale32, nan=0.0)
     np.clip(t, 0.0, 255.0, out=t)
@@ -213,5 +216,5 @@ def blend_heatmap(
     out[...] = np.clip(blend, 0, 255).astype(np.uint8)
     inside = np.pad(mask != 0, 1, constant_values=False)
     interior = inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
-    out[(mask != 0) & ~interior] = np.asarray(color, dtype=np.uint8)
+    out[(mask != 0) & ~interior] = np.asarray(colour, dtype=np.uint8)
     return out

@@ -8,7 +8,7 @@ intermediate image. Semantics, identical for the C++ extension and the NumPy/Ope
 1. resize the frame (uint8 HxW, HxWx1, HxWx3 BGR or RGB, any strides) to the model input;
    ``interpolation="auto"`` uses cv2.resize INTER_AREA when the frame shrinks by >= 2x on both
    axes, INTER_LINEAR (half-pixel centres) otherwise, as training does;
-2. convert colour (``color_in`` -> ``color_out``; gray <-> colour as cv2.cvtColor does);
+2. convert colour (``colour_in`` -> ``colour_out``; gray <-> colour as cv2.cvtColor does);
 3. pack into ``out[index]``.
 
 Parity: the extension reproduces OpenCV's own uint8 resize and colour arithmetic, so its
@@ -26,7 +26,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .checks import check_choice, check_frame, check_threads, describe
+from .checks import check_choice, check_frame, check_threads, describe, older_spellings
 from .native import native_module
 
 
@@ -53,20 +53,21 @@ def make_batch(batch: int, size: tuple[int, int], channels: int = 3) -> np.ndarr
     return np.empty((batch, h, w, channels), dtype=np.uint8)
 
 
+@older_spellings(color_in="colour_in", color_out="colour_out")
 def preprocess(
     frame: np.ndarray,
     out: np.ndarray,
     index: int = 0,
     size: Optional[tuple[int, int]] = None,
-    color_in: str = "bgr",
-    color_out: Optional[str] = None,
+    colour_in: str = "bgr",
+    colour_out: Optional[str] = None,
     interpolation: str = "auto",
     threads: int = 0,
 ) -> None:
     """Writes one frame into ``out[index]``.
 
-    size: (H, W), optional check against ``out``. color_in: 'bgr' or 'rgb' (ignored for 1-channel
-    frames). color_out: 'rgb', 'bgr' or 'gray'; default 'rgb' for 3-channel ``out``, 'gray' for
+    size: (H, W), optional check against ``out``. colour_in: 'bgr' or 'rgb' (ignored for 1-channel
+    frames). colour_out: 'rgb', 'bgr' or 'gray'; default 'rgb' for 3-channel ``out``, 'gray' for
     1-channel. interpolation: 'auto', 'linear' or 'area'. threads: 0 = automatic (several only on
     large frames), else that many. Raises ValueError on bad arguments, saying what was expected and
     what came.
@@ -78,13 +79,13 @@ def preprocess(
         raise ValueError(f"size {tuple(size)} (H, W) does not match out: {describe(out)}")
     if not isinstance(index, (int, np.integer)) or not 0 <= index < out.shape[0]:
         raise ValueError(f"index must be in [0, {out.shape[0]}) for out of batch size {out.shape[0]}; got {index!r}")
-    check_choice(color_in, "color_in", ("bgr", "rgb"))
-    if color_out is None:
-        color_out = "rgb" if channels == 3 else "gray"
-    check_choice(color_out, "color_out", ("rgb", "bgr", "gray"))
-    if (color_out == "gray") != (channels == 1):
-        need = 1 if color_out == "gray" else 3
-        raise ValueError(f"color_out {color_out!r} needs {need} channel(s) in out; got {describe(out)}")
+    check_choice(colour_in, "colour_in", ("bgr", "rgb"))
+    if colour_out is None:
+        colour_out = "rgb" if channels == 3 else "gray"
+    check_choice(colour_out, "colour_out", ("rgb", "bgr", "gray"))
+    if (colour_out == "gray") != (channels == 1):
+        need = 1 if colour_out == "gray" else 3
+        raise ValueError(f"colour_out {colour_out!r} needs {need} channel(s) in out; got {describe(out)}")
     check_choice(interpolation, "interpolation", ("auto", "linear", "area"))
     if interpolation == "auto":
         interpolation = choose_interpolation(fw, fh, out_w, out_h)
@@ -97,12 +98,12 @@ def preprocess(
 
     native = native_module()
     if native is not None:
-        native.preprocess(frame, out, int(index), color_in, color_out, interpolation, threads)
+        native.preprocess(frame, out, int(index), colour_in, colour_out, interpolation, threads)
     else:
-        _preprocess_twin(frame, out, int(index), color_in, color_out, interpolation)
+        _preprocess_twin(frame, out, int(index), colour_in, colour_out, interpolation)
 
 
-def _preprocess_twin(frame: np.ndarray, out: np.ndarray, index: int, color_in: str, color_out: str,
+def _preprocess_twin(frame: np.ndarray, out: np.ndarray, index: int, colour_in: str, colour_out: str,
                      interpolation: str) -> None:
     """The reference: cv2.resize + cv2.cvtColor + NumPy packing."""
     if frame.ndim == 3 and frame.shape[2] == 1:
@@ -114,9 +115,9 @@ def _preprocess_twin(frame: np.ndarray, out: np.ndarray, index: int, color_in: s
         flag = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
         resized = cv2.resize(np.ascontiguousarray(frame), (out_w, out_h), interpolation=flag)
     if resized.ndim == 3 and channels == 3:
-        image = resized if color_in == color_out else cv2.cvtColor(np.ascontiguousarray(resized), cv2.COLOR_BGR2RGB)
+        image = resized if colour_in == colour_out else cv2.cvtColor(np.ascontiguousarray(resized), cv2.COLOR_BGR2RGB)
     elif resized.ndim == 3:
-        code = cv2.COLOR_BGR2GRAY if color_in == "bgr" else cv2.COLOR_RGB2GRAY
+        code = cv2.COLOR_BGR2GRAY if colour_in == "bgr" else cv2.COLOR_RGB2GRAY
         image = cv2.cvtColor(np.ascontiguousarray(resized), code)[:, :, None]
     elif channels == 3:
         image = cv2.cvtColor(np.ascontiguousarray(resized), cv2.COLOR_GRAY2BGR)

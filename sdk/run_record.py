@@ -35,7 +35,7 @@ class RunRecord:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it names the run's data and held-back good images; keep the "
                                     f"config.json that `cfrg train` wrote beside model.pt (or, to export, pass "
-                                    f"--calib-dir DIR with good images)")
+                                    f"--good-dir DIR with good images)")
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
             train = cfg["train"]
@@ -57,7 +57,7 @@ class RunRecord:
             p = Path(os.path.normpath(root / str(rel)))
             if not isinstance(rel, str) or Path(rel).is_absolute() or not p.is_relative_to(root):
                 raise ModelFileError(f"{path}: held-back image {rel!r} lies outside the data root {root}; the "
-                                     f"record was edited or damaged: train again, or pass --calib-dir DIR")
+                                     f"record was edited or damaged: train again, or pass --good-dir DIR")
             files.append(p)
         return dataclasses.replace(record, data=root, holdout_files=tuple(files))
 
@@ -91,10 +91,10 @@ class RunRecord:
         """The held-back good images, every one present; a refusal saying what to pass instead when the run held
         none back or some are missing."""
         if not self.holdout_files:
-            raise ValueError(f"{self.path}: the model was trained with --holdout 0; pass --calib-dir DIR with good "
+            raise ValueError(f"{self.path}: the model was trained with --holdout 0; pass --good-dir DIR with good "
                              f"images")
         absent = [p for p in self.holdout_files if not p.is_file()]
         if absent:
             raise FileNotFoundError(f"held-back good image {absent[0]} is missing ({len(absent)} in all): pass --data "
-                                    f"ROOT where the training data lives, or --calib-dir DIR")
+                                    f"ROOT where the training data lives, or --good-dir DIR")
         return [str(p) for p in self.holdout_files]

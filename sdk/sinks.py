@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from .checks import older_spellings
 from .files import (IMAGE_EXTENSIONS, check_output_folder, encode_png, replace_with_temp, temp_path_beside,
                     write_png)
 
@@ -33,27 +34,28 @@ log = logging.getLogger("sdk.sinks")
 
 
 
-def _to_bgr(image: np.ndarray, color: str = "bgr") -> np.ndarray:
+def _to_bgr(image: np.ndarray, colour: str = "bgr") -> np.ndarray:
     """uint8 HxW, HxWx1, HxWx3 or HxWx4 -> HxWx3 BGR."""
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if color == "rgb" else cv2.COLOR_BGRA2BGR)
-    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if color == "rgb" else image
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if colour == "rgb" else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if colour == "rgb" else image
 
 
+@older_spellings(color="colour")
 def overlay(image: np.ndarray, anomaly_map: np.ndarray | None, mask: np.ndarray | None = None, *,
             alpha: float = 0.45, map_range: Sequence[float] | None = None, label: str | None = None,
-            defect: bool | None = None, color: str = "bgr") -> np.ndarray:
+            defect: bool | None = None, colour: str = "bgr") -> np.ndarray:
     """Heat map of ``anomaly_map`` blended on ``image`` (BGR uint8 out), mask contours, a label.
 
     map_range (lo, hi) maps scores to the colour scale; by default (0, 1) when the map lies in
-    [0, 1] (calibrated scores), else (0, map max). The map is resized to the image when needed
+    [0, 1] (normalised scores), else (0, map max). The map is resized to the image when needed
     (sdk.postprocess.map_to_frame, as the Detector resizes it).
     """
     from .postprocess import blend_heatmap, map_to_frame
 
-    base = _to_bgr(np.asarray(image), color)
+    base = _to_bgr(np.asarray(image), colour)
     h, w = base.shape[:2]
     out = base.copy()
     m = np.zeros((h, w), np.uint8)
@@ -98,12 +100,12 @@ def annotate(record: Any, *, alpha: float = 0.45, map_range: Sequence[float] | N
     image = getattr(record, "image", None)
     if not _displayable(image):  # dropped frames, source errors, and bad frames (wrong dtype or shape)
         return None
-    color = (record.frame.meta.get("color", "bgr") if record.frame is not None else "bgr")
+    colour = (record.frame.meta.get("colour", "bgr") if record.frame is not None else "bgr")
     if record.status != "ok" or record.result is None:
-        return overlay(image, None, None, label=_label(record), defect=True, color=color)
+        return overlay(image, None, None, label=_label(record), defect=True, colour=colour)
     res = record.result
     return overlay(image, res.anomaly_map, res.mask, alpha=alpha, map_range=map_range, label=_label(record),
-                   defect=res.verdict != "ok", color=color)
+                   defect=res.verdict != "ok", colour=colour)
 
 
 def _jsonable(obj: Any, max_array: int = 64) -> Any:

@@ -19,7 +19,7 @@ URIs:
 Rules:
 - Every input gives exactly one item. An image that cannot be read gives a Frame whose ``error``
   says why and whose ``image`` is None; it never stops the source.
-- Pixels: uint8, BGR by default (OpenCV's order); ``color="rgb"`` converts. Image files are read
+- Pixels: uint8, BGR by default (OpenCV's order); ``colour="rgb"`` converts. Image files are read
   with ``sdk.data.read_image`` (grayscale replicated to 3 channels, 16-bit scaled to 8-bit).
 - ``loop=True`` (or a number of passes) replays a file or folder; frame ids keep increasing.
 - Live sources (camera, csi, rtsp/http, gst) reconnect after a loss with exponential back-off
@@ -49,7 +49,7 @@ import numpy as np
 
 from .data import read_image
 from .files import IMAGE_EXTENSIONS, image_files, is_image_file
-from .checks import check_color
+from .checks import check_colour, older_spellings
 
 log = logging.getLogger("sdk.sources")
 
@@ -142,9 +142,9 @@ class Source:
         return f"{type(self).__name__}({self.uri!r})"
 
 
-def _to_order(image: np.ndarray, color: str) -> np.ndarray:
+def _to_order(image: np.ndarray, colour: str) -> np.ndarray:
     """OpenCV delivers BGR; convert 3-channel images when RGB is asked for."""
-    if color == "rgb" and image.ndim == 3 and image.shape[2] == 3:
+    if colour == "rgb" and image.ndim == 3 and image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
@@ -166,13 +166,14 @@ def _passes(loop: bool | int) -> int | None:
 class ImageFilesSource(Source):
     """Images from a sorted list of paths (folder or glob); unreadable files give error frames."""
 
+    @older_spellings(color="colour")
     def __init__(self, uri: str, paths: Sequence[str | os.PathLike], *, loop: bool | int = False,
-                 color: str = "bgr"):
+                 colour: str = "bgr"):
         super().__init__(uri)
         if not paths:
             raise SourceError(f"{uri}: no image files ({' '.join(IMAGE_EXTENSIONS)}); check the path or pattern")
         self.paths = [str(p) for p in paths]
-        self.color = check_color(color)
+        self.colour = check_colour(colour)
         self._max_passes = _passes(loop)
         self._index = 0
         self._pass = 0
@@ -190,10 +191,10 @@ class ImageFilesSource(Source):
                 raise StopIteration
             self._index = 0
         path = self.paths[self._index]
-        meta = {"path": path, "index": self._index, "pass": self._pass, "color": self.color}
+        meta = {"path": path, "index": self._index, "pass": self._pass, "colour": self.colour}
         self._index += 1
         try:
-            image = read_image(path, color=self.color)
+            image = read_image(path, colour=self.colour)
         except Exception as exc:  # DatasetError, OSError, cv2.error: one error item, go on
             log.warning("%s: %s", self.uri, exc)
             return self._frame(None, meta, error=str(exc))
@@ -203,10 +204,11 @@ class ImageFilesSource(Source):
 class VideoFileSource(Source):
     """Frames of a video file, decoded by OpenCV (FFmpeg backend where present)."""
 
-    def __init__(self, path: str | os.PathLike, *, loop: bool | int = False, color: str = "bgr"):
+    @older_spellings(color="colour")
+    def __init__(self, path: str | os.PathLike, *, loop: bool | int = False, colour: str = "bgr"):
         super().__init__(str(path))
         self.path = str(path)
-        self.color = check_color(color)
+        self.colour = check_colour(colour)
         self._max_passes = _passes(loop)
         self._pass = 0
         self._index = 0  # frame index within the current pass
@@ -232,9 +234,9 @@ class VideoFileSource(Source):
             ok, image = self._cap.read()
             ts = time.monotonic()
             if ok and image is not None and image.size:
-                meta = {"path": self.path, "index": self._index, "pass": self._pass, "color": self.color}
+                meta = {"path": self.path, "index": self._index, "pass": self._pass, "colour": self.colour}
                 self._index += 1
-                return self._frame(_to_order(image, self.color), meta, timestamp=ts)
+                return self._frame(_to_order(image, self.colour), meta, timestamp=ts)
             if self.frame_count and self._index < self.frame_count - 1:
                 log.warning("%s: decoding stopped at frame %d of %d (truncated or corrupt file?)",
                             self.path, self._index, self.frame_count)
@@ -314,9 +316,10 @@ class LiveSource(Source):
 
     live = True
 
+    @older_spellings(color="colour")
     def __init__(self, uri: str, opener: Callable[[], Any], *, read_timeout: float = 5.0,
                  open_timeout: float = 20.0, max_retries: int | None = 10, backoff_initial: float = 0.5,
-                 backoff_max: float = 10.0, color: str = "bgr",
+                 backoff_max: float = 10.0, colour: str = "bgr",
                  describe_failure: Callable[[], str] | None = None):
         super().__init__(uri)
         if read_timeout <= 0 or open_timeout <= 0:
@@ -331,7 +334,7 @@ class LiveSource(Source):
         self.max_retries = max_retries
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
-        self.color = check_color(color)
+        self.colour = check_colour(colour)
         self._describe_failure = describe_failure or (lambda: "check the device, cable and URI")
         self.reconnects = 0
         self.losses = 0
@@ -411,7 +414,7 @@ class LiveSource(Source):
             except Exception as exc:
                 ok, image, why = False, None, f"read raised {type(exc).__name__}: {exc}"
             if ok and image is not None and getattr(image, "size", 0):
-                return self._frame(_to_order(image, self.color), {"color": self.color})
+                return self._frame(_to_order(image, self.colour), {"colour": self.colour})
             if self.closed:
                 break
             self.losses += 1
@@ -494,7 +497,7 @@ def _ffmpeg_opener(url: str, transport: str, open_timeout: float, read_timeout: 
 
 
 def _live_options(opts: dict) -> dict:
-    keys = ("read_timeout", "open_timeout", "max_retries", "backoff_initial", "backoff_max", "color")
+    keys = ("read_timeout", "open_timeout", "max_retries", "backoff_initial", "backoff_max", "colour")
     return {k: opts.pop(k) for k in keys if k in opts}
 
 
@@ -515,11 +518,12 @@ def _distinct_files(paths: list[str]) -> list[str]:
     return sorted(kept)
 
 
+@older_spellings(color="colour")
 def open_source(uri: str | int | os.PathLike, **opts: Any) -> Source:
     """Open a frame source from a URI (see the module docstring).
 
-    Options: ``loop`` and ``color`` for files/folders; for live sources ``read_timeout``,
-    ``open_timeout``, ``max_retries``, ``backoff_initial``, ``backoff_max``, ``color``, plus
+    Options: ``loop`` and ``colour`` for files/folders; for live sources ``read_timeout``,
+    ``open_timeout``, ``max_retries``, ``backoff_initial``, ``backoff_max``, ``colour``, plus
     ``width``/``height``/``fps`` (camera, csi), ``flip_method`` (csi), ``transport`` ("tcp"/"udp",
     rtsp), ``backend`` (a cv2.CAP_* constant for camera indices).
     """
@@ -573,18 +577,18 @@ def open_source(uri: str | int | os.PathLike, **opts: Any) -> Source:
         return LiveSource(text, opener, describe_failure=lambda: hint, **live)
 
     loop = opts.pop("loop", False)
-    color = opts.pop("color", "bgr")
+    colour = opts.pop("colour", "bgr")
     _check_no_options(text, opts)
     path = Path(text)
     if path.is_dir():
-        return ImageFilesSource(text, [str(p) for p in image_files(path)], loop=loop, color=color)
+        return ImageFilesSource(text, [str(p) for p in image_files(path)], loop=loop, colour=colour)
     if path.is_file():
         if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return ImageFilesSource(text, [text], loop=loop, color=color)
-        return VideoFileSource(path, loop=loop, color=color)
+            return ImageFilesSource(text, [text], loop=loop, colour=colour)
+        return VideoFileSource(path, loop=loop, colour=colour)
     if _GLOB_CHARS.search(text):
         files = _distinct_files(sorted(p for p in globlib.glob(text, recursive=True) if is_image_file(p)))
-        return ImageFilesSource(text, files, loop=loop, color=color)
+        return ImageFilesSource(text, files, loop=loop, colour=colour)
     raise SourceError(
         f"{text!r}: no such file or folder, and not a source URI; use a camera index (0), /dev/videoN, "
         "csi://N, rtsp://..., a video file, an image folder or a glob such as 'images/*.png'"

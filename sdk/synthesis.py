@@ -147,7 +147,7 @@ def perlin_mask(shape: Sequence[int], rng: _RNG, min_scale: int = 0, max_scale: 
 # Procedural textures
 # ----------------------------------------------------------------------------------------------
 
-def _normalize(field: np.ndarray) -> np.ndarray:
+def _normalise(field: np.ndarray) -> np.ndarray:
     lo, hi = float(field.min()), float(field.max())
     return ((field - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
@@ -176,7 +176,7 @@ def _fractal(h: int, w: int, rng: _RNG, octaves: int | None = None, turbulence: 
 
 def _tex_fractal(h: int, w: int, rng: _RNG) -> np.ndarray:
     style = rng.integers(3)
-    f = _normalize(_fractal(h, w, rng, turbulence=style == 1))
+    f = _normalise(_fractal(h, w, rng, turbulence=style == 1))
     return 1 - np.abs(2 * f - 1) if style == 2 else f  # plain, turbulent, ridged
 
 
@@ -187,7 +187,7 @@ def _tex_stripes(h: int, w: int, rng: _RNG) -> np.ndarray:
     v = np.sin((u + warp) * np.float32(2 * np.pi / period))
     if rng.random() < 0.5:
         v = np.tanh(v * float(rng.uniform(2, 8)))  # harder, square-ish stripes
-    return _normalize(v)
+    return _normalise(v)
 
 
 def _tex_cells(h: int, w: int, rng: _RNG) -> np.ndarray:
@@ -195,14 +195,14 @@ def _tex_cells(h: int, w: int, rng: _RNG) -> np.ndarray:
     seeds = np.ones((h, w), np.uint8)
     seeds[rng.integers(0, h, n), rng.integers(0, w, n)] = 0
     dist, labels = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    dist = _normalize(dist)
+    dist = _normalise(dist)
     style = rng.integers(3)
     if style == 0:
         return dist  # cell distance
     values = rng.random(labels.max() + 1).astype(np.float32)[labels]
     if style == 1:
         return values  # mosaic
-    return _normalize(values * (1 - dist))  # cobblestones
+    return _normalise(values * (1 - dist))  # cobblestones
 
 
 def _tex_checker(h: int, w: int, rng: _RNG) -> np.ndarray:
@@ -219,7 +219,7 @@ def _tex_marble(h: int, w: int, rng: _RNG) -> np.ndarray:
     u, _ = _coords(h, w, float(rng.uniform(0, np.pi)))
     freq = float(rng.uniform(0.02, 0.15))
     turb = _fractal(h, w, rng, turbulence=True) * float(rng.uniform(2, 8))
-    return _normalize(np.sin(u * freq + turb))
+    return _normalise(np.sin(u * freq + turb))
 
 
 def _tex_gradient(h: int, w: int, rng: _RNG) -> np.ndarray:
@@ -228,9 +228,9 @@ def _tex_gradient(h: int, w: int, rng: _RNG) -> np.ndarray:
     else:
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
         g = np.hypot(x - rng.uniform(0, w), y - rng.uniform(0, h))
-    g = _normalize(g) * float(rng.uniform(1, 4))  # a few repeats: bands or rings
+    g = _normalise(g) * float(rng.uniform(1, 4))  # a few repeats: bands or rings
     g = g % 1.0 if rng.random() < 0.5 else np.abs((g % 2.0) - 1.0)
-    return _normalize(g + 0.15 * _fractal(h, w, rng, octaves=3))
+    return _normalise(g + 0.15 * _fractal(h, w, rng, octaves=3))
 
 
 def _tex_grain(h: int, w: int, rng: _RNG) -> np.ndarray:
@@ -242,7 +242,7 @@ def _tex_grain(h: int, w: int, rng: _RNG) -> np.ndarray:
     field = cv2.GaussianBlur(noise, (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT_101)
     if sx > 5:
         field = _upsample_rotated(field, (h, w), float(rng.uniform(0, 180)))
-    return _normalize(field)
+    return _normalise(field)
 
 
 _TEXTURE_GENERATORS: tuple[Callable[[int, int, _RNG], np.ndarray], ...] = (
@@ -255,7 +255,7 @@ def _texture_field(shape: Sequence[int], rng: _RNG) -> np.ndarray:
     gens = _TEXTURE_GENERATORS
     field = gens[rng.integers(len(gens))](h, w, rng)
     if rng.random() < 0.3:
-        field = _normalize(field * (0.5 + gens[rng.integers(len(gens))](h, w, rng)))
+        field = _normalise(field * (0.5 + gens[rng.integers(len(gens))](h, w, rng)))
     return np.clip(field * 255 + 0.5, 0, 255).astype(np.uint8)
 
 

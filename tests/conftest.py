@@ -23,7 +23,8 @@ BATCH_SCORE_TOLERANCE = dict(rel=1e-4, abs=1e-4)
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory):
-    """A CFRG trained for a few steps on the built-in demo subset and exported with calibration.
+    """A CFRG trained for a few steps on the built-in demo subset and exported (thresholds measured on
+    its held-back good images).
 
     Returns (torch model, path of model.onnx, model description). Good for numerics and plumbing,
     not for detection quality.

@@ -84,7 +84,7 @@ def test_real_ball_screw_pixels(data_root):
     defect = next(i for i, s in enumerate(test) if s.label == 1)
     good = next(i for i, s in enumerate(test) if s.label == 0)
     rgb = test.load_image(defect)
-    bgr = test.load_image(defect, color="bgr")
+    bgr = test.load_image(defect, colour="bgr")
     assert rgb.shape == (460, 1130, 3) and rgb.dtype == np.uint8
     assert np.array_equal(rgb, bgr[..., ::-1])
     assert not np.array_equal(rgb[..., 0], rgb[..., 2])  # really colour
@@ -104,9 +104,9 @@ def test_real_fingerprint_stable(data_root):
 # ---------------------------------------------------------------- synthetic datasets
 
 
-def _image(h=32, w=48, color=True) -> np.ndarray:
+def _image(h=32, w=48, colour=True) -> np.ndarray:
     rng = np.random.default_rng(h * 1000 + w)
-    return rng.integers(0, 256, (h, w, 3) if color else (h, w), dtype=np.uint8)
+    return rng.integers(0, 256, (h, w, 3) if colour else (h, w), dtype=np.uint8)
 
 
 def _mask(h=32, w=48, value=255) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_image_extensions(tmp_path, ext):
 
 
 def test_grayscale_vs_colour(tmp_path):
-    gray = _image(color=False)
+    gray = _image(colour=False)
     colour = _image()
     read_gray = read_image(_write(tmp_path / "g.png", gray))
     assert read_gray.shape == (32, 48, 3) and all(np.array_equal(read_gray[..., c], gray) for c in range(3))

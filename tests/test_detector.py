@@ -20,9 +20,9 @@ def detector(exported_model):
     return Detector(exported_model[1])
 
 
-def demo_frame(color=cv2.IMREAD_COLOR):
+def demo_frame(colour=cv2.IMREAD_COLOR):
     path = sorted((DEMO_ROOT / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]
-    return cv2.imread(str(path), color)
+    return cv2.imread(str(path), colour)
 
 
 def test_result_at_frame_resolution(detector):
@@ -42,7 +42,7 @@ def test_result_at_frame_resolution(detector):
 def test_grayscale_rgb_bgr_and_odd_sizes(detector):
     bgr = demo_frame()
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    rgb_det = Detector(detector.path, color="rgb")
+    rgb_det = Detector(detector.path, colour="rgb")
     a = detector(bgr)
     b = rgb_det(np.ascontiguousarray(bgr[:, :, ::-1]))
     assert a.score == pytest.approx(b.score, rel=1e-6)
@@ -51,6 +51,13 @@ def test_grayscale_rgb_bgr_and_odd_sizes(detector):
     odd = bgr[3:300:2, 5:901:3]  # non-contiguous view, odd size
     assert detector(odd).mask.shape == odd.shape[:2]
     assert detector(bgr[:1, :]).anomaly_map.shape == (1, bgr.shape[1])
+
+
+def test_colour_keeps_its_older_spelling(detector):
+    """color= still means colour=; both at once is a TypeError that names them."""
+    assert Detector(detector.path, color="rgb").colour == "rgb"
+    with pytest.raises(TypeError, match="colour= and color="):
+        Detector(detector.path, colour="rgb", color="bgr")
 
 
 def test_batch_matches_single_calls(detector):

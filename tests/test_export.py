@@ -116,10 +116,10 @@ def test_dynamic_batch(exported):
     np.testing.assert_allclose(single[0][0], maps[2], rtol=1e-5, atol=1e-6)
 
 
-def test_export_without_calibration_images_is_a_clear_error(tmp_path):
+def test_export_without_good_images_is_a_clear_error(tmp_path):
     train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=(64, 64),
                     steps=1, time_budget=0, batch_size=2, progress=False, final_eval=False, holdout=0))
-    with pytest.raises(ValueError, match="--calib-dir"):
+    with pytest.raises(ValueError, match="--good-dir"):
         export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "m.onnx", progress=False)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -162,7 +162,7 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
     fine = model.fine
     assert fine is not None and int(fine.images) > 0 and float(fine.scale) > 0
     ds = AnomalyDataset(data_root, "ball_screw", "test")
-    frames = np.stack([ds.load_image(i, color="rgb") for i in (0, 1)])
+    frames = np.stack([ds.load_image(i, colour="rgb") for i in (0, 1)])
     x = to_tensor(np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in frames]))
     without = with_map_fusion(model, tmp_path / "r", fine_weight=0.0, progress=False)
     assert without.fine is None

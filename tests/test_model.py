@@ -37,17 +37,17 @@ def _demo_images(n, size):
     return load_train_images(AnomalyDataset(DEMO_ROOT, "ball_screw", "train"), size, progress=False)[:n]
 
 
-def test_calibrate_map_matches_per_position_statistics():
+def test_fit_map_matches_per_position_statistics():
     """On real good images: the stored mean/std are the per-position statistics of each discrepancy
-    (std shrunk towards the global one), so the calibration images' z-scores average to zero."""
+    (std shrunk towards the global one), so the fitting images' z-scores average to zero."""
     from export.model import to_tensor
-    from export.fitting import calibrate_map
+    from export.fitting import fit_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), use_segmentation=False, memory_size=0,
                         map_normalisation="position")).eval()
     images = _demo_images(12, (64, 128))
-    assert calibrate_map(m, images, batch=5) == 12 and int(m.map_stats_images) == 12
+    assert fit_map(m, images, batch=5) == 12 and int(m.map_stats_images) == 12
     with torch.no_grad():
         x = to_tensor(images)
         scales = [torch.cat(ds, 1) for ds in m.discrepancies(m.heads(x, m.teacher_features(x)))]
@@ -61,10 +61,10 @@ def test_calibrate_map_matches_per_position_statistics():
     assert abs(amap.mean().item()) < 1e-3  # the blur and upsampling are linear: mean z-score 0
 
 
-def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
+def test_position_map_is_fitted_z_score_plus_weighted_segmentation():
     """Calibration shifts the map: a constant per-position offset comes out of the discrepancies."""
     from export.model import to_tensor
-    from export.fitting import calibrate_map
+    from export.fitting import fit_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=0, map_normalisation="position")).eval()
@@ -72,7 +72,7 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
     with torch.no_grad():
         before, _ = m(x)
         heads = m.heads(x, m.teacher_features(x))
-        calibrate_map(m, _demo_images(8, (64, 128)))
+        fit_map(m, _demo_images(8, (64, 128)))
         after, _ = m(x)
         seg = torch.sigmoid(torch.nn.functional.interpolate(heads["seg_logit"], scale_factor=4.0, mode="bilinear",
                                                             align_corners=False))  # seg_sigma 0: not smoothed
@@ -83,16 +83,16 @@ def test_position_map_is_calibrated_z_score_plus_weighted_segmentation():
 
 def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
     """map_normalisation "sum": sum over scales of the upsampled student and recovery discrepancies, smoothed,
-    plus sigmoid(seg) (seg_sigma 0: not smoothed again); no per-position statistics (nothing to calibrate, no
+    plus sigmoid(seg) (seg_sigma 0: not smoothed again); no per-position statistics (nothing to fit, no
     buffers)."""
     from export.blocks import upsample
     from export.model import to_tensor
-    from export.fitting import calibrate_map
+    from export.fitting import fit_map
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), map_normalisation="sum", memory_size=0)).eval()
     images = _demo_images(4, (64, 128))
-    assert calibrate_map(m, images) == 0 and not hasattr(m, "map_mean0")
+    assert fit_map(m, images) == 0 and not hasattr(m, "map_mean0")
     x = to_tensor(images)
     with torch.no_grad():
         heads = m.heads(x, m.teacher_features(x))
@@ -116,7 +116,7 @@ def test_sum_map_is_the_plain_sum_of_every_discrepancy_and_the_segmentation():
     assert torch.allclose(score, amap.flatten(1).amax(1))
     assert (amap > paper).all()  # the paper's map leaves the student discrepancies out
     with pytest.raises(ValueError, match="only 'position' has map statistics"):
-        m.calibrate_map(iter([x]))
+        m.fit_map(iter([x]))
 
 
 def test_checkpoint_from_before_map_normalisation_loads_with_the_paper_map(tmp_path):
@@ -174,9 +174,9 @@ def test_gaussian_blur_matches_scipy():
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path, model):
-    from export.fitting import calibrate_map
+    from export.fitting import fit_map
 
-    calibrate_map(model, _demo_images(4, (128, 160)))
+    fit_map(model, _demo_images(4, (128, 160)))
     path = tmp_path / "model.pt"
     save_checkpoint(model, path, extra={"note": "x"})
     torch.load(path, weights_only=True)  # loads without pickled code
@@ -242,13 +242,13 @@ def test_fused_map_is_the_max_of_both_z_scored_maps():
     image_score "max" the score is that map's max."""
     from export.blocks import upsample
     from export.model import to_tensor
-    from export.fitting import calibrate_map, calibrate_memory
+    from export.fitting import fit_map, fit_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, image_score="max")).eval()
     images = _demo_images(10, (64, 128))
-    calibrate_map(m, images)
-    assert calibrate_memory(m, images) == 10 and int(m.memory.images) == 10
+    fit_map(m, images)
+    assert fit_memory(m, images) == 10 and int(m.memory.images) == 10
     x = to_tensor(images[:3])
     with torch.no_grad():
         t_feats = m.teacher_features(x)
@@ -269,15 +269,15 @@ def test_combined_score_sums_branch_scores_z_scored_on_held_out_good_images():
 
     from export.blocks import upsample
     from export.model import to_tensor
-    from export.fitting import calibrate_map, calibrate_memory
+    from export.fitting import fit_map, fit_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, global_score=False)).eval()
     assert m.config.image_score == "combined" and m.memory.score_temperature == 2.0
     assert m.global_gaussian is None
     images = _demo_images(18, (64, 128))
-    calibrate_map(m, images[:10])
-    calibrate_memory(m, images[:10], holdout=images[10:])
+    fit_map(m, images[:10])
+    fit_memory(m, images[:10], holdout=images[10:])
     x = to_tensor(images[10:])
     with torch.no_grad():
         t_feats = m.teacher_features(x)
@@ -329,14 +329,14 @@ def test_global_branch_adds_a_mahalanobis_distance_z_scored_on_held_out_good_ima
     from sklearn.covariance import LedoitWolf
 
     from export.model import to_tensor
-    from export.fitting import calibrate_map, calibrate_memory
+    from export.fitting import fit_map, fit_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200)).eval()
     assert m.config.global_score and m.global_gaussian is not None
     images = _demo_images(18, (64, 128))
-    calibrate_map(m, images[:10])
-    calibrate_memory(m, images[:10], holdout=images[10:])
+    fit_map(m, images[:10])
+    fit_memory(m, images[:10], holdout=images[10:])
     assert int(m.global_gaussian.images) == 10
     with torch.no_grad():
         train_desc = _global_descriptor_reference(m.teacher_features(to_tensor(images[:10])))
@@ -370,7 +370,7 @@ def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
     rng = np.random.default_rng(1)
     train = torch.from_numpy(rng.normal(size=(40, 12)))
     g = GlobalGaussian([3, 3])
-    g.fit_and_calibrate(train)
+    g.fit_with_z_scores(train)
     folds = torch.arange(40) % 5
     crossed = []
     for k in range(5):
@@ -385,7 +385,7 @@ def test_global_branch_without_held_out_images_is_z_scored_by_cross_fitting():
     with pytest.raises(ValueError, match="at least 2 good images"):
         GlobalGaussian([3, 3]).fit(train[:1])
     tiny = GlobalGaussian([3, 3])  # two images: nothing to cross-fit, the in-sample distances are used
-    tiny.fit_and_calibrate(train[:2])
+    tiny.fit_with_z_scores(train[:2])
     assert torch.isfinite(tiny.dist_mean) and int(tiny.images) == 2
 
 
@@ -393,13 +393,13 @@ def test_memory_statistics_leave_each_image_out():
     """Without held-out images, a training image's own patches are left out of its search: with every
     patch in the bank the distances would all be 0; left out, they are the distances to other images."""
     from export.model import to_tensor
-    from export.fitting import calibrate_map, calibrate_memory
+    from export.fitting import fit_map, fit_memory
 
     torch.manual_seed(0)
     m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=4 * 32)).eval()  # room for all 4 x 32 patches
     images = _demo_images(4, (64, 128))
-    calibrate_map(m, images)
-    calibrate_memory(m, images)
+    fit_map(m, images)
+    fit_memory(m, images)
     with torch.no_grad():
         emb = m.memory.embed(m.teacher_features(to_tensor(images)))
         per_image = emb.permute(0, 2, 3, 1).reshape(4, -1, emb.shape[1]).double()
@@ -546,7 +546,7 @@ def test_fine_gaussian_is_the_high_passed_mahalanobis_distance_scaled_to_the_map
     torch.testing.assert_close(fine.distance_map(feats), smoothed - local_mean, rtol=1e-4, atol=1e-4)
     good = fine.distance_map(feats)
     pixel_maps = torch.rand(6, 1, 64, 64, generator=g) * 5
-    fine.calibrate(0.5, good, pixel_maps, images=6)
+    fine.fit_scale(0.5, good, pixel_maps, images=6)
     added = fine(feats).double()
     assert abs(float(added.mean())) < 1e-5
 

@@ -134,7 +134,10 @@ def test_the_exported_model_runs_the_demo_images_through_its_description(exporte
     assert det.image_threshold == info.thresholds["f1"].image
     frame = __import__("cv2").imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]))
     r = det(frame)
-    assert r.normalized_score == pytest.approx(info.normalise_score(r.score))
+    assert r.normalised_score == pytest.approx(info.normalise_score(r.score))
+    assert r.normalized_score == r.normalised_score  # the older spelling, read-only
+    with pytest.raises(AttributeError):
+        r.normalized_score = 0.0
 
 
 def test_a_model_json_of_another_export_beside_the_graph_is_refused(exported_model, tmp_path):

@@ -1,4 +1,4 @@
-"""sdk.native: backend choice, the one-time fallback warning, and GIL release in native calls."""
+"""sdk.native: the choice of implementation, the one-time fallback warning, and GIL release in native calls."""
 from __future__ import annotations
 
 import threading
@@ -13,9 +13,10 @@ from sdk import native, tiling
 
 def test_environment_variable_selects_the_twin(monkeypatch):
     monkeypatch.setenv("CFRG_NO_NATIVE", "1")
-    assert native.native_module() is None and native.backend() == "twin"
+    assert native.native_module() is None and native.implementation() == "twin"
     monkeypatch.setenv("CFRG_NO_NATIVE", "0")
-    assert native.backend() == "native", "sdk._native is not built: run `python setup.py build_ext --inplace`"
+    assert native.implementation() == "native", "sdk._native is not built: run `python setup.py build_ext --inplace`"
+    assert native.backend is native.implementation and native.use_backend is native.use_implementation  # older names
 
 
 def test_missing_extension_warns_once_and_falls_back(monkeypatch):

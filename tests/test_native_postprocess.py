@@ -13,7 +13,7 @@ _native = require_native()  # fails the module with the build command when it is
 
 
 def assert_same(*args, **kwargs):
-    """Runs postprocess on both backends; maps within 1e-5 (bit-equal in practice), masks and
+    """Runs postprocess on both implementations; maps within 1e-5 (bit-equal in practice), masks and
     regions identical. Returns the native result."""
     twin = run("twin", lambda: post.postprocess(*args, **kwargs))
     native = run("native", lambda: post.postprocess(*args, **kwargs))
@@ -48,8 +48,8 @@ def test_one_map_to_frame_resize():
     for sh, sw, dh, dw in [(256, 256, 1080, 1920), (13, 17, 40, 41), (64, 64, 20, 25), (1, 7, 5, 3)]:
         m = random_view(rng, sh, sw)
         full = run("native", lambda: post.postprocess(m, (dh, dw), 0.5))[0]
-        for backend in ("native", "twin"):
-            np.testing.assert_array_equal(run(backend, lambda: post.map_to_frame(m, (dh, dw), threads=2)), full)
+        for implementation in ("native", "twin"):
+            np.testing.assert_array_equal(run(implementation, lambda: post.map_to_frame(m, (dh, dw), threads=2)), full)
     assert post.map_to_frame(m, m.shape) is m
 
 
@@ -136,8 +136,9 @@ def test_output_buffers_are_filled_in_place():
     m = smooth_map(np.random.default_rng(5), 32, 32)
     out_map = np.full((100, 120), -1, np.float32)
     out_mask = np.full((100, 120), 7, np.uint8)
-    for backend in ("twin", "native"):
-        full, mask, _ = run(backend, lambda: post.postprocess(m, (100, 120), 0.5, out_map=out_map, out_mask=out_mask))
+    for implementation in ("twin", "native"):
+        full, mask, _ = run(implementation,
+                            lambda: post.postprocess(m, (100, 120), 0.5, out_map=out_map, out_mask=out_mask))
         assert full is out_map and mask is out_mask
         assert (out_map != -1).all() and np.isin(out_mask, (0, 255)).all()
 
@@ -154,12 +155,12 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["twin", "native"])
+@pytest.mark.parametrize("implementation", ["twin", "native"])
 @pytest.mark.parametrize("bad,words", BAD_CALLS)
-def test_bad_arguments_say_what_was_expected_and_what_came(backend, bad, words):
+def test_bad_arguments_say_what_was_expected_and_what_came(implementation, bad, words):
     kwargs = dict(anomaly_map=np.zeros((8, 8), np.float32), frame_shape=(10, 20), threshold=0.5)
     kwargs.update(bad)
-    assert_refused(backend, lambda: post.postprocess(**kwargs), words)
+    assert_refused(implementation, lambda: post.postprocess(**kwargs), words)
 
 
 def test_extension_checks_its_own_arguments():
@@ -176,19 +177,20 @@ def test_extension_checks_its_own_arguments():
 
 
 @pytest.mark.parametrize("gray", [False, True])
-@pytest.mark.parametrize("color_order", ["bgr", "rgb"])
-def test_overlay_identical_and_draws_contours(gray, color_order):
+@pytest.mark.parametrize("colour_order", ["bgr", "rgb"])
+def test_overlay_identical_and_draws_contours(gray, colour_order):
     rng = np.random.default_rng(6)
     frame = rng.integers(0, 256, (60, 80) if gray else (60, 80, 3), dtype=np.uint8)
     amap = smooth_map(rng, 60, 80) * 3 - 1
     mask = np.zeros((60, 80), np.uint8)
     mask[10:30, 20:50] = 255
     images = [
-        run(backend, lambda: post.blend_heatmap(frame, amap, mask, alpha=0.4, color_order=color_order, threads=2))
-        for backend in ("twin", "native")
+        run(implementation,
+            lambda: post.blend_heatmap(frame, amap, mask, alpha=0.4, colour_order=colour_order, threads=2))
+        for implementation in ("twin", "native")
     ]
     np.testing.assert_array_equal(images[0], images[1])
-    red = (0, 0, 255) if color_order == "bgr" else (255, 0, 0)
+    red = (0, 0, 255) if colour_order == "bgr" else (255, 0, 0)
     img = images[1]
     assert tuple(img[10, 30]) == red and tuple(img[29, 49]) == red and tuple(img[20, 20]) == red
     assert tuple(img[20, 30]) != red  # interior: heat map blend

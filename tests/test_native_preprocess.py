@@ -17,23 +17,23 @@ _native = require_native()  # fails the module with the build command when it is
 def both(make_out, **kwargs):
     """(twin out, native out) for the same call."""
     results = []
-    for backend in ("twin", "native"):
+    for implementation in ("twin", "native"):
         out = make_out()
-        run(backend, lambda: pre.preprocess(out=out, **kwargs))
+        run(implementation, lambda: pre.preprocess(out=out, **kwargs))
         results.append(out)
     return tuple(results)
 
 
-def cv2_composite(frame, size, color_in, color_out):
+def cv2_composite(frame, size, colour_in, colour_out):
     """What preprocess promises to equal: cv2.resize (area for >= 2x shrink on both axes) + cvtColor."""
     h, w = size
     big_down = frame.shape[0] >= 2 * h and frame.shape[1] >= 2 * w
     img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA if big_down else cv2.INTER_LINEAR)
     if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if color_out != "gray" else img[:, :, None]
-    if color_out == "gray":
-        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if color_in == "bgr" else cv2.COLOR_RGB2GRAY)[:, :, None]
-    return img if color_in == color_out else img[:, :, ::-1]
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if colour_out != "gray" else img[:, :, None]
+    if colour_out == "gray":
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if colour_in == "bgr" else cv2.COLOR_RGB2GRAY)[:, :, None]
+    return img if colour_in == colour_out else img[:, :, ::-1]
 
 
 def real_frames(data_root: Path):
@@ -46,12 +46,12 @@ def real_frames(data_root: Path):
 
 
 @pytest.mark.parametrize("size", [(256, 256), (224, 320), (97, 61)])
-@pytest.mark.parametrize("color_out", ["rgb", "bgr", "gray"])
-def test_real_images_equal_opencv_composite(data_root, size, color_out):
-    channels = 1 if color_out == "gray" else 3
+@pytest.mark.parametrize("colour_out", ["rgb", "bgr", "gray"])
+def test_real_images_equal_opencv_composite(data_root, size, colour_out):
+    channels = 1 if colour_out == "gray" else 3
     for frame in real_frames(data_root):
-        expected = cv2_composite(frame, size, "bgr", color_out)
-        a, b = both(lambda: pre.make_batch(1, size, channels), frame=frame, color_out=color_out)
+        expected = cv2_composite(frame, size, "bgr", colour_out)
+        a, b = both(lambda: pre.make_batch(1, size, channels), frame=frame, colour_out=colour_out)
         np.testing.assert_array_equal(a[0], expected)
         np.testing.assert_array_equal(b[0], expected)
 
@@ -83,8 +83,8 @@ def random_case(rng: np.random.Generator):
         out_h, out_w = h // int(rng.integers(1, 3)), w // int(rng.integers(1, 3))
     kwargs = dict(
         frame=frame,
-        color_in=str(rng.choice(["bgr", "rgb"])),
-        color_out=str(rng.choice(["rgb", "bgr", "gray"])),
+        colour_in=str(rng.choice(["bgr", "rgb"])),
+        colour_out=str(rng.choice(["rgb", "bgr", "gray"])),
         threads=int(rng.integers(1, 3)),
     )
     if rng.random() < 0.3:
@@ -97,7 +97,7 @@ def test_random_views_identical_to_twin(seed):
     rng = np.random.default_rng(seed)
     for _ in range(25):
         kwargs, size = random_case(rng)
-        channels = 1 if kwargs["color_out"] == "gray" else 3
+        channels = 1 if kwargs["colour_out"] == "gray" else 3
         def make_out():
             out = pre.make_batch(2, size, channels)
             out[...] = 7
@@ -121,8 +121,8 @@ BAD_CALLS = [
     (dict(out=np.zeros((1, 8, 8, 3), np.float32)), ["uint8 (N, H, W, C)", "float32 array of shape (1, 8, 8, 3)"]),
     (dict(out=np.zeros((8, 8, 3), np.uint8)), ["(N, H, W, C)", "uint8 array of shape (8, 8, 3)"]),
     (dict(index=2), ["index must be in [0, 1)", "got 2"]),
-    (dict(color_out="gray"), ["needs 1 channel", "uint8 array of shape (1, 8, 8, 3)"]),
-    (dict(color_in="yuv"), ["color_in must be one of", "'yuv'"]),
+    (dict(colour_out="gray"), ["needs 1 channel", "uint8 array of shape (1, 8, 8, 3)"]),
+    (dict(colour_in="yuv"), ["colour_in must be one of", "'yuv'"]),
     (dict(interpolation="area", size=(8, 8), out=np.zeros((1, 16, 16, 3), np.uint8)), ["size (8, 8)"]),
     (dict(interpolation="area", out=np.zeros((1, 16, 16, 3), np.uint8)), ["only shrinks", "10x10", "16x16"]),
     (dict(interpolation="cubic"), ["interpolation must be one of", "'cubic'"]),
@@ -130,12 +130,12 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["twin", "native"])
+@pytest.mark.parametrize("implementation", ["twin", "native"])
 @pytest.mark.parametrize("bad,words", BAD_CALLS)
-def test_bad_arguments_say_what_was_expected_and_what_came(backend, bad, words):
+def test_bad_arguments_say_what_was_expected_and_what_came(implementation, bad, words):
     kwargs = dict(frame=np.zeros((10, 10, 3), np.uint8), out=np.zeros((1, 8, 8, 3), np.uint8))
     kwargs.update(bad)
-    assert_refused(backend, lambda: pre.preprocess(**kwargs), words)
+    assert_refused(implementation, lambda: pre.preprocess(**kwargs), words)
 
 
 def test_extension_checks_its_own_arguments():

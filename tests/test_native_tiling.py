@@ -85,9 +85,9 @@ def test_defect_on_a_tile_border_is_found_once(data_root):
     maps = np.stack([fake_model(t) for t in tiles])
     per_tile = sum(len(post.postprocess(m, m.shape, 0.5, min_area=20)[2]) for m in maps)
     assert per_tile == 2
-    for backend in ("twin", "native"):
+    for implementation in ("twin", "native"):
         for mode in ("max", "mean"):
-            full = run(backend, lambda: tiling.stitch(maps, origins, strip.shape, mode))
+            full = run(implementation, lambda: tiling.stitch(maps, origins, strip.shape, mode))
             _, _, regions = post.postprocess(full, strip.shape, 0.5, min_area=20)
             assert len(regions) == 1 and abs(regions[0].box[0] + regions[0].box[2] / 2 - (x_border - 3)) <= 2
 
@@ -101,12 +101,12 @@ BAD_TILES = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["twin", "native"])
+@pytest.mark.parametrize("implementation", ["twin", "native"])
 @pytest.mark.parametrize("bad,words", BAD_TILES)
-def test_bad_tiling_arguments(backend, bad, words):
+def test_bad_tiling_arguments(implementation, bad, words):
     kwargs = dict(frame=np.zeros((10, 10, 3), np.uint8), tile=8, overlap=4)
     kwargs.update(bad)
-    assert_refused(backend, lambda: tiling.make_tiles(**kwargs), words)
+    assert_refused(implementation, lambda: tiling.make_tiles(**kwargs), words)
 
 
 BAD_STITCH = [
@@ -118,12 +118,12 @@ BAD_STITCH = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["twin", "native"])
+@pytest.mark.parametrize("implementation", ["twin", "native"])
 @pytest.mark.parametrize("bad,words", BAD_STITCH)
-def test_bad_stitch_arguments(backend, bad, words):
+def test_bad_stitch_arguments(implementation, bad, words):
     kwargs = dict(tile_maps=np.zeros((2, 8, 8), np.float32), origins=np.array([[0, 0], [8, 2]]), frame_shape=(10, 16))
     kwargs.update(bad)
-    assert_refused(backend, lambda: tiling.stitch(**kwargs), words)
+    assert_refused(implementation, lambda: tiling.stitch(**kwargs), words)
 
 
 def test_extension_checks_its_own_arguments():

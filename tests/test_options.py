@@ -58,7 +58,7 @@ def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
 
 
 def test_fine_weight_is_auto_by_default_and_takes_a_number():
-    """auto: the model starts without the branch (its weight is resolved from the fit when training calibrates)."""
+    """auto: the model starts without the branch (its weight is resolved from the fit at the end of training)."""
     args = TrainArgs("d", "c", "o")
     assert args.fine_weight == "auto" and args.model_config((64, 64)).fine_weight == 0.0
     assert TrainArgs("d", "c", "o", fine_weight=0.35).model_config((64, 64)).fine_weight == 0.35

@@ -123,7 +123,7 @@ def _run_copy(tmp_path, exported_model) -> tuple:
 
 
 def test_held_back_paths_outside_the_data_root_are_refused(tmp_path, exported_model, capsys):
-    """A crafted config.json could point the calibration at any image (one that passes everything)."""
+    """A crafted config.json could point the threshold measurement at any image (one that passes everything)."""
     checkpoint, config = _run_copy(tmp_path, exported_model)
     cfg = json.loads(config.read_text())
     for bad in (["../../../../etc/passwd"], ["/" + str(TEST_IMAGES / "x.jpg").lstrip("/")]):
@@ -169,7 +169,7 @@ def test_export_or_eval_interrupted_leaves_nothing_half_written(tmp_path, export
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(thresholds, "calibrate_thresholds", interrupted)
+    monkeypatch.setattr(thresholds, "measure_thresholds", interrupted)
     code, _ = _cfrg(capsys, "export", checkpoint, "-o", out / "m.onnx", "--no-progress")
     assert code == cli.EXIT_INTERRUPTED and os.listdir(out) == ["m.onnx"]
     assert (out / "m.onnx").read_bytes() == b"an earlier export"

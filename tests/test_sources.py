@@ -71,9 +71,10 @@ def test_glob_and_loop(image_folder):
 def test_single_image_and_rgb_option(image_folder, data_root):
     path = sorted((data_root / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]
     bgr = next(open_source(path))
-    rgb = next(open_source(f"file://{path}", color="rgb"))
+    rgb = next(open_source(f"file://{path}", colour="rgb"))
     assert bgr.image.shape == (460, 1130, 3)
     assert np.array_equal(rgb.image, bgr.image[:, :, ::-1])
+    assert np.array_equal(next(open_source(path, color="rgb")).image, rgb.image)  # the older spelling
 
 
 def test_unknown_paths_and_options_have_clear_errors(tmp_path):

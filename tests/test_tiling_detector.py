@@ -29,7 +29,7 @@ def test_tiled_result_is_the_stitched_tiles_at_the_frame_resolution(exported_mod
     assert r.anomaly_map.shape == frame.shape[:2] and r.mask.shape == frame.shape[:2]
     scale = h / frame.shape[0]
     scaled = np.empty((1, h, round(frame.shape[1] * scale), 3), np.uint8)
-    preprocess(frame, scaled, color_in="bgr", color_out="rgb")
+    preprocess(frame, scaled, colour_in="bgr", colour_out="rgb")
     tiles, origins = make_tiles(scaled[0], (h, w), 16)
     _, scores = Detector(path).infer(tiles)
     assert r.score == pytest.approx(float(scores.max()), abs=1e-5)

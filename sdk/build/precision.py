@@ -375,7 +375,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
     from sdk.files import atomic_output
     from sdk.model_info import ModelInfo, Provenance, software_versions
 
-    from .thresholds import calibrate_thresholds, score_normalisation
+    from .thresholds import measure_thresholds, score_normalisation
     from .onnx_utils import save_with_description
 
     if precision not in SUFFIXES:
@@ -403,7 +403,7 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
             predict = backend_predictor(graph_backend, source.input.name, source.input.colour_order)
             frr = target_frr if target_frr is not None else source.thresholds["good_only"].details.get(
                 "target_frr", 0.01)
-            measured, good_scores = calibrate_thresholds(predict, size, [str(p) for p in calib_files], frr, None,
+            measured, good_scores = measure_thresholds(predict, size, [str(p) for p in calib_files], frr, None,
                                                          None, progress)
             thresholds["good_only"] = measured["good_only"]
             scale = score_normalisation(np.array(good_scores), measured["good_only"].image)

@@ -11,7 +11,8 @@ def good_only_threshold(good_scores: np.ndarray, target_frr: float) -> dict:
     """Image threshold that rejects about target_frr of good parts (quantile of held-back good scores)."""
     good_scores = np.asarray(good_scores, dtype=np.float64)
     if good_scores.size == 0:
-        raise ValueError("no good images to calibrate on: keep --holdout > 0 at training or pass --calib-dir")
+        raise ValueError("no good images to measure the thresholds on: keep --holdout > 0 at training or pass "
+                         "--good-dir")
     value = float(np.quantile(good_scores, 1.0 - target_frr, method="higher"))
     return {"value": value, "target_frr": target_frr, "n_images": int(good_scores.size),
             "observed_frr": float(np.mean(good_scores >= value))}
@@ -50,7 +51,7 @@ def score_normalisation(good_scores: np.ndarray, threshold: float) -> ScoreNorma
     return ScoreNormalisation(offset=median, scale=float(scale))
 
 
-def calibrate_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
+def measure_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
     """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
     exported graph; returns them with the good images' scores."""
     from sdk.data import read_image
