@@ -223,6 +223,11 @@ class Detector:
     def __call__(self, frame: np.ndarray) -> Result:
         return self.batch([frame])[0]
 
+    @property
+    def color(self) -> str:
+        """colour under its older spelling (read-only)."""
+        return self.colour
+
     def close(self) -> None:
         """Release the backend (a TensorRT engine's context, stream and buffers; an ONNX Runtime session).
         Idempotent; the detector cannot run afterwards. `with Detector(...) as det:` closes on the way out."""

@@ -55,7 +55,8 @@ def test_grayscale_rgb_bgr_and_odd_sizes(detector):
 
 def test_colour_keeps_its_older_spelling(detector):
     """color= still means colour=; both at once is a TypeError that names them."""
-    assert Detector(detector.path, color="rgb").colour == "rgb"
+    older = Detector(detector.path, color="rgb")
+    assert older.colour == "rgb" and older.color == "rgb"  # the attribute too, read-only
     with pytest.raises(TypeError, match="colour= and color="):
         Detector(detector.path, colour="rgb", color="bgr")
 
