@@ -273,10 +273,10 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     options = _options()
     parser = OneLineParser(prog="cfrg", description="CFRG visual anomaly detection",
-                                     epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
-                                            "3 bad data or source; 4 bad model file; 5 missing dependency; "
-                                            "6 output not writable; 7 not in this release; 8 no engine built (no TensorRT); "
-                                            "9 a precision graph fails its check against FP32; 130 interrupted")
+                           epilog="exit codes: 0 done; 1 some frames failed (run); 2 bad option or value; "
+                                  "3 bad data or source; 4 bad model file; 5 missing dependency; "
+                                  "6 output not writable; 7 not in this release; 8 no engine built (no TensorRT); "
+                                  "9 a precision graph fails its check against FP32; 130 interrupted")
     common = OneLineParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,9 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
+    for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _bench_command,
+                _demo_command):
+        add(command, options)
+    return parser
+
+
+def _train_command(command, options) -> None:
     p = command("train", help="train CFRG on good images of one category (needs PyTorch)")
     options.add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _eval_command(command, options) -> None:
     p = command("eval", help="evaluate a model on a category's test split")
     p.add_argument("--model", required=True, help="checkpoint model.pt (needs PyTorch) or exported model.onnx")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
@@ -302,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _export_command(command, options) -> None:
     p = command("export", help="export a checkpoint to one ONNX graph + model.json (needs PyTorch)")
     p.add_argument("checkpoint", help="model.pt from cfrg train")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (model.json is written beside it)")
@@ -315,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-split", help="split with defect images for F1-optimal thresholds, e.g. test")
     _no_progress(p)
     p.set_defaults(func=cmd_export)
+
+
+def _run_command(command, options) -> None:
     p = command("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
     p.add_argument("--model", required=True, help="exported model.onnx")
     p.add_argument("--source", required=True,
@@ -337,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_run)
+
+
+def _build_command(command, options) -> None:
     p = command("build", help="trtexec-style: FP16/INT8 precision graphs and a TensorRT engine",
                 description="Builds a TensorRT engine from model.onnx with trtexec's flag spellings. The precision "
                             "comes from a precision graph written beside the model (model.fp16.onnx, the QDQ "
@@ -374,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category for --data")
     _no_progress(p)
     p.set_defaults(func=cmd_build)
+
+
+def _bench_command(command, options) -> None:
     p = command("bench", help="inference latency percentiles and throughput of one or more models (any backend)")
     p.add_argument("--model", action="append", required=True,
                    help="model.onnx or model.engine; repeat to compare in one run (the first is the baseline)")
@@ -385,12 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures here")
     _no_progress(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _demo_command(command, options) -> None:
     p = command("demo", help="train, export, stream and evaluate on the built-in ball_screw subset "
-                                    "(needs PyTorch)")
+                             "(needs PyTorch)")
     p.add_argument("--out", default="runs/demo")
     options.add_train_options(p, demo=True)
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def _engine_arg(name: str):
