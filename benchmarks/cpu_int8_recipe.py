@@ -29,9 +29,10 @@ from sdk.cli import main  # noqa: E402
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 BOUND = 1.0  # points, on every set and metric
-BASE = P.RECIPES["cpu-int8"]
+# the recipe before this screen (the whole teacher in uint8); the chosen one is RECIPES["cpu-int8"]
+BASE = dataclasses.replace(P.RECIPES["cpu-int8"], teacher_float_to_first_tap=False)
 VARIANTS = {
-    "as_built": BASE,
+    "all_uint8": BASE,
     "teacher_fp32": dataclasses.replace(BASE, parts=P.HEADS),
     "teacher_fp32_no_headroom": dataclasses.replace(BASE, parts=P.HEADS, headroom=()),
     "teacher_fp32_per_tensor": dataclasses.replace(BASE, parts=P.HEADS, per_channel=False),
@@ -44,8 +45,7 @@ VARIANTS = {
     "teacher_stem_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/", "/model/teacher/Clip",
                                                                  "/model/teacher/_blocks.0/")),
     "teacher_stem_conv_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/",)),
-    "teacher_to_tap1_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/", "/model/teacher/Clip",
-                                                                    *(f"/model/teacher/_blocks.{i}/" for i in range(3)))),
+    "teacher_to_tap1_fp32": dataclasses.replace(BASE, teacher_float_to_first_tap=True),  # chosen: the default
     "teacher_after_tap1_fp32": dataclasses.replace(BASE, keep_float=tuple(f"/model/teacher/_blocks.{i}/"
                                                                           for i in range(3, 11))),
     "teacher_percentile": dataclasses.replace(BASE, method="percentile"),

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from sdk.build.onnx_utils import TENSORRT_OPS, graph_report
-from sdk.build.precision import CNN_PARTS, HEADS, calibration_cache_path, precision_path, write_precision_graph
+from sdk.build.precision import (CNN_PARTS, HEADS, calibration_cache_path, precision_path, teacher_to_first_tap,
+                                 write_precision_graph)
 from sdk import Detector
 from sdk.data import read_image
 from sdk.evaluate import resize_for_model
@@ -119,6 +120,12 @@ def test_cpu_int8_graph_uses_asymmetric_uint8_activations_and_widens_the_heads_r
     zeros = [inits[n.input[2]] for n in qs]
     assert zeros and all(z.dtype == np.uint8 for z in zeros) and any(z.any() for z in zeros)
     assert any(n.input[0].startswith("/model/teacher/") for n in qs)  # the teacher is quantized on a CPU
+    producers = {o: n for n in model.graph.node for o in n.output}
+    kept = teacher_to_first_tap(onnx.load(str(fp32)))  # except up to its first tap: tire's maps collapsed in uint8
+    dequantized = {n.name for n in model.graph.node
+                   if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)}
+    assert len(kept) >= 5 and not kept & dequantized
+    assert any(name.startswith("/model/teacher/") and name not in kept for name in dequantized)
     cache = json.loads(calibration_cache_path(precision_path(fp32, "cpu-int8"), "fp32").read_text())["data"]
     own_range = {o for n in model.graph.node if n.op_type in ("Conv", "Add", "Relu", "Clip") for o in n.output}
     scales = {n.input[0]: float(inits[n.input[1]]) for n in qs}  # (Pad, Resize, Concat share their input's)
