@@ -238,8 +238,8 @@ def teacher_to_first_tap(proto) -> set[str]:
 # keeps the teacher in FP16 and quantizes the trainable heads, conv and residual-add inputs only (where TensorRT
 # fuses conv + activation + add). The CPU recipe was chosen over the six development sets by the worst set
 # (benchmarks/cpu_int8_recipe.py, docs/deployment.md "The CPU INT8 recipe"): with the whole teacher in uint8,
-# tire's maps collapse (its dark images leave the stem's activations few uint8 levels); keeping the teacher
-# FP32 up to its first tap holds every set within 0.84 points, at the speed of the all-uint8 graph.
+# tire's maps collapse, from the stem and first blocks; keeping the teacher FP32 up to its first tap holds
+# every set within 0.84 points, at the batch-1 speed of the all-uint8 graph.
 RECIPES = {
     "int8": Int8Recipe(parts=HEADS, op_types=("Conv", "Add"), activations="int8", outputs_quantized=False),
     "cpu-int8": Int8Recipe(parts=CNN_PARTS, op_types=("Conv", "Add", "Relu", "Clip", "Pad", "Resize", "Concat"),
