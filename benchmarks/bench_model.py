@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from export.model import CFRG, CFRGConfig
 from export.predictor import fold_batchnorm
-from sdk.cli import parse_size
+from export.options import parse_size
 
 
 def median_ms(fn, x, runs):
