@@ -59,6 +59,7 @@ setup(
             "pybind11>=2.12",
             "polygraphy>=0.49",
             "onnx-graphsurgeon>=0.5",
+            "tritonclient[grpc]>=2.40",  # the tests parse cfrg triton's config with Triton's ModelConfig schema
         ],
         "build": ["onnx>=1.15"],  # cfrg build: the FP16 / INT8 precision graphs
         "gpu": ["onnx>=1.15", "tensorrt>=10.3", "cuda-python>=12.0"],

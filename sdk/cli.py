@@ -158,6 +158,27 @@ def cmd_build(ns) -> int:
     return 0
 
 
+def cmd_triton(ns) -> int:
+    from .triton.repository import RepositoryOptions, write_repository
+
+    model = Path(ns.model)
+    options = RepositoryOptions(model=model, repository=Path(ns.repository), name=ns.name or model.stem.split(".")[0],
+                                version=ns.version, max_batch=ns.max_batch,
+                                preferred_batches=tuple(ns.preferred_batch or ()), queue_delay_us=ns.queue_delay_us,
+                                instances=ns.instances, kind=ns.kind)
+    folder = write_repository(options)
+    backend = "tensorrt" if options.is_engine else "onnxruntime"
+    print(f"wrote {folder}/config.pbtxt and {folder}/{options.version}/model.{'plan' if options.is_engine else 'onnx'} "
+          f"(backend {backend}, max batch {options.max_batch}, preferred {list(options.preferred)}, "
+          f"{options.instances} instance(s))")
+    if options.is_engine:
+        from .model_info import ModelInfo
+
+        print(f"the server must run TensorRT {ModelInfo.read(model).engine_spec(model).tensorrt} (the engine's), or a "
+              f"later release of the same major for an engine built with --versionCompatible")
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from .bench import bench, format_report
     from .files import check_output_folder, write_json
@@ -284,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
-    for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _bench_command,
-                _demo_command):
+    for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _triton_command,
+                _bench_command, _demo_command):
         add(command, options)
     return parser
 
@@ -393,6 +414,28 @@ def _build_command(command, options) -> None:
     p.add_argument("--category", help="category for --data")
     _no_progress(p)
     p.set_defaults(func=cmd_build)
+
+
+def _triton_command(command, options) -> None:
+    p = command("triton", help="write a Triton Inference Server model repository entry for a model or engine",
+                description="Writes REPOSITORY/NAME/config.pbtxt and REPOSITORY/NAME/VERSION/model.onnx (backend "
+                            "onnxruntime) or model.plan (backend tensorrt, an engine of cfrg build), with the model's "
+                            "description in the config's parameters.")
+    p.add_argument("--model", required=True, help="model.onnx (or a precision graph) from cfrg export / cfrg build, or "
+                                                  "an engine from cfrg build")
+    p.add_argument("--repository", required=True, help="the model repository folder (tritonserver --model-repository)")
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem, e.g. model)")
+    p.add_argument("--version", type=checked_type(int, whole(1, 10**9)), default=1)
+    p.add_argument("--max-batch", type=checked_type(int, whole(1, MAX_BATCH)), default=8,
+                   help="max_batch_size: the largest batch the server forms (default 8)")
+    p.add_argument("--preferred-batch", type=checked_type(int, whole(1, MAX_BATCH)), action="append",
+                   help="a preferred batch size of the dynamic batcher; repeat (default: 2, 4, ... up to --max-batch)")
+    p.add_argument("--queue-delay-us", type=checked_type(int, whole(0, 10**7)), default=500,
+                   help="how long the batcher waits to fill a batch, microseconds (default 500)")
+    p.add_argument("--instances", type=checked_type(int, whole(1, 64)), default=1, help="model instances (default 1)")
+    p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="instance kind (default: GPU for an engine, CPU for ONNX)")
+    p.set_defaults(func=cmd_triton)
 
 
 def _bench_command(command, options) -> None:
