@@ -166,16 +166,12 @@ def cmd_triton(ns) -> int:
                                 version=ns.version, max_batch=ns.max_batch,
                                 preferred_batches=tuple(ns.preferred_batch or ()), queue_delay_us=ns.queue_delay_us,
                                 instances=ns.instances, kind=ns.kind)
-    folder = write_repository(options)
-    backend = "tensorrt" if options.is_engine else "onnxruntime"
-    print(f"wrote {folder}/config.pbtxt and {folder}/{options.version}/model.{'plan' if options.is_engine else 'onnx'} "
-          f"(backend {backend}, max batch {options.max_batch}, preferred {list(options.preferred)}, "
-          f"{options.instances} instance(s))")
+    folder, info = write_repository(options)
+    print(f"wrote {folder}/config.pbtxt and {folder}/{options.version}/{options.model_file} (backend {options.backend}, "
+          f"max batch {options.max_batch}, preferred {list(options.preferred)}, {options.instances} instance(s))")
     if options.is_engine:
-        from .model_info import ModelInfo
-
-        print(f"the server must run TensorRT {ModelInfo.read(model).engine_spec(model).tensorrt} (the engine's), or a "
-              f"later release of the same major for an engine built with --versionCompatible")
+        print(f"the server must run TensorRT {info.engine_spec(model).tensorrt} (the engine's), or a later release of "
+              f"the same major for an engine built with --versionCompatible")
     return 0
 
 

@@ -56,6 +56,14 @@ class RepositoryOptions:
         return self.model.suffix in (".engine", ".plan")
 
     @property
+    def backend(self) -> str:
+        return "tensorrt" if self.is_engine else "onnxruntime"
+
+    @property
+    def model_file(self) -> str:
+        return "model.plan" if self.is_engine else "model.onnx"
+
+    @property
     def preferred(self) -> tuple[int, ...]:
         if self.preferred_batches:
             return tuple(sorted(set(self.preferred_batches)))
@@ -78,7 +86,7 @@ def config_text(info: ModelInfo, options: RepositoryOptions) -> str:
     kind = "KIND_GPU" if options.kind == "gpu" or (options.kind == "auto" and options.is_engine) else "KIND_CPU"
     lines = [
         f"name: {text_string(options.name)}",
-        f'backend: "{"tensorrt" if options.is_engine else "onnxruntime"}"',
+        f'backend: "{options.backend}"',
         f"max_batch_size: {options.max_batch}",
         "input [",
         f"  {{ name: {text_string(info.input.name)} data_type: TYPE_UINT8 dims: [ {h}, {w}, {c} ] }}",
@@ -110,9 +118,9 @@ def engine_batch_range(info: ModelInfo, model: Path) -> tuple[int, int]:
                              f"(engine.shapes min/max); rebuild it with `cfrg build`") from None
 
 
-def write_repository(options: RepositoryOptions) -> Path:
+def write_repository(options: RepositoryOptions) -> tuple[Path, ModelInfo]:
     """REPOSITORY/NAME (config.pbtxt, VERSION/model.onnx or model.plan), written whole or not at all; returns
-    the model folder."""
+    the model folder and the description it carries."""
     options.check()
     refuse_folder(options.model)
     if not options.model.is_file():
@@ -120,11 +128,6 @@ def write_repository(options: RepositoryOptions) -> Path:
                              f"an engine from `cfrg build`")
     if options.is_engine:
         info = ModelInfo.read(options.model)
-    else:  # the graph checked against its description (which may be inside it)
-        from ..backends.onnxruntime import OnnxRuntimeBackend
-
-        info = ModelInfo.read(options.model, OnnxRuntimeBackend(options.model))
-    if options.is_engine:
         low, high = engine_batch_range(info, options.model)
         if low != 1:
             raise ValueError(f"{options.model.name} was built for batches of {low} to {high} only (a DLA engine has "
@@ -133,6 +136,10 @@ def write_repository(options: RepositoryOptions) -> Path:
         if options.max_batch > high:
             raise ValueError(f"--max-batch {options.max_batch}: {options.model.name} takes batches up to {high}; "
                              f"pass --max-batch {high} or rebuild with a larger --maxShapes")
+    else:  # the graph checked against its description (which may be inside it)
+        from ..backends.onnxruntime import OnnxRuntimeBackend
+
+        info = ModelInfo.read(options.model, OnnxRuntimeBackend(options.model))
     folder = options.repository / options.name
     if folder.exists():
         raise FileExistsError(f"{folder} already exists: pass another --name, or remove it (a running Triton "
@@ -142,14 +149,13 @@ def write_repository(options: RepositoryOptions) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         (staging / str(options.version)).mkdir(parents=True)
-        target = staging / str(options.version) / ("model.plan" if options.is_engine else "model.onnx")
-        shutil.copyfile(options.model, target)
+        shutil.copyfile(options.model, staging / str(options.version) / options.model_file)
         (staging / "config.pbtxt").write_text(config_text(info, options), encoding="utf-8")
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return folder
+    return folder, info
 
 
 def description_from_parameters(parameters: dict) -> ModelInfo:
