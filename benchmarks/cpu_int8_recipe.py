@@ -29,6 +29,8 @@ from sdk.cli import main  # noqa: E402
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 BOUND = 1.0  # points, on every set and metric
+# Lite0's three feature taps (the residual adds the memory, the Gaussians, the discrepancies and the heads read)
+TEACHER_TAPS = ("/model/teacher/_blocks.2/Add", "/model/teacher/_blocks.4/Add", "/model/teacher/_blocks.10/Add")
 # the recipe before this screen (the whole teacher in uint8); the chosen one is RECIPES["cpu-int8"]
 BASE = dataclasses.replace(P.RECIPES["cpu-int8"], teacher_float_to_first_tap=False)
 VARIANTS = {
@@ -40,7 +42,7 @@ VARIANTS = {
     "teacher_fp32_entropy": dataclasses.replace(BASE, parts=P.HEADS, method="entropy"),
     "teacher_only": dataclasses.replace(BASE, parts=("/model/teacher/",), headroom=()),
     "convs_only": dataclasses.replace(BASE, op_types=("Conv", "Add", "Relu", "Clip")),
-    "taps_fp32": dataclasses.replace(BASE, keep_float=P.TEACHER_TAPS),
+    "taps_fp32": dataclasses.replace(BASE, keep_float=TEACHER_TAPS),
     # where in the teacher the loss comes from: its stem, its layers up to the first tap (stride 4), the rest
     "teacher_stem_fp32": dataclasses.replace(BASE, keep_float=("/model/teacher/_conv_stem/", "/model/teacher/Clip",
                                                                  "/model/teacher/_blocks.0/")),

@@ -8,7 +8,8 @@ calibration, so both precisions are prepared here, in ONNX, where ONNX Runtime r
                          and residual adds of the student, recovery branch and segmentation head (where
                          TensorRT fuses conv + activation + add), float biases; the teacher in FP16
     model.cpu-int8.onnx  for ONNX Runtime on a CPU: asymmetric uint8 activations, per-channel int8 weights on
-                         all four CNNs, convolution outputs quantized too (fused into QLinearConv)
+                         the heads and the teacher after its first feature tap (the teacher up to it stays
+                         FP32), convolution outputs quantized too (fused into QLinearConv)
 
 The numerically sensitive parts stay FP32 in all of them: the input normalisation, the cosine
 discrepancies, the patch-memory distance search and its soft max (|a|^2 - 2ab + |b|^2 cancels in FP16),
@@ -169,9 +170,6 @@ class GoodFrames:
 
 
 HEADS = ("/model/student/", "/model/recovery/", "/model/seg/")
-# The teacher's three feature taps (the residual adds the memory search, the global Gaussian, the discrepancies
-# and the heads read), found by name in the graph.
-TEACHER_TAPS = ("/model/teacher/_blocks.2/Add", "/model/teacher/_blocks.4/Add", "/model/teacher/_blocks.10/Add")
 
 
 @dataclasses.dataclass(frozen=True)
