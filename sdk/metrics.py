@@ -153,8 +153,8 @@ def _check_pair(mask: Any, anomaly_map: Any, index: int) -> tuple[np.ndarray, np
     if mask_arr.shape != map_arr.shape:
         raise ValueError(
             f"image {index}: mask shape {mask_arr.shape} != anomaly map shape {map_arr.shape}; "
-            "resize the map to the mask size first, e.g. "
-            f"cv2.resize(map, ({mask_arr.shape[1]}, {mask_arr.shape[0]}))"
+            "resize the map to the mask size first, as evaluation does: "
+            f"sdk.postprocess.map_to_frame(map, {mask_arr.shape})"
         )
     if map_arr.dtype not in (np.float32, np.float64):
         map_arr = map_arr.astype(np.float32)
