@@ -59,10 +59,13 @@ setup(
             "pybind11>=2.12",
             "polygraphy>=0.49",
             "onnx-graphsurgeon>=0.5",
-            "tritonclient[grpc]>=2.40",  # the tests parse cfrg triton's config with Triton's ModelConfig schema
+            "tritonclient[grpc,http]>=2.40",  # Triton's ModelConfig schema; the Triton backend's tests
         ],
         "build": ["onnx>=1.15"],  # cfrg build: the FP16 / INT8 precision graphs
         "gpu": ["onnx>=1.15", "tensorrt>=10.3", "cuda-python>=12.0"],
+        "triton": ["tritonclient[grpc,http]>=2.40"],  # sdk.Detector("grpc://HOST:PORT/NAME")
+        # cfrg serve, in an environment of its own: PyTriton 0.7's Python backend stub reads numpy 1.x arrays
+        "serve": ["nvidia-pytriton==0.7.0", "numpy>=1.23,<2", "opencv-python-headless>=4.7,<4.12"],
     },
     ext_modules=native_extensions(),
     cmdclass={"build_ext": build_ext} if build_ext else {},

@@ -175,6 +175,18 @@ def cmd_triton(ns) -> int:
     return 0
 
 
+def cmd_serve(ns) -> int:
+    from .triton.serve import ServeOptions, serve
+
+    model = Path(ns.model)
+    serve(ServeOptions(model=model, name=ns.name or model.stem.split(".")[0], host=ns.host, grpc_port=ns.grpc_port,
+                       http_port=ns.http_port, metrics_port=ns.metrics_port, max_batch=ns.max_batch,
+                       preferred_batches=tuple(ns.preferred_batch or ()), queue_delay_us=ns.queue_delay_us,
+                       instances=ns.instances, device=ns.device, threads=ns.threads,
+                       log_file=Path(ns.log_file) if ns.log_file else None))
+    return 0  # not reached: serve() ends by an interrupt or an error
+
+
 def cmd_bench(ns) -> int:
     from .bench import bench, format_report
     from .files import check_output_folder, write_json
@@ -302,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _triton_command,
-                _bench_command, _demo_command):
+                _serve_command, _bench_command, _demo_command):
         add(command, options)
     return parser
 
@@ -349,7 +361,8 @@ def _export_command(command, options) -> None:
 
 def _run_command(command, options) -> None:
     p = command("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
-    p.add_argument("--model", required=True, help="exported model.onnx")
+    p.add_argument("--model", required=True, help="exported model.onnx, an engine of cfrg build, or a served model: "
+                                                  "grpc://HOST:PORT/NAME (cfrg serve)")
     p.add_argument("--source", required=True,
                    help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob")
     p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing)")
@@ -420,8 +433,16 @@ def _triton_command(command, options) -> None:
     p.add_argument("--model", required=True, help="model.onnx (or a precision graph) from cfrg export / cfrg build, or "
                                                   "an engine from cfrg build")
     p.add_argument("--repository", required=True, help="the model repository folder (tritonserver --model-repository)")
-    p.add_argument("--name", help="the model's name on the server (default: the file's stem, e.g. model)")
+    _served_model_arguments(p)
     p.add_argument("--version", type=checked_type(int, whole(1, 10**9)), default=1)
+    p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="instance kind (default: GPU for an engine, CPU for ONNX)")
+    p.set_defaults(func=cmd_triton)
+
+
+def _served_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model's name and batching on a Triton server (cfrg triton and cfrg serve)."""
+    p.add_argument("--name", help="the model's name on the server (default: the file's stem, e.g. model)")
     p.add_argument("--max-batch", type=checked_type(int, whole(1, MAX_BATCH)), default=8,
                    help="max_batch_size: the largest batch the server forms (default 8)")
     p.add_argument("--preferred-batch", type=checked_type(int, whole(1, MAX_BATCH)), action="append",
@@ -429,9 +450,28 @@ def _triton_command(command, options) -> None:
     p.add_argument("--queue-delay-us", type=checked_type(int, whole(0, 10**7)), default=500,
                    help="how long the batcher waits to fill a batch, microseconds (default 500)")
     p.add_argument("--instances", type=checked_type(int, whole(1, 64)), default=1, help="model instances (default 1)")
-    p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="instance kind (default: GPU for an engine, CPU for ONNX)")
-    p.set_defaults(func=cmd_triton)
+
+
+def _serve_command(command, options) -> None:
+    p = command("serve", help="serve a model over gRPC and HTTP through Triton Inference Server (PyTriton)",
+                description="Serves model.onnx with Triton Inference Server as PyTriton bundles it, the model in ONNX "
+                            "Runtime (CPU or CUDA); clients: sdk.Detector('grpc://HOST:PORT/NAME'), cfrg run --model "
+                            "grpc://HOST:PORT/NAME. Needs the server environment: make serve-venv (PyTriton needs "
+                            "numpy < 2). Stops on Ctrl-C or SIGTERM.")
+    p.add_argument("--model", required=True, help="model.onnx (or a precision graph) from cfrg export / cfrg build")
+    _served_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every "
+                                                       "interface)")
+    port = checked_type(int, whole(1, 65535))
+    p.add_argument("--grpc-port", type=port, default=8001, help="default 8001")
+    p.add_argument("--http-port", type=port, default=8000, help="default 8000")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics (default 8002)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where ONNX Runtime runs the model (default: CUDA when the server's onnxruntime has it)")
+    p.add_argument("--threads", type=checked_type(int, whole(0, 1024)), default=0,
+                   help="ONNX Runtime threads per instance (default 0: its own choice)")
+    p.add_argument("--log-file", help="write Triton's own log there instead of the terminal")
+    p.set_defaults(func=cmd_serve)
 
 
 def _bench_command(command, options) -> None:

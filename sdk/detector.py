@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import load_backend
+from .backends import is_server_url, load_backend
 from .checks import INT64_MAX, check_colour, check_frame, number, older_spellings, optional, require, whole
 from .evaluate import backend_predictor
 from .model_info import ModelInfo
@@ -75,6 +75,8 @@ class TiledRaw:
 class Detector:
     """Anomaly detector around an exported CFRG model.
 
+    path: model.onnx, an engine of cfrg build, or a model on a Triton server: "grpc://HOST:PORT/NAME" or
+    "http://HOST:PORT/NAME" (cfrg serve; backend options timeout_s, retry_initial_s, retry_max_s).
     frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `colour` order ("bgr" as OpenCV delivers, or "rgb").
     threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
     tiling: for frames much larger than the model input (line-scan strips, large sheets): each frame is
@@ -87,7 +89,7 @@ class Detector:
     def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
                  min_area: int = 0, colour: str = "bgr", tiling: bool = False, tile_overlap: int = 32,
                  tile_scale: float | None = None, **backend_options):
-        self.path = Path(path)
+        self.path = path if is_server_url(path) else Path(path)  # a served model keeps its URL
         self._backend_choice, self._backend_options = backend, dict(backend_options)
         self.backend = load_backend(self.path, backend, **backend_options)
         self.info = ModelInfo.read(self.path, self.backend)

@@ -306,9 +306,11 @@ class ModelInfo:
     def read(cls, model_path: str | os.PathLike, backend=None) -> "ModelInfo":
         """The description beside `model_path` (model.json), else the same JSON in the backend's metadata;
         checked against the backend's graph when one is given."""
-        model_path = Path(model_path)
-        side = sidecar_path(model_path)
-        if side.is_file():
+        from .backends import is_server_url
+
+        side = None if is_server_url(model_path) else sidecar_path(model_path)
+        model_path = model_path if side is None else Path(model_path)
+        if side is not None and side.is_file():
             source = str(side)
             try:
                 text = side.read_text(encoding="utf-8")
@@ -317,8 +319,9 @@ class ModelInfo:
         else:
             meta = backend.metadata() if backend is not None else {}
             if METADATA_KEY not in meta:
-                raise ModelFileError(f"{model_path}: no CFRG model description ({side.name} beside it or "
-                                     f"'{METADATA_KEY}' metadata inside); export the model with `cfrg export`")
+                beside = "" if side is None else f"{side.name} beside it or "
+                raise ModelFileError(f"{model_path}: no CFRG model description ({beside}'{METADATA_KEY}' metadata "
+                                     f"inside); export the model with `cfrg export`")
             source, text = f"{model_path} (its '{METADATA_KEY}' metadata)", meta[METADATA_KEY]
         try:
             d = json.loads(text)
@@ -333,7 +336,7 @@ class ModelInfo:
     def check_metadata(self, backend, model_path, side) -> None:
         """model.json and the description inside the graph come from the same export (a crash between the two
         writes, or a model.json copied from another export, would pair a graph with another's thresholds)."""
-        if not Path(side).is_file():
+        if side is None or not Path(side).is_file():
             return
         inner = backend.metadata().get(METADATA_KEY)
         if inner is None:

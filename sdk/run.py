@@ -15,6 +15,7 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
     is complete. The model and the source are opened and the output folder checked before anything is written.
     A write failure stops the run (OSError naming the path; exit 6); an interruption says where the complete and
     the incomplete results are."""
+    from .backends import is_server_url
     from .detector import Detector
     from .model_info import file_sha256
     from .progress import progress_bar
@@ -26,7 +27,9 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
     det = Detector(model, threshold=threshold, min_area=min_area, **(tiling or {}))
     unit = None
     if out is not None:
-        unit = RunUnit(out, {"model": str(Path(model).resolve()), "model_sha256": file_sha256(model),
+        served = is_server_url(model)  # a served model: its URL; its file is the server's
+        unit = RunUnit(out, {"model": model if served else str(Path(model).resolve()),
+                             "model_sha256": None if served else file_sha256(model),
                              "precision": det.info.precision, "source": str(source),
                              "threshold": {"option": threshold, "image": det.image_threshold,
                                            "pixel": det.pixel_threshold},

@@ -1,7 +1,7 @@
 """Inference backends: named arrays in, named arrays out; one module per runtime, imported when used.
 
     load_backend(path)   the backend for a model file, chosen by its suffix (.onnx: onnxruntime.py,
-                         .engine / .plan: tensorrt.py)
+                         .engine / .plan: tensorrt.py), or for a served model's URL (grpc:// or http://: triton.py)
     Backend              what every backend offers (sdk.Detector and sdk.Stream use nothing else)
     ModelFileError       a model file that is missing, corrupt or does not match its description
 """
@@ -50,14 +50,28 @@ def refuse_folder(path: str | os.PathLike) -> None:
                              f"`cfrg export`, or an engine from `cfrg build`)")
 
 
+SERVER_SCHEMES = {"grpc": 8001, "http": 8000, "https": 443}  # and their default ports
+
+
+def is_server_url(path) -> bool:
+    """A model on an inference server (grpc://HOST:PORT/NAME, http://...), not a file."""
+    return isinstance(path, str) and "://" in path and path.split("://", 1)[0].lower() in SERVER_SCHEMES
+
+
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-NAMES = ("auto", "onnxruntime", "tensorrt")
+NAMES = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 def backend_for(path: str | os.PathLike, backend: str = "auto") -> str:
     """The runtime that runs `path`: `backend`, or with "auto" the one its suffix names."""
     if backend not in NAMES:
         raise ValueError(f"unknown backend {backend!r}: choose {', '.join(repr(n) for n in NAMES)}")
+    served = is_server_url(path)
+    if served != (backend == "triton") and backend != "auto":
+        raise ValueError(f"backend {backend!r} runs " + ("a model file, not a model on a server (" if served else
+                         "a model on a server, grpc://HOST:PORT/NAME, not a file (") + f"{path}); leave backend='auto'")
+    if served:
+        return "triton"
     refuse_folder(path)
     if backend != "auto":
         return backend
@@ -74,6 +88,10 @@ def load_backend(path: str | os.PathLike, backend: str = "auto", **options) -> B
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, **options)
+    if name == "triton":
+        from .triton import TritonBackend
+
+        return TritonBackend(str(path), **options)
     from .tensorrt import TensorRTBackend
 
     return TensorRTBackend(path, **options)

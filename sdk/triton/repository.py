@@ -38,18 +38,13 @@ class RepositoryOptions:
     kind: str = "auto"  # auto: GPU for an engine, CPU for ONNX
 
     def check(self) -> None:
-        if not NAME_PATTERN.fullmatch(self.name):
-            raise ValueError(f"--name {self.name!r}: a Triton model name is one folder name of letters, digits, "
-                             f"'_', '.' and '-' (at most 128), starting with a letter or digit")
+        check_name(self.name)
         if self.kind not in KINDS:
             raise ValueError(f"--kind {self.kind!r}: choose one of {', '.join(KINDS)}")
         if self.is_engine and self.kind == "cpu":
             raise ValueError(f"--kind cpu: {self.model.name} is a TensorRT engine, which runs on a GPU only; serve "
                              f"the ONNX model on a CPU")
-        bad = [b for b in self.preferred_batches if not 1 <= b <= self.max_batch]
-        if bad:
-            raise ValueError(f"--preferred-batch {bad[0]}: preferred batch sizes lie in 1..--max-batch "
-                             f"({self.max_batch})")
+        check_batching(self.max_batch, self.preferred_batches, self.instances)
 
     @property
     def is_engine(self) -> bool:
@@ -65,13 +60,32 @@ class RepositoryOptions:
 
     @property
     def preferred(self) -> tuple[int, ...]:
-        if self.preferred_batches:
-            return tuple(sorted(set(self.preferred_batches)))
-        powers, b = [], 2
-        while b <= self.max_batch:
-            powers.append(b)
-            b *= 2
-        return tuple(powers) or (1,)
+        return preferred_batch_sizes(self.max_batch, self.preferred_batches)
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"--name {name!r}: a Triton model name is one folder name of letters, digits, "
+                         f"'_', '.' and '-' (at most 128), starting with a letter or digit")
+
+
+def check_batching(max_batch: int, preferred_batches: tuple[int, ...], instances: int) -> None:
+    if max_batch < 1 or instances < 1:
+        raise ValueError(f"--max-batch and --instances must be at least 1, got {max_batch} and {instances}")
+    bad = [b for b in preferred_batches if not 1 <= b <= max_batch]
+    if bad:
+        raise ValueError(f"--preferred-batch {bad[0]}: preferred batch sizes lie in 1..--max-batch ({max_batch})")
+
+
+def preferred_batch_sizes(max_batch: int, given: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The sizes the dynamic batcher aims for: those given, else the powers of two up to max_batch, from 2."""
+    if given:
+        return tuple(sorted(set(given)))
+    powers, b = [], 2
+    while b <= max_batch:
+        powers.append(b)
+        b *= 2
+    return tuple(powers) or (1,)
 
 
 def text_string(value: str) -> str:
