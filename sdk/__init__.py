@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from .backends import ModelFileError
+from .backends.triton import ServerUnavailable
 from .detector import Detector, Result
 from .model_info import ModelInfo
 from .postprocess import Region
@@ -12,5 +13,5 @@ from .stream import Record, Stream
 __all__ = [
     "Detector", "Result", "Region", "ModelInfo", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
     "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MaskSink", "OverlaySink", "JsonlSink",
-    "VideoSink",
+    "VideoSink", "ServerUnavailable",
 ]
