@@ -55,8 +55,8 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                 sinks = [StopOnWriteError(sink, failures) for sink in made]
             else:
                 routes = {}
-                for name in cameras:
-                    own = _unit_sinks(folder / name, masks, overlays, video)
+                for name in cameras:  # a camera's files are named by its own frame ids
+                    own = _unit_sinks(folder / name, masks, overlays, video, "{source_frame_id:06d}")
                     made += own
                     routes[name] = [StopOnWriteError(sink, failures) for sink in own]
                 sinks = [BySource(routes)]
@@ -114,15 +114,16 @@ def _verdict_counts() -> dict:
     return {"ok": 0, "defect": 0, "error": 0, "dropped": 0}
 
 
-def _unit_sinks(folder: Path, masks: bool, overlays: bool, video: str | None) -> list:
-    """The sinks of one source inside a run unit: verdicts.jsonl, masks/, overlays/, the video."""
+def _unit_sinks(folder: Path, masks: bool, overlays: bool, video: str | None, number: str = "{frame_id:06d}") -> list:
+    """The sinks of one source inside a run unit: verdicts.jsonl, masks/, overlays/ (files named by number), the
+    video."""
     from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
 
     sinks = [JsonlSink(folder / "verdicts.jsonl", append=True)]
     if masks:
-        sinks.append(MaskSink(folder / "masks", in_place=True))
+        sinks.append(MaskSink(folder / "masks", f"{number}_mask.png", in_place=True))
     if overlays:
-        sinks.append(OverlaySink(folder / "overlays", in_place=True))
+        sinks.append(OverlaySink(folder / "overlays", f"{number}_overlay.png", in_place=True))
     if video:
         sinks.append(VideoSink(folder / video, fps=10, in_place=True))
     return sinks

@@ -11,8 +11,9 @@ calls write() for every record in frame_id order and close() at shutdown.
 
 Files are written atomically: a temporary file in the same folder, then os.replace, so a reader
 never sees half a PNG or half a video. JsonlSink writes each line with one write() and flushes
-it, and fsyncs at close. File names take ``{frame_id}`` and ``{stem}`` (the source file's stem,
-or the zero-padded frame id when the frame has no path), e.g. pattern="{stem}_mask.png".
+it, and fsyncs at close. File names take ``{frame_id}`` (the stream's), ``{source_frame_id}`` (the camera's:
+Frame.frame_id) and ``{stem}`` (the source file's stem, or the zero-padded frame id when the frame has no
+path), e.g. pattern="{stem}_mask.png".
 """
 from __future__ import annotations
 
@@ -218,9 +219,10 @@ class _ImageDirSink(Sink):
         self._made = False
         self.pattern = pattern
         try:
-            pattern.format(frame_id=0, stem="x")
+            pattern.format(frame_id=0, source_frame_id=0, stem="x")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"pattern {pattern!r} may only use {{frame_id}} and {{stem}}: {exc}") from None
+            raise ValueError(f"pattern {pattern!r} may only use {{frame_id}}, {{source_frame_id}} and {{stem}}: "
+                             f"{exc}") from None
 
     def path_for(self, record: Any) -> Path:
         meta = record.frame.meta if record.frame is not None else {}
@@ -234,7 +236,9 @@ class _ImageDirSink(Sink):
         if not self._made:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._made = True
-        return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem)
+        own = None if record.frame is None else record.frame.frame_id
+        return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem,
+                                                    source_frame_id=record.frame_id if own is None else own)
 
 
 class MaskSink(_ImageDirSink):
