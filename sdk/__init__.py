@@ -6,12 +6,12 @@ from .backends.triton import ServerUnavailable
 from .detector import Detector, Result
 from .model_info import ModelInfo
 from .postprocess import Region
-from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
-from .sources import Frame, LineScanAccumulator, Source, SourceError, SourceEvent, SourceLost, open_source
+from .sinks import BySource, JsonlSink, MaskSink, OverlaySink, VideoSink
+from .sources import Frame, LineScanAccumulator, MultiSource, Source, SourceError, SourceEvent, SourceLost, open_source
 from .stream import Record, Stream
 
 __all__ = [
     "Detector", "Result", "Region", "ModelInfo", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
-    "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MaskSink", "OverlaySink", "JsonlSink",
-    "VideoSink", "ServerUnavailable",
+    "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MultiSource", "MaskSink", "OverlaySink",
+    "JsonlSink", "VideoSink", "BySource", "ServerUnavailable",
 ]

@@ -17,6 +17,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from .checks import INT64_MAX, checked_type, number, threshold_arg, whole
 from .run import OutputWriteError, Terminated, interruption, run_stream
+from .sources import check_camera_names
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo"  # package data: found from any install
 MAX_BATCH = 4096  # frames per batch or queue: beyond it the buffers alone outgrow any Jetson or server
@@ -209,18 +211,43 @@ def cmd_run(ns) -> int:
     if ns.video and (Path(ns.video).name != ns.video or Path(ns.video).suffix.lower() not in (".mp4", ".avi")):
         raise ValueError(f"--video {ns.video}: give a file name (no folder) ending in .mp4 or .avi, "
                          f"e.g. --video annotated.mp4")
-    stats = run_stream(ns.model, ns.source, out, masks=not ns.no_masks, overlays=not ns.no_overlays,
+    cameras = camera_names(ns.source) if len(ns.source) > 1 else None
+    stats = run_stream(ns.model, cameras or ns.source[0], out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=ns.threshold, min_area=ns.min_area, progress=ns.progress,
                        limit=ns.max_frames, infer_workers=ns.infer_workers, tiling=_tiling(ns))
     v = stats["verdicts"]
-    print(f"{stats['frames']} frames: {v['ok']} ok, {v['defect']} defect, {v['error']} errors, "
-          f"{v['dropped']} dropped; {stats['fps']:.1f} frames/s end to end")
+    print(f"{stats['frames']} frames: {_counts_text(v)}; {stats['fps']:.1f} frames/s end to end")
+    for name, uri in (cameras or {}).items():
+        each = stats["verdicts_by_source"][name]
+        print(f"  {name} ({uri}): {sum(each.values())} frames: {_counts_text(each)}")
     if out is not None:
-        print(f"wrote {out}: verdicts.jsonl" + ("" if ns.no_masks else ", masks/")
-              + ("" if ns.no_overlays else ", overlays/") + (f", {ns.video}" if ns.video else "")
-              + f", RUN.json (complete; {stats['frames']} records)")
+        files = ("verdicts.jsonl" + ("" if ns.no_masks else ", masks/") + ("" if ns.no_overlays else ", overlays/")
+                 + (f", {ns.video}" if ns.video else ""))
+        where = files if cameras is None else f"{'/, '.join(cameras)}/ (each: {files})"
+        print(f"wrote {out}: {where}, RUN.json (complete; {stats['frames']} records)")
     return 0 if v["error"] == 0 else EXIT_FRAME_ERRORS
+
+
+def _counts_text(v: dict) -> str:
+    return f"{v['ok']} ok, {v['defect']} defect, {v['error']} errors, {v['dropped']} dropped"
+
+
+CAMERA_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})=(.+)")
+
+
+def camera_names(sources: list[str]) -> dict[str, str]:
+    """{name: URI} of several --source values: NAME=URI (unless the whole value is an existing path), else cam<i>."""
+    named = []
+    for i, text in enumerate(sources):
+        match = CAMERA_NAME.fullmatch(text)
+        named.append(match.groups() if match and not Path(text).exists() else (f"cam{i}", text))
+    try:
+        check_camera_names([name for name, _ in named], len(named))
+    except ValueError as exc:
+        raise ValueError(f"--source: {exc}; name them, e.g. --source left=A --source right=B (unnamed ones are "
+                         f"cam0, cam1, ...)") from None
+    return dict(named)
 
 
 def _tiling(ns) -> dict:
@@ -363,14 +390,17 @@ def _run_command(command, options) -> None:
     p = command("run", help="stream a camera, video, folder or glob through a model to verdicts and masks")
     p.add_argument("--model", required=True, help="exported model.onnx, an engine of cfrg build, or a served model: "
                                                   "grpc://HOST:PORT/NAME (cfrg serve)")
-    p.add_argument("--source", required=True,
-                   help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob")
-    p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing)")
+    p.add_argument("--source", required=True, action="append",
+                   help="camera index, /dev/videoN, csi://N, rtsp://..., video file, image folder or glob; repeat "
+                        "for several cameras in one stream (batched together), each NAME=URI or named cam0, cam1, ...")
+    p.add_argument("--out", help="folder for verdicts.jsonl, masks/ and overlays/ (default: write nothing); with "
+                                 "several --source one such folder per camera, OUT/NAME/")
     p.add_argument("--threshold", type=threshold_arg, default="default",
                    help="default, good_only, f1 or a raw score")
     p.add_argument("--min-area", type=checked_type(int, whole(0, INT64_MAX)), default=0,
                    help="smallest region in frame pixels (default 0)")
-    p.add_argument("--batch-size", type=checked_type(int, whole(1, MAX_BATCH)), default=1)
+    p.add_argument("--batch-size", type=checked_type(int, whole(1, MAX_BATCH)),
+                   help="frames per inference call (default 1; with several --source, one per camera)")
     p.add_argument("--queue-size", type=checked_type(int, whole(1, MAX_BATCH)), default=4)
     p.add_argument("--infer-workers", type=workers_arg, default="auto",
                    help="parallel inference sessions: auto (what the backend suits: 2 on a multi-core CPU) or N")
@@ -379,7 +409,7 @@ def _run_command(command, options) -> None:
     p.add_argument("--video", help="also write an annotated video with this file name into --out")
     p.add_argument("--no-masks", action="store_true")
     p.add_argument("--no-overlays", action="store_true")
-    p.add_argument("--max-frames", type=checked_type(int, whole(1, INT64_MAX)), help="stop after N frames")
+    p.add_argument("--max-frames", type=checked_type(int, whole(1, INT64_MAX)), help="stop after N frames (of all cameras together)")
     _tile_options(p)
     _no_progress(p)
     p.set_defaults(func=cmd_run)

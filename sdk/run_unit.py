@@ -9,7 +9,8 @@ that no longer lives). The next run says what it found and replaces the incomple
 middle of the swap is finished by the next run. Files inside a unit are written in place (the unit itself
 says whether it is whole), so no hidden temporary file is left behind by any stop.
 
-A folder holding anything but a run's own files is never replaced: the run is refused instead.
+A folder holding anything but a run's own files is never replaced: the run is refused instead. With several
+cameras the unit holds RUN.json (its "sources" names them) and one folder per camera with those files.
 """
 from __future__ import annotations
 
@@ -64,9 +65,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """Empty, or only what a run writes (a folder of an earlier release has no RUN.json but the same names)."""
-    return all(p.name in RUN_FILES or p.suffix.lower() in VIDEO_SUFFIXES for p in folder.iterdir())
+def _foreign_files(folder: Path) -> list[str]:
+    """What a run did not write in folder, sorted: a run writes RUN_FILES and videos (a folder of an earlier
+    release has no RUN.json but the same names), and with several cameras one such folder per camera."""
+    state = read_state(folder) or {}
+    cameras = state.get("sources") if isinstance(state.get("sources"), dict) else {}
+    return sorted(p.name for p in folder.iterdir() if not (p.name in RUN_FILES or p.suffix.lower() in VIDEO_SUFFIXES
+                                                           or (p.name in cameras and p.is_dir())))
+
+
+def _holds(folder: Path) -> dict:
+    def count(name):
+        inside = folder / name
+        return sum(1 for _ in inside.iterdir()) if inside.is_dir() else 0
+
+    log = folder / "verdicts.jsonl"
+    lines = sum(1 for _ in open(log, "rb")) if log.is_file() else 0
+    return {"records": lines, "masks": count("masks"), "overlays": count("overlays")}
 
 
 class RunUnit:
@@ -87,9 +102,8 @@ class RunUnit:
             raise RunFolderError(f"--out {self.final} is a file; give a folder (new, empty, or an earlier run's)")
         if self.replaced.is_dir():
             self._recover()
-        if self.final.is_dir() and not _is_run_folder(self.final):
-            foreign = sorted(p.name for p in self.final.iterdir() if not (p.name in RUN_FILES
-                                                                          or p.suffix.lower() in VIDEO_SUFFIXES))
+        foreign = _foreign_files(self.final) if self.final.is_dir() else []
+        if foreign:
             raise RunFolderError(f"--out {self.final} holds files a run did not write ({', '.join(foreign[:3])}"
                                  f"{', ...' if len(foreign) > 3 else ''}); a run replaces its --out folder as a whole: "
                                  f"give a new or empty folder, or an earlier run's")
@@ -135,14 +149,14 @@ class RunUnit:
             os.fsync(f.fileno())
 
     def holds(self) -> dict:
-        """What the folder holds now: lines of verdicts.jsonl, masks, overlays."""
-        def count(name):
-            folder = self.partial / name
-            return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
-
-        log = self.partial / "verdicts.jsonl"
-        lines = sum(1 for _ in open(log, "rb")) if log.is_file() else 0
-        return {"records": lines, "masks": count("masks"), "overlays": count("overlays")}
+        """What the folder holds now: lines of verdicts.jsonl, masks, overlays; with several cameras their sums
+        and each camera's under "sources"."""
+        cameras = self.about.get("sources")
+        if not isinstance(cameras, dict):
+            return _holds(self.partial)
+        each = {name: _holds(self.partial / name) for name in cameras}
+        return {**{key: sum(h[key] for h in each.values()) for key in ("records", "masks", "overlays")},
+                "sources": each}
 
     def complete(self, summary: dict) -> Path:
         """RUN.json "complete", then DIR.incomplete takes DIR's place; returns DIR."""

@@ -7,11 +7,13 @@ calls write() for every record in frame_id order and close() at shutdown.
     OverlaySink(dir)       heat map blended on the frame, defect contours, verdict and score
     JsonlSink(path)        one JSON line per record (ok, error and dropped alike)
     VideoSink(path, fps)   annotated video (cv2.VideoWriter, mp4v), finalised on close
+    BySource(sinks)        each camera's records to its own sinks (several cameras in one stream)
 
 Files are written atomically: a temporary file in the same folder, then os.replace, so a reader
 never sees half a PNG or half a video. JsonlSink writes each line with one write() and flushes
-it, and fsyncs at close. File names take ``{frame_id}`` and ``{stem}`` (the source file's stem,
-or the zero-padded frame id when the frame has no path), e.g. pattern="{stem}_mask.png".
+it, and fsyncs at close. File names take ``{frame_id}`` (the stream's), ``{source_frame_id}`` (the camera's:
+Frame.frame_id) and ``{stem}`` (the source file's stem, or the zero-padded frame id when the frame has no
+path), e.g. pattern="{stem}_mask.png".
 """
 from __future__ import annotations
 
@@ -144,7 +146,7 @@ def record_to_dict(record: Any) -> dict:
         "timings": {} if res is None else _jsonable(getattr(res, "timings", {}) or {}),
         "tiling": None if res is None else _jsonable(getattr(res, "tiling", None)),
         "error": record.error,
-        "source": None if frame is None else frame.source,
+        "source": getattr(record, "source", None) or (None if frame is None else frame.source),
         "source_frame_id": None if frame is None else frame.frame_id,
         "path": None if frame is None else frame.meta.get("path"),
         "timestamps": _jsonable(record.timestamps),
@@ -217,9 +219,10 @@ class _ImageDirSink(Sink):
         self._made = False
         self.pattern = pattern
         try:
-            pattern.format(frame_id=0, stem="x")
+            pattern.format(frame_id=0, source_frame_id=0, stem="x")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"pattern {pattern!r} may only use {{frame_id}} and {{stem}}: {exc}") from None
+            raise ValueError(f"pattern {pattern!r} may only use {{frame_id}}, {{source_frame_id}} and {{stem}}: "
+                             f"{exc}") from None
 
     def path_for(self, record: Any) -> Path:
         meta = record.frame.meta if record.frame is not None else {}
@@ -233,7 +236,9 @@ class _ImageDirSink(Sink):
         if not self._made:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._made = True
-        return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem)
+        own = None if record.frame is None else record.frame.frame_id
+        return self.directory / self.pattern.format(frame_id=record.frame_id, stem=stem,
+                                                    source_frame_id=record.frame_id if own is None else own)
 
 
 class MaskSink(_ImageDirSink):
@@ -392,6 +397,73 @@ class VideoSink(Sink):
         self._tmp.unlink(missing_ok=True)
         if publish:
             log.warning("%s: no frame had an image; no video written", self.path)
+
+
+class BySource(Sink):
+    """Each record to the sinks of its camera (Record.source), for a stream of several cameras.
+
+    sinks: {camera name: a sink or a list of sinks}, or a factory ``sinks(name) -> sink or list`` called at
+    the first record of each camera (e.g. ``BySource(lambda name: [JsonlSink(f"out/{name}.jsonl")])``).
+    A record of a camera without sinks in the dict is counted in ``skipped``. The sinks of a camera are
+    written in order; when one fails the others still get the record, then the first error is raised.
+    """
+
+    def __init__(self, sinks: dict | Any):
+        super().__init__()
+        if callable(sinks) and not isinstance(sinks, dict):
+            self._factory, self.routes = sinks, {}
+        elif isinstance(sinks, dict):
+            self._factory, self.routes = None, {name: self._checked(name, made) for name, made in sinks.items()}
+        else:
+            raise TypeError(f"BySource takes {{camera name: sinks}} or a function name -> sinks, "
+                            f"got {type(sinks).__name__}")
+
+    @staticmethod
+    def _checked(name: str, made: Any) -> list:
+        made = list(made) if isinstance(made, (list, tuple)) else [made]
+        for sink in made:
+            if not callable(getattr(sink, "write", None)):
+                raise TypeError(f"sink {sink!r} of camera {name!r} has no write(record) method")
+        return made
+
+    def write(self, record: Any) -> None:
+        self._check_open()
+        name = getattr(record, "source", None)
+        sinks = self.routes.get(name)
+        if sinks is None and self._factory is not None and name is not None:
+            sinks = self.routes[name] = self._checked(name, self._factory(name))
+        if not sinks:
+            self.skipped += 1
+            return
+        first = None
+        for sink in sinks:
+            try:
+                sink.write(record)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+        self.written += 1
+
+    def _each(self, method: str) -> None:
+        first = None
+        for sink in (sink for sinks in self.routes.values() for sink in sinks):
+            try:
+                getattr(sink, method, lambda: None)()
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._each("close")
+
+    def discard(self) -> None:
+        if not self.closed:
+            super().discard()
+            self._each("discard")
 
 
 class StopOnWriteError:

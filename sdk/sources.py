@@ -29,6 +29,8 @@ Rules:
   ``max_retries`` failed reconnects the source raises :class:`SourceLost` once and then ends.
   A file or folder that ends is end of stream, not a loss.
 - :class:`LineScanAccumulator` stacks rows (or row blocks) of a line camera into frames.
+- :class:`MultiSource` merges several cameras into one source (one capture thread each), every frame
+  tagged with its camera's name; sdk.Stream makes one from a list of sources or URIs.
 """
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -68,7 +71,7 @@ class SourceLost(SourceError):
 
 @dataclass(eq=False)
 class Frame:
-    frame_id: int
+    frame_id: int | None  # the source's count; None for a MultiSource camera's exception (not a frame)
     image: np.ndarray | None  # uint8 HxW or HxWxC; None when error is set
     timestamp: float  # time.monotonic() at capture
     source: str
@@ -82,7 +85,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class SourceEvent:
-    kind: str  # "lost" | "retry_failed" | "reconnected" | "gave_up"
+    kind: str  # "lost" | "retry_failed" | "reconnected" | "gave_up"; "ended": one camera of a MultiSource
     source: str
     message: str
     timestamp: float  # time.monotonic()
@@ -111,9 +114,13 @@ class Source:
         """Call ``callback(event)`` for every loss / reconnect (from the thread that reads)."""
         self._listeners.append(callback)
 
-    def _emit(self, kind: str, message: str, level: int = logging.WARNING, **data: Any) -> None:
-        event = SourceEvent(kind, self.uri, message, time.monotonic(), **data)
-        log.log(level, "%s: %s", self.uri, message)
+    def _emit(self, kind: str, message: str, level: int = logging.WARNING, *, source: str | None = None,
+              **data: Any) -> None:
+        name = self.uri if source is None else source
+        log.log(level, "%s: %s", name, message)
+        self._notify(SourceEvent(kind, name, message, time.monotonic(), **data))
+
+    def _notify(self, event: SourceEvent) -> None:
         for callback in list(self._listeners):
             try:
                 callback(event)
@@ -626,7 +633,7 @@ class LineScanAccumulator(Source):
         self._rows_source = source_of_rows
         self.live = bool(getattr(source_of_rows, "live", False))
         if isinstance(source_of_rows, Source):  # forward loss/reconnect events
-            source_of_rows.add_listener(lambda event: [cb(event) for cb in list(self._listeners)])
+            source_of_rows.add_listener(self._notify)
         self._frames = self._generate()
 
     def __next__(self) -> Frame:
@@ -700,3 +707,223 @@ class LineScanAccumulator(Source):
         close = getattr(self._rows_source, "close", None)
         if callable(close):
             close()
+
+
+# ----------------------------------------------------------------------------- several cameras
+
+CAMERA_TYPES = (Source, str, int, os.PathLike)  # what a list of cameras holds (sdk.Stream tells it from images)
+
+
+@dataclass(eq=False)
+class _Camera:
+    name: str
+    source: Any  # a Source or any iterable of Frames / images
+    items: Iterator
+    frames: deque = field(default_factory=deque)  # read, not yet taken
+    thread: threading.Thread | None = None
+    ended: bool = False
+    images: int = 0  # plain images wrapped into Frames (their frame ids)
+
+
+class MultiSource(Source):
+    """Several cameras as one source, as DeepStream's nvstreammux merges streams before one batched inference.
+
+    cameras: a list of Sources, URIs (opened with open_source) or iterables of frames, or a dict
+    {name: camera}; ``names`` may name the cameras of a list. A camera is called by its name (default: its
+    URI, or cam0, cam1, ... when URIs repeat or a camera has none), and every Frame it gives carries that name
+    in Frame.source and its camera's own frame_id.
+
+    - One capture thread per camera, each buffering at most ``buffer`` frames: a camera that blocks (a read
+      deadline, a reconnect back-off) or ends never holds up the others; next() takes ready frames from the
+      cameras in turn, so batches mix cameras and each camera's frames stay in their order.
+    - A camera's exception becomes an error Frame (frame_id None, image None, error "source error: ...")
+      tagged with the camera; after ``max_errors`` in a row that camera is left out. A camera that ends (a
+      file) or gives up (a LiveSource after max_retries) ends alone, with an "ended" SourceEvent; the
+      MultiSource ends when every camera has ended.
+    - Each camera's loss / reconnect events reach this source's listeners with the camera's name as source.
+    - close() closes every camera (live ones at once, the others from their own thread, which may be
+      reading) and joins the threads, waiting at most ``join_timeout`` seconds.
+    """
+
+    def __init__(self, cameras: Sequence | Mapping[str, Any], *, names: Sequence[str] | None = None,
+                 buffer: int = 2, max_errors: int = 10, join_timeout: float = 2.0):
+        if isinstance(cameras, Mapping):
+            if names is not None:
+                raise ValueError("give camera names either as the dict's keys or as names=, not both")
+            names, cameras = list(cameras.keys()), list(cameras.values())
+        cameras = list(cameras)
+        if not cameras:
+            raise ValueError("MultiSource needs at least one camera: give a list of Sources or URIs, "
+                             "e.g. ['line1.mp4', 'rtsp://cam2/stream']")
+        if buffer < 1 or max_errors < 1 or join_timeout <= 0:
+            raise ValueError("buffer and max_errors must be >= 1 and join_timeout > 0 seconds")
+        explicit = check_camera_names(names, len(cameras))
+        for i, cam in enumerate(cameras):
+            if isinstance(cam, np.ndarray):
+                raise TypeError(f"camera {i} is a numpy image: give each camera as a Source, a URI or an iterable "
+                                "of frames (a list of images is one source: pass it to sdk.Stream directly)")
+        sources = _open_cameras(cameras, explicit)
+        uris = [s.uri if isinstance(s, Source) else None for s in sources]
+        if explicit is None:
+            explicit = uris if None not in uris and len(set(uris)) == len(uris) else [f"cam{i}" for i in range(len(uris))]
+        super().__init__(f"cameras({', '.join(explicit)})")
+        self.buffer, self.max_errors, self.join_timeout = int(buffer), int(max_errors), float(join_timeout)
+        self._cameras = [_Camera(name, src, iter(src)) for name, src in zip(explicit, sources)]
+        self.live = any(getattr(src, "live", False) for src in sources)
+        self._cond = threading.Condition()
+        self._turn = 0
+        self._started = False
+        for cam in self._cameras:
+            if callable(getattr(cam.source, "add_listener", None)):
+                cam.source.add_listener(lambda event, name=cam.name: self._notify(
+                    event if event.source == name else replace(event, source=name)))
+
+    @property
+    def names(self) -> list[str]:
+        return [cam.name for cam in self._cameras]
+
+    @property
+    def cameras(self) -> dict[str, Any]:
+        """{name: the camera's source}."""
+        return {cam.name: cam.source for cam in self._cameras}
+
+    def __len__(self) -> int:
+        return len(self._cameras)
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._started or self.closed:
+                return
+            self._started = True
+            for k, cam in enumerate(self._cameras):
+                cam.thread = threading.Thread(target=self._capture, args=(cam,), name=f"cfrg-camera-{k}", daemon=True)
+                cam.thread.start()
+
+    def __next__(self) -> Frame:
+        self._start()
+        cams = self._cameras
+        with self._cond:
+            while not self.closed:
+                for k in range(len(cams)):
+                    cam = cams[(self._turn + k) % len(cams)]
+                    if cam.frames:
+                        self._turn = (self._turn + k + 1) % len(cams)
+                        self._cond.notify_all()
+                        return cam.frames.popleft()
+                if all(cam.ended for cam in cams):
+                    break
+                self._cond.wait(0.1)
+        raise StopIteration
+
+    def _capture(self, cam: _Camera) -> None:
+        """One camera's thread: read, tag, buffer; an exception is an error frame; end alone."""
+        failures, why = 0, "ended"
+        try:
+            while not self.closed:
+                try:
+                    item = next(cam.items)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    failures += 1
+                    error = f"source error: {type(exc).__name__}: {exc}"
+                    if failures >= self.max_errors:
+                        why = f"left out after {failures} errors in a row"
+                        error += f"; camera {cam.name} {why}, the other cameras go on"
+                    self._put(cam, Frame(None, None, time.monotonic(), cam.name, {}, error))
+                    if failures >= self.max_errors:
+                        break
+                    continue
+                failures = 0
+                self._put(cam, self._tagged(cam, item))
+        finally:
+            _close_quietly(cam.source)
+            with self._cond:
+                cam.ended = True
+                running = sum(not c.ended for c in self._cameras)
+                self._cond.notify_all()
+            if not self.closed:
+                self._emit("ended", f"camera {cam.name} {why}; {running} camera(s) still running",
+                           level=logging.INFO if why == "ended" else logging.ERROR, source=cam.name)
+
+    def _tagged(self, cam: _Camera, item: Any) -> Frame:
+        if isinstance(item, Frame):
+            return item if item.source == cam.name else replace(item, source=cam.name)
+        frame_id, cam.images = cam.images, cam.images + 1
+        return Frame(frame_id, item, time.monotonic(), cam.name)
+
+    def _put(self, cam: _Camera, frame: Frame) -> None:
+        with self._cond:
+            while len(cam.frames) >= self.buffer and not self.closed:
+                self._cond.wait(0.1)
+            if not self.closed:
+                cam.frames.append(frame)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        super().close()
+        with self._cond:
+            self._cond.notify_all()
+            started = self._started
+        for cam in self._cameras:
+            if not started or getattr(cam.source, "live", False):  # a live source closes while read (to wake it)
+                _close_quietly(cam.source)
+        deadline = time.monotonic() + self.join_timeout
+        for cam in self._cameras:
+            if cam.thread is not None:
+                cam.thread.join(max(0.0, deadline - time.monotonic()))
+        busy = [cam.name for cam in self._cameras if cam.thread is not None and cam.thread.is_alive()]
+        if busy:
+            log.warning("%s: camera thread(s) of %s still reading after %.1f s; they close their camera when "
+                        "the read returns", self.uri, ", ".join(busy), self.join_timeout)
+
+
+def check_camera_names(names: Sequence[str] | None, count: int) -> list[str] | None:
+    """The names given (checked: one per camera, non-empty text, distinct), or None."""
+    if names is None:
+        return None
+    names = list(names)
+    if len(names) != count:
+        raise ValueError(f"{len(names)} camera names for {count} cameras: give one name per camera")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"camera name {name!r}: give a non-empty string")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"camera name(s) {', '.join(map(repr, repeated))} given to more than one camera; "
+                         "each camera needs its own name (records and sinks are told apart by it)")
+    return names
+
+
+def _open_cameras(cameras: list, names: list[str] | None) -> list:
+    """Open the cameras given as URIs (closing those opened when one fails); the others as they are."""
+    opened: list = []
+    try:
+        for i, cam in enumerate(cameras):
+            if isinstance(cam, (str, int, os.PathLike)) and not isinstance(cam, bool):
+                try:
+                    opened.append(open_source(cam))
+                except SourceError as exc:
+                    raise SourceError(f"camera {names[i] if names else i}: {exc}") from None
+            else:
+                try:
+                    iter(cam)
+                except TypeError:
+                    raise TypeError(f"camera {names[i] if names else i} ({type(cam).__name__}) is not a source: give "
+                                    "a Source, a URI or an iterable of frames") from None
+                opened.append(cam)
+    except BaseException:
+        for src, given in zip(opened, cameras):
+            if src is not given:
+                _close_quietly(src)
+        raise
+    return opened
+
+
+def _close_quietly(source: Any) -> None:
+    close = getattr(source, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing camera %r failed", source)

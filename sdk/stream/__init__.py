@@ -27,6 +27,11 @@
   to the sinks (``stream.flushed`` holds them), sinks and source are closed, threads joined.
   A stage stuck longer than ``drain_timeout`` turns its frames into error records.
 - Sinks are called in the consuming thread, in order, before the record is yielded.
+- Several cameras: Stream(detector, [src1, src2, ...]) (Sources or URIs; or {name: source}) merges them
+  in a sdk.sources.MultiSource (one capture thread per camera); batches mix cameras (batch_size: one frame
+  per camera by default), Record.source names the camera, each camera's frames keep their order, one
+  camera's errors or end stop only that camera, and stats()["sources"] counts each. Sinks per camera:
+  sdk.sinks.BySource.
 
 Inside: lifecycle (Stream: start, iterate, drain, close), options (StreamOptions and the checks),
 stages (the four thread loops), inference (worker replicas, ticket order, bad-frame isolation),

@@ -6,9 +6,9 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from ..sources import Source, open_source
+from ..sources import CAMERA_TYPES, MultiSource, Source, open_source
 from .fanout import SinkFanout
 from .inference import inference_workers
 from .options import StreamOptions, check_detector, check_sinks
@@ -25,20 +25,28 @@ class Stream:
 
     detector: an object with preprocess(frames) -> batch, infer(batch) -> raw and
     postprocess(frames, raw) -> list of results (sdk.Detector).
-    source: a Source, a URI for open_source, or any iterable of Frames or numpy images.
+    source: a Source, a URI for open_source, or any iterable of Frames or numpy images; several cameras as a
+    list of Sources / URIs or a dict {name: source} (merged by sdk.sources.MultiSource: their frames are
+    batched together, each record tagged with its camera in Record.source, stats()["sources"] per camera).
+    batch_size: default 1, or with several cameras one frame per camera (at most the backend's max_batch).
     """
 
     def __init__(self, detector: Any, source: Source | Iterable | str | int | os.PathLike, *,
-                 queue_size: int = 4, drop: str = "none", batch_size: int = 1, sinks: Sequence = (),
+                 queue_size: int = 4, drop: str = "none", batch_size: int | None = None, sinks: Sequence = (),
                  on_error: str = "continue", batch_timeout: float = 0.05, drain_timeout: float = 30.0,
                  max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None):
         check_detector(detector)
+        several = _several_cameras(source)
+        if batch_size is None:
+            batch_size = _default_batch(detector, len(source) if several or isinstance(source, MultiSource) else 1)
         self.options = StreamOptions(queue_size=queue_size, drop=drop, batch_size=batch_size, on_error=on_error,
                                      batch_timeout=batch_timeout, drain_timeout=drain_timeout,
                                      max_source_errors=max_source_errors, infer_workers=infer_workers,
                                      max_frames=max_frames)
         check_sinks(sinks)
-        if isinstance(source, (str, int, os.PathLike)):
+        if several:
+            source = MultiSource(source)
+        elif isinstance(source, (str, int, os.PathLike)):
             source = open_source(source)
         self.detector = detector
         self.source = source
@@ -126,6 +134,7 @@ class Stream:
         o = self.options
         return self._stats.report(dict(self._outbox.counts), self._events.counts(), flushed=len(self.flushed),
                                   sink_errors=self._fanout.errors, stop_reason=self.stop_reason,
+                                  sources=self._outbox.source_counts(),
                                   settings={"queue_size": o.queue_size, "batch_size": o.batch_size,
                                             "infer_workers": self.infer_workers, "drop": o.drop})
 
@@ -155,8 +164,9 @@ class Stream:
 
     def _interrupt_live_source(self) -> None:
         """Live sources may wait seconds (read deadline, back-off); closing them is thread-safe."""
-        if getattr(self.source, "live", False) and isinstance(self.source, Source):
-            self.source.close()
+        if isinstance(self.source, MultiSource) or (getattr(self.source, "live", False)
+                                                     and isinstance(self.source, Source)):
+            self.source.close()  # a MultiSource closes a camera that may be reading from that camera's thread
 
     def _shutdown(self, reason: str) -> None:
         if self._closed:
@@ -218,3 +228,22 @@ class Stream:
                 close()
         except Exception:
             log.exception("closing source %r failed", self.source)
+
+
+def _several_cameras(source: Any) -> bool:
+    """A dict of cameras, or a list / tuple of Sources and URIs (a list of images or Frames is one source)."""
+    if isinstance(source, Mapping):
+        return True
+    if not isinstance(source, (list, tuple)) or not source:
+        return False
+    cameras = [isinstance(item, CAMERA_TYPES) and not isinstance(item, bool) for item in source]
+    if any(cameras) and not all(cameras):
+        raise TypeError("the source list mixes cameras (Sources, URIs) with other items: give a list of cameras "
+                        "(Sources or URIs) or a list of images / Frames (one in-memory source), not both")
+    return all(cameras)
+
+
+def _default_batch(detector: Any, cameras: int) -> int:
+    """One frame per camera, within the backend's largest batch (a TensorRT engine's)."""
+    largest = getattr(getattr(detector, "backend", None), "max_batch", None)
+    return max(1, min(cameras, largest)) if isinstance(largest, int) else cameras

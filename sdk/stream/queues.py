@@ -82,6 +82,13 @@ class Outbox:
         self._closed = False
         self._cond = threading.Condition()
         self.counts = dict.fromkeys(STATUSES, 0)
+        self.by_source: dict[str, dict[str, int]] = {}  # the counts of each camera (Record.source)
+        self._sources: dict[int, str] = {}  # the camera of each frame_id issued and not yet in the outbox
+
+    def expect(self, frame_id: int, source: str) -> None:
+        """A frame_id is issued for a frame of source (its record, even one made at shutdown, is tagged so)."""
+        with self._cond:
+            self._sources[frame_id] = source
 
     def put(self, rec: Record, bounded: bool = False) -> None:
         with self._cond:
@@ -90,9 +97,20 @@ class Outbox:
                 self._cond.wait(0.1)
             if self._closed or rec.frame_id < self._next or rec.frame_id in self._pending:
                 return  # a stuck stage answering after shutdown already accounted for this frame
+            self._sources.pop(rec.frame_id, None)
             self._pending[rec.frame_id] = rec
-            self.counts[rec.status] += 1
+            self._count(rec)
             self._cond.notify_all()
+
+    def source_counts(self) -> dict[str, dict[str, int]]:
+        with self._cond:
+            return {name: dict(c) for name, c in self.by_source.items()}
+
+    def _count(self, rec: Record) -> None:
+        self.counts[rec.status] += 1
+        if rec.source is not None:
+            counts = self.by_source.setdefault(rec.source, dict.fromkeys(STATUSES, 0))
+            counts[rec.status] += 1
 
     def pop(self, timeout: float) -> Record | None:
         with self._cond:
@@ -126,8 +144,9 @@ class Outbox:
             for seq in range(self._next, max(issued, max(self._pending, default=-1) + 1)):
                 rec = self._pending.pop(seq, None)
                 if rec is None:
-                    rec = Record(seq, "error", error=f"not processed: {why}", timestamps={"done": time.monotonic()})
-                    self.counts["error"] += 1
+                    rec = Record(seq, "error", error=f"not processed: {why}", timestamps={"done": time.monotonic()},
+                                 source=self._sources.pop(seq, None))
+                    self._count(rec)
                 rest.append(rec)
             self._next += len(rest)
             self._closed = True

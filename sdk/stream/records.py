@@ -22,6 +22,11 @@ class Record:
     timestamps: dict = field(default_factory=dict)  # time.monotonic(): captured, preprocessed, inferred, done
     frame: Frame | None = None  # the source's frame (its image is None for dropped frames)
     events: tuple = ()  # SourceEvents (loss, reconnect) reported since the previous record
+    source: str | None = None  # the camera (Frame.source; the stream's source name when the frame is gone)
+
+    def __post_init__(self):
+        if self.source is None and self.frame is not None:
+            self.source = self.frame.source
 
     @property
     def image(self) -> np.ndarray | None:

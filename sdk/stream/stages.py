@@ -64,7 +64,7 @@ class Stages:
                     failures += 1
                     seq, self.seq = self.seq, self.seq + 1
                     self.emit(Record(seq, "error", error=f"source error: {describe(exc)}",
-                                     timestamps={"captured": t0}, events=self.events.take()))
+                                     timestamps={"captured": t0}, events=self.events.take(), source=self.source_name))
                     if failures >= self.options.max_source_errors:
                         self.signal.request(f"source failed {failures} times in a row; last: {describe(exc)}")
                     continue
@@ -73,6 +73,7 @@ class Stages:
                 self.stats.add("capture", t1 - t0, 1)
                 seq, self.seq = self.seq, self.seq + 1
                 frame = item if isinstance(item, Frame) else Frame(seq, item, t1, self.source_name)
+                self.outbox.expect(seq, frame.source)
                 self._pass_on(Item(seq, frame, self.events.take(), {"captured": frame.timestamp}))
         finally:
             self.q_pre.put_end()

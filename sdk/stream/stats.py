@@ -45,7 +45,7 @@ class StreamStats:
                 "p95": round(float(np.percentile(lat, 95)), 3), "max": round(float(lat.max()), 3)}
 
     def report(self, counts: dict, events: dict, *, flushed: int, sink_errors: int, stop_reason: str | None,
-               settings: dict) -> dict:
+               sources: dict, settings: dict) -> dict:
         """stats(): counts by status, throughput, stage ms, latency, source events, then the settings."""
         now = self.t_end or time.monotonic()
         elapsed = (now - self.t_start) if self.t_start is not None else 0.0
@@ -66,5 +66,7 @@ class StreamStats:
             "events": events,
             "sink_errors": sink_errors,
             "stop_reason": stop_reason,
+            "sources": {name: {"frames": sum(c.values()), "ok": c["ok"], "errors": c["error"], "dropped": c["dropped"]}
+                        for name, c in sorted(sources.items())},
             **settings,
         }
