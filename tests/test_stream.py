@@ -73,6 +73,20 @@ def test_batches_keep_order(video):
     assert [r.frame_id for r in records] == list(range(40)) and {r.status for r in records} == {"ok"}
 
 
+def test_batches_larger_than_the_queue_fill_without_waiting_for_the_batch_timeout(frames_small):
+    """queue_size 1, batch_size 4: taking a frame out of the pipe wakes the capture at once (it used to wait for its
+    0.1 s poll, so batches ran out of their 0.05 s timeout one frame short)."""
+    det = TinyOnnxDetector()
+    sizes = []
+    infer = det.infer
+    det.infer = lambda batch: sizes.append(len(batch)) or infer(batch)
+    with Stream(det, [f for f in frames_small for _ in range(4)][:48], queue_size=1, batch_size=4,
+                batch_timeout=0.05, infer_workers=1) as stream:
+        records = list(stream)
+    assert len(records) == 48 and sum(sizes) == 48
+    assert sizes.count(4) >= len(sizes) // 2, sizes
+
+
 def test_back_pressure_by_default_no_drops(video):
     det = TinyOnnxDetector(infer_delay_s=0.02)
     with Stream(det, open_source(video), queue_size=1) as stream:

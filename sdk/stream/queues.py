@@ -51,12 +51,14 @@ class Pipe:
             if self._items[0] is END:
                 return END
             batch = [self._items.popleft()]
+            self._cond.notify_all()  # room for the producer: a batch larger than the pipe fills without waiting
             deadline = time.monotonic() + wait_more_s
             while len(batch) < n:
                 if self._items:
                     if self._items[0] is END:
                         break
                     batch.append(self._items.popleft())
+                    self._cond.notify_all()
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0 or self._abort.is_set():
