@@ -72,6 +72,33 @@ def test_a_stream_through_the_server_gives_every_frame_its_record(server, export
     assert [r.score for r in records] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
+def test_four_cameras_through_one_stream_into_the_server_account_for_every_frame(server, exported_model, data_root,
+                                                                                 tmp_path):
+    """Four videos written by OpenCV from real images, of different lengths and sizes, as four cameras of one Stream
+    whose batches (one frame per camera) go to the server as single requests."""
+    from tests.stream_helpers import write_video
+
+    cameras = {}
+    for k, (n, size) in enumerate([(9, (160, 64)), (14, (96, 96)), (6, (200, 80)), (11, (128, 128))]):
+        cameras[f"cam{k}"] = (write_video(tmp_path / f"cam{k}.mp4", real_images(data_root, n, size)), n)
+    remote = Detector(server.url("grpc"))
+    requests = []
+    run = remote.backend.run
+    remote.backend.run = lambda feeds: requests.append(len(next(iter(feeds.values())))) or run(feeds)
+    with Stream(remote, {name: str(path) for name, (path, _) in cameras.items()}, infer_workers=1) as stream:
+        records = list(stream)
+    assert stream.batch_size == 4 and max(requests) == 4 and sum(requests) == len(records)
+    assert all(r.status == "ok" for r in records), [r.error for r in records if r.status != "ok"]
+    local = Detector(exported_model[1])
+    for name, (_, n) in cameras.items():
+        mine = [r for r in records if r.source == name]
+        assert [r.frame.frame_id for r in mine] == list(range(n))  # every frame once, in the camera's order
+        expected = [local(r.image).score for r in mine]
+        assert [r.score for r in mine] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert {name: stats["ok"] for name, stats in stream.stats()["sources"].items()} == \
+        {name: n for name, (_, n) in cameras.items()}
+
+
 def test_a_model_the_server_does_not_serve_is_refused_in_one_line(server, exported_model, tmp_path):
     wrong = server.url("grpc").rsplit("/", 1)[0] + "/tire"
     with pytest.raises(ModelFileError, match=r"serves no model 'tire' that is ready.*check the name in the URL"):
