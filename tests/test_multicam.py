@@ -170,12 +170,14 @@ def test_leaving_a_live_multi_camera_stream_joins_every_thread_and_tags_flushed_
         def write(self, rec):
             sink_sources[rec.source] += 1
 
+    delivered = 0
     with Stream(TinyOnnxDetector(infer_delay_s=0.005), [live, video], sinks=[CountingSink()]) as stream:
         for rec in stream:
-            if rec.frame_id == 20:
+            delivered += 1
+            if rec.frame_id >= 20 and len(sink_sources) == 2 or rec.frame_id >= 2000:  # the video may open late
                 break
     stats = stream.stats()
-    assert stats["delivered"] == 21 and stats["delivered"] + stats["flushed"] == stats["frames"]
+    assert stats["delivered"] == delivered and stats["delivered"] + stats["flushed"] == stats["frames"]
     assert sum(sink_sources.values()) == stats["frames"] and None not in sink_sources
     assert set(sink_sources) == {"endless", str(videos["b"][0])}  # both cameras reached the stream
     assert live.closed and video.closed and camera_threads_alive() == [] and stream_threads_alive() == []
