@@ -161,4 +161,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         )
         save_with_description(proto, tmp, info)
     info.write_beside(out)
+    from sdk.model_card import write_model_card
+
+    write_model_card(out, good_files, run=run.raw if run else None, progress=progress)
     return info

@@ -134,7 +134,21 @@ def cmd_export(ns) -> int:
         line += f"; F1-optimal image {f1.image:.4f} (F1 {f1.details['image_f1']:.3f}), " \
                 f"pixel {f1.pixel:.4f} (F1 {f1.details['pixel_f1']:.3f})"
     print(line)
-    print(f"wrote {ns.output} and {Path(ns.output).with_suffix('.json')}")
+    from .model_card import card_path
+
+    print(f"wrote {ns.output}, {Path(ns.output).with_suffix('.json')} and {card_path(ns.output)}")
+    return 0
+
+
+def cmd_card(ns) -> int:
+    from .files import image_files
+    from .model_card import held_back_images, write_model_card
+    from .model_info import ModelInfo
+
+    model = Path(ns.model)
+    good = image_files(ns.good_dir) if ns.good_dir else held_back_images(ModelInfo.read(model))
+    out = write_model_card(model, good, out=ns.out, progress=ns.progress)
+    print(f"wrote {out} ({len(good)} good images)")
     return 0
 
 
@@ -341,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _triton_command,
-                _serve_command, _bench_command, _demo_command):
+                _serve_command, _card_command, _bench_command, _demo_command):
         add(command, options)
     return parser
 
@@ -468,6 +482,18 @@ def _triton_command(command, options) -> None:
     p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
                    help="instance kind (default: GPU for an engine, CPU for ONNX)")
     p.set_defaults(func=cmd_triton)
+
+
+def _card_command(command, options) -> None:
+    p = command("card", help="write the model card (NAME_card.html) again, e.g. after cfrg build",
+                description="The model card: training data, the held-back good scores and synthetic defects with the "
+                            "thresholds, example overlays, latency on this machine, the precision graphs beside the "
+                            "model, the drift reference. cfrg export writes it; this command writes it again.")
+    p.add_argument("--model", required=True, help="model.onnx of cfrg export")
+    p.add_argument("--good-dir", help="good images (default: the held-back ones of the training run)")
+    p.add_argument("--out", help="the HTML file (default: NAME_card.html beside the model)")
+    _no_progress(p)
+    p.set_defaults(func=cmd_card)
 
 
 def _served_model_arguments(p: argparse.ArgumentParser) -> None:
