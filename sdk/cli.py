@@ -140,6 +140,28 @@ def cmd_export(ns) -> int:
     return 0
 
 
+def cmd_threshold(ns) -> int:
+    from .files import image_files
+    from .rethreshold import rethreshold
+
+    good = image_files(ns.good)
+    defect = image_files(ns.defect) if ns.defect else []
+    done = rethreshold(ns.model, good, defect, target_frr=ns.target_frr, default=ns.default,
+                       command=f"cfrg threshold --good {ns.good}" + (f" --defect {ns.defect}" if ns.defect else ""),
+                       progress=ns.progress)
+    before = done.old.thresholds[done.old.default_threshold].image
+    for name, t in done.new.thresholds.items():
+        was = done.old.thresholds.get(name)
+        print(f"{name}: image {t.image:.5g} (was {was.image:.5g}), pixel {t.pixel:.5g} (was {was.pixel:.5g})" if was
+              else f"{name}: image {t.image:.5g}, pixel {t.pixel:.5g} (new)")
+    after = done.new.thresholds[done.new.default_threshold].image
+    rejected = lambda value: sum(s >= value for s in done.good_scores)  # noqa: E731
+    print(f"the {len(good)} good images: {rejected(before)} rejected at the old default threshold, "
+          f"{rejected(after)} at the new one ({done.new.default_threshold})")
+    print(f"wrote {done.description} (the old thresholds kept in its threshold_history)")
+    return 0
+
+
 def cmd_card(ns) -> int:
     from .files import image_files
     from .model_card import held_back_images, write_model_card
@@ -355,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     for add in (_train_command, _eval_command, _export_command, _run_command, _build_command, _triton_command,
-                _serve_command, _card_command, _bench_command, _demo_command):
+                _serve_command, _threshold_command, _card_command,
+                _bench_command, _demo_command):
         add(command, options)
     return parser
 
@@ -482,6 +505,21 @@ def _triton_command(command, options) -> None:
     p.add_argument("--kind", choices=["auto", "cpu", "gpu"], default="auto",
                    help="instance kind (default: GPU for an engine, CPU for ONNX)")
     p.set_defaults(func=cmd_triton)
+
+
+def _threshold_command(command, options) -> None:
+    p = command("threshold", help="new thresholds from good (and defect) images of the line, without retraining",
+                description="Runs the model on images collected on the line (e.g. false rejects confirmed as good) "
+                            "and writes its model.json again with the new thresholds; the old ones are kept in "
+                            "its threshold_history.")
+    p.add_argument("--model", required=True, help="model.onnx or an engine of cfrg build (its model.json is rewritten)")
+    p.add_argument("--good", required=True, help="a folder of good images from the line")
+    p.add_argument("--defect", help="a folder of defect images from the line: adds the F1-optimal threshold 'f1'")
+    p.add_argument("--target-frr", type=float, default=0.01, help="good parts rejected by good_only (default 0.01)")
+    p.add_argument("--default", choices=["good_only", "f1"], default="good_only",
+                   help="the threshold the Detector and cfrg run use by default (default good_only)")
+    _no_progress(p)
+    p.set_defaults(func=cmd_threshold)
 
 
 def _card_command(command, options) -> None:

@@ -15,7 +15,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
      "training": {...}, "model": {...}, "map_statistics": {...},
      "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
-     "precision_check": {...}}  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
+     "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
+     "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...]}  (cfrg threshold)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -210,6 +211,7 @@ class ModelInfo:
     map_statistics: dict = field(default_factory=dict)
     engine: dict = field(default_factory=dict)  # TensorRT engines: version, GPU, precision, shapes, source graph
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
+    threshold_history: list = field(default_factory=list)  # thresholds replaced by cfrg threshold, oldest first
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -230,6 +232,7 @@ class ModelInfo:
             "map_statistics": dict(self.map_statistics),
             **({"engine": dict(self.engine)} if self.engine else {}),
             **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
+            **({"threshold_history": list(self.threshold_history)} if self.threshold_history else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -291,6 +294,7 @@ class ModelInfo:
             model=dict(d.get("model", {})),
             map_statistics=dict(d.get("map_statistics", {})),
             precision_check=dict(d.get("precision_check", {})),
+            threshold_history=_history(d.get("threshold_history", [])),
             engine=dict(d.get("engine", {})),
         )
 
@@ -399,6 +403,13 @@ class ModelInfo:
 
     def normalise_score(self, score: float) -> float:
         return (score - self.score_normalisation.offset) / self.score_normalisation.scale
+
+
+def _history(entries: Any) -> list:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("thresholds"), dict)
+                                                for e in entries):
+        raise _Invalid("'threshold_history' must list objects with the 'thresholds' they held")
+    return [dict(e) for e in entries]
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

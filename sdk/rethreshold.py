@@ -1,0 +1,122 @@
+"""Re-thresholding from the line (`cfrg threshold`): new thresholds from images collected on the line (for example
+the false rejects an operator confirmed as good), without retraining.
+
+The model runs as the field runs it (sdk.Detector, any backend: ONNX Runtime, a TensorRT engine); good_only is the
+(1 - target FRR) quantile of the line's good images, its pixel threshold the same quantile of their map peaks (as
+cfrg export measures them); with defect images as well, f1 is the F1-optimal image threshold between the two sets.
+The model description is written again with the replaced values appended to its threshold_history (when, from
+what, the thresholds, the default and the score normalisation), so nothing is lost.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .model_info import ModelInfo, Threshold, utc_now
+
+MIN_GOOD_IMAGES = 20  # below this the quantile says little about a 1 % rate
+
+
+@dataclass(frozen=True)
+class Rethresholded:
+    old: ModelInfo
+    new: ModelInfo
+    good_scores: list[float]
+    defect_scores: list[float]
+    description: Path  # the model.json written
+
+
+def files_fingerprint(files: Sequence[str | os.PathLike]) -> str:
+    """SHA-256 over the files' names and contents, in order."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(Path(f).name.encode("utf-8"))
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()
+
+
+def score_files(detector, files: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None):
+    """(image scores, map peaks) of the files at the model's input, as cfrg export measures them."""
+    from .data import read_image
+    from .evaluate import resize_for_model
+
+    predict = detector.predictor()
+    scores, peaks = [], []
+    for s in range(0, len(files), 8):
+        frames = np.stack([resize_for_model(read_image(p, "rgb"), detector.size) for p in files[s:s + 8]])
+        maps, batch_scores = predict(frames)
+        scores.extend(float(v) for v in batch_scores)
+        peaks.extend(float(v) for v in maps.reshape(len(maps), -1).max(1))
+        if progress:
+            progress(len(frames))
+    return scores, peaks
+
+
+def new_thresholds(good_scores, good_peaks, defect_scores, target_frr: float, sources: dict) -> dict[str, Threshold]:
+    from .build.thresholds import good_only_threshold
+    from .metrics import f1_optimal_threshold
+
+    good = good_only_threshold(np.array(good_scores), target_frr)
+    pixel = good_only_threshold(np.array(good_peaks), target_frr)
+    thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
+        "target_frr": target_frr, "n_images": good["n_images"], "observed_frr": good["observed_frr"],
+        "measured_on": sources["good"]})}
+    if defect_scores:
+        labels = [0] * len(good_scores) + [1] * len(defect_scores)
+        value, f1 = f1_optimal_threshold(labels, list(good_scores) + list(defect_scores))
+        thresholds["f1"] = Threshold(float(value), pixel["value"], {
+            "image_f1": float(f1), "n_images": len(labels), "measured_on": f"{sources['good']} + {sources['defect']}",
+            "pixel": "the good_only pixel threshold (defect images without masks)"})
+    return thresholds
+
+
+def rethreshold(model_path: str | os.PathLike, good_files: Sequence[str | os.PathLike],
+                defect_files: Sequence[str | os.PathLike] = (), *, target_frr: float = 0.01, default: str = "good_only",
+                command: str = "cfrg threshold", progress: bool = False,
+                check: Callable[[object, Sequence], None] | None = None) -> Rethresholded:
+    """Measure new thresholds on the line's images and write the model description again (history kept).
+
+    check(detector, good_files), when given, refuses good images that no longer look like the training data (it
+    raises with the reason) before anything is written."""
+    from .detector import Detector
+    from .progress import progress_bar
+
+    if not 0.0 < target_frr < 1.0:
+        raise ValueError(f"--target-frr must be in (0, 1), e.g. 0.01 for 1 % of good parts rejected; got {target_frr}")
+    if len(good_files) < MIN_GOOD_IMAGES:
+        raise ValueError(f"{len(good_files)} good images: a threshold at {target_frr:.1%} false rejects needs at least "
+                         f"{MIN_GOOD_IMAGES} (better {int(np.ceil(10 / target_frr))}); collect more good parts")
+    if default not in ("good_only", "f1") or (default == "f1" and not defect_files):
+        raise ValueError(f"--default {default}: choose good_only, or f1 with --defect DIR")
+    model_path = Path(model_path)
+    with Detector(model_path) as detector:
+        if check is not None:
+            check(detector, good_files)
+        bar = progress_bar(desc="threshold", unit="image", total=len(good_files) + len(defect_files),
+                           disable=not progress)
+        try:
+            good_scores, good_peaks = score_files(detector, good_files, bar.update)
+            defect_scores = score_files(detector, defect_files, bar.update)[0] if defect_files else []
+        finally:
+            bar.close()
+        old = detector.info
+    from .build.thresholds import score_normalisation
+
+    sources = {"good": f"{len(good_files)} good images (sha256 {files_fingerprint(good_files)[:16]})",
+               "defect": f"{len(defect_files)} defect images"}
+    thresholds = new_thresholds(good_scores, good_peaks, defect_scores, target_frr, sources)
+    replaced = {"replaced": utc_now(), "by": command, "default": old.default_threshold,
+                "thresholds": {name: t.to_dict() for name, t in old.thresholds.items()},
+                "score_normalisation": old.score_normalisation.to_dict()}
+    new = dataclasses.replace(old, thresholds=thresholds, default_threshold=default,
+                              score_normalisation=score_normalisation(np.array(good_scores),
+                                                                      thresholds["good_only"].image),
+                              threshold_history=[*old.threshold_history, replaced])
+    return Rethresholded(old=old, new=new, good_scores=good_scores, defect_scores=defect_scores,
+                         description=new.write_beside(model_path))
