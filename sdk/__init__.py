@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from .backends import ModelFileError
 from .detector import Detector, Result
+from .drift import DriftEvent, DriftMonitor
 from .model_info import ModelInfo
 from .postprocess import Region
 from .sinks import JsonlSink, MaskSink, OverlaySink, VideoSink
@@ -12,5 +13,5 @@ from .stream import Record, Stream
 __all__ = [
     "Detector", "Result", "Region", "ModelInfo", "ModelFileError", "Stream", "Record", "open_source", "Frame", "Source",
     "SourceEvent", "SourceError", "SourceLost", "LineScanAccumulator", "MaskSink", "OverlaySink", "JsonlSink",
-    "VideoSink",
+    "VideoSink", "DriftMonitor", "DriftEvent",
 ]

@@ -15,7 +15,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "provenance": {"source_model", "source_sha256", "data_fingerprint", "versions", "created"},
      "training": {...}, "model": {...}, "map_statistics": {...},
      "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
-     "precision_check": {...}}  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
+     "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
+     "drift_reference": {...}}  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -210,6 +211,7 @@ class ModelInfo:
     map_statistics: dict = field(default_factory=dict)
     engine: dict = field(default_factory=dict)  # TensorRT engines: version, GPU, precision, shapes, source graph
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
+    drift_reference: dict = field(default_factory=dict)  # sdk.drift: good images' statistics and scores at export
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -230,6 +232,7 @@ class ModelInfo:
             "map_statistics": dict(self.map_statistics),
             **({"engine": dict(self.engine)} if self.engine else {}),
             **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
+            **({"drift_reference": dict(self.drift_reference)} if self.drift_reference else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -277,6 +280,13 @@ class ModelInfo:
         for key in ("provenance", "training", "model", "map_statistics", "engine", "precision_check"):
             if not isinstance(d.get(key, {}), dict):
                 raise _Invalid(f"'{key}' must be an object")
+        drift_reference = d.get("drift_reference") or {}
+        if drift_reference:
+            from .drift import DriftReferenceError, check_reference
+            try:
+                check_reference(drift_reference)
+            except DriftReferenceError as exc:
+                raise _Invalid(f"'drift_reference' {exc}") from None
         return cls(
             format=FORMAT,
             input=InputSpec.from_dict(_mapping(d, "input")),
@@ -292,6 +302,7 @@ class ModelInfo:
             map_statistics=dict(d.get("map_statistics", {})),
             precision_check=dict(d.get("precision_check", {})),
             engine=dict(d.get("engine", {})),
+            drift_reference=dict(drift_reference),
         )
 
     # -- files -----------------------------------------------------------------------------
