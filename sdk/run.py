@@ -8,7 +8,7 @@ from pathlib import Path
 
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=1,
                queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
-               infer_workers="auto", tiling: dict | None = None) -> dict:
+               infer_workers="auto", tiling: dict | None = None, drift="auto") -> dict:
     """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
 
     The outputs form one unit (sdk.run_unit): written into OUT.incomplete and swapped in for OUT when the run
@@ -51,7 +51,7 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                 sinks.append(VideoSink(folder / video, fps=10, in_place=True))
         stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop,
                         sinks=[StopOnWriteError(sink, failures) for sink in sinks], infer_workers=infer_workers,
-                        max_frames=limit)
+                        max_frames=limit, drift=drift)
     except BaseException as exc:
         for sink in sinks:
             sink.discard()
@@ -67,6 +67,9 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                 key = rec.verdict if rec.status == "ok" else rec.status
                 counts[key] = counts.get(key, 0) + 1
                 bar.update(1)
+                for event in rec.events:
+                    if getattr(event, "kind", "").startswith("drift"):
+                        print(f"drift: frame {rec.frame_id}: {event.message}", flush=True)
                 if n % 10 == 0:
                     bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"],
                                     errors=counts["error"])

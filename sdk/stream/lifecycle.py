@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..drift import stream_monitor
 from ..sources import Source, open_source
 from .fanout import SinkFanout
 from .inference import inference_workers
@@ -26,13 +27,17 @@ class Stream:
     detector: an object with preprocess(frames) -> batch, infer(batch) -> raw and
     postprocess(frames, raw) -> list of results (sdk.Detector).
     source: a Source, a URI for open_source, or any iterable of Frames or numpy images.
+    drift: "auto" watches every ok frame with a sdk.DriftMonitor when the model has a drift reference (its
+    events join the records' events; stats()["drift"]); None turns it off; or pass a DriftMonitor.
     """
 
     def __init__(self, detector: Any, source: Source | Iterable | str | int | os.PathLike, *,
                  queue_size: int = 4, drop: str = "none", batch_size: int = 1, sinks: Sequence = (),
                  on_error: str = "continue", batch_timeout: float = 0.05, drain_timeout: float = 30.0,
-                 max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None):
+                 max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None,
+                 drift: Any = "auto"):
         check_detector(detector)
+        self.drift = stream_monitor(detector, drift)
         self.options = StreamOptions(queue_size=queue_size, drop=drop, batch_size=batch_size, on_error=on_error,
                                      batch_timeout=batch_timeout, drain_timeout=drain_timeout,
                                      max_source_errors=max_source_errors, infer_workers=infer_workers,
@@ -81,7 +86,8 @@ class Stream:
         if self._stages is None:
             self._stats.t_start = time.monotonic()
             self._stages = Stages(self.detector, self.source, self.source_name, self.options, self._infers,
-                                  self._outbox, self._signal, self._stats, self._events)
+                                  self._outbox, self._signal, self._stats, self._events,
+                                  watch=None if self.drift is None else self.drift.watch)
             tag = f"cfrg-stream-{id(self):x}"
             for stage, target in self._stages.loops():
                 thread = threading.Thread(target=self._signal.guard, args=(stage, target), name=f"{tag}-{stage}",
@@ -124,10 +130,12 @@ class Stream:
     def stats(self) -> dict:
         """Counts, throughput, mean ms per frame of each stage, latency (capture to done) percentiles."""
         o = self.options
-        return self._stats.report(dict(self._outbox.counts), self._events.counts(), flushed=len(self.flushed),
-                                  sink_errors=self._fanout.errors, stop_reason=self.stop_reason,
-                                  settings={"queue_size": o.queue_size, "batch_size": o.batch_size,
-                                            "infer_workers": self.infer_workers, "drop": o.drop})
+        report = self._stats.report(dict(self._outbox.counts), self._events.counts(), flushed=len(self.flushed),
+                                    sink_errors=self._fanout.errors, stop_reason=self.stop_reason,
+                                    settings={"queue_size": o.queue_size, "batch_size": o.batch_size,
+                                              "infer_workers": self.infer_workers, "drop": o.drop})
+        report["drift"] = None if self.drift is None else self.drift.summary()
+        return report
 
     def _records(self) -> Iterator[Record]:
         try:
