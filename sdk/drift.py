@@ -232,7 +232,7 @@ class DriftMonitor:
     reference: model.json's "drift_reference" (ModelInfo.drift_reference). slack (k) and decision (h): the
     CUSUM's, in scales of z. window: frames the event's magnitude is averaged over. colour: the frames' order
     ("bgr" as OpenCV delivers, or "rgb"). False alarms: each of the 2 x 7 image tests and the score test has
-    an in-control average run length cusum_arl(k, h) (about 2.6 million frames at the defaults for z ~ N(0, 1));
+    an in-control average run length cusum_arl(k, h) (about 45 million frames at the defaults for z ~ N(0, 1));
     by Bonferroni the monitor's false-alarm rate is at most 15 / that per frame (false_alarm_bound())."""
 
     def __init__(self, reference: dict, *, slack: float = SLACK, decision: float = DECISION, window: int = WINDOW,
