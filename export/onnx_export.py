@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sdk.files import IMAGE_EXTENSIONS, atomic_output, check_output_folder, image_files
+from sdk.drift import reference_from_files
 from sdk.model_info import OUTPUT_NAMES, InputSpec, ModelInfo, Provenance, software_versions
 
 from .checkpoint import load_checkpoint
@@ -140,6 +141,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
         predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME, model.config.colour_order)
         thresholds, good_scores = measure_thresholds(predict, (h, w), good_files, target_frr, defect_set,
                                                         f"{cat}/{defect_split}", progress)
+        normalisation = score_normalisation(np.array(good_scores), thresholds["good_only"].image)
         info = ModelInfo(
             input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),
             outputs={"anomaly_map": f"float32 (N, H, W) at the input size: the {model.config.pixel_map} pixel map",
@@ -148,7 +150,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                            "std": list(model.teacher.std)},
             thresholds=thresholds,
             default_threshold="good_only",
-            score_normalisation=score_normalisation(np.array(good_scores), thresholds["good_only"].image),
+            score_normalisation=normalisation,
             precision="fp32",
             provenance=Provenance.made_from(checkpoint, run.data_fingerprint if run else None,
                                             {**software_versions("torch", "onnx", "numpy"), "opset": OPSET}),
@@ -158,6 +160,7 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             model=model.config.to_dict(),
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
                             "memory_size": model.config.memory_size, "memory_images": memory_images},
+            drift_reference=reference_from_files(good_files, good_scores, normalisation, (h, w)),
         )
         save_with_description(proto, tmp, info)
     info.write_beside(out)

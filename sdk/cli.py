@@ -251,12 +251,14 @@ def cmd_run(ns) -> int:
     stats = run_stream(ns.model, cameras or ns.source[0], out, masks=not ns.no_masks, overlays=not ns.no_overlays,
                        video=ns.video, batch_size=ns.batch_size, queue_size=ns.queue_size, drop=ns.drop,
                        threshold=ns.threshold, min_area=ns.min_area, progress=ns.progress,
-                       limit=ns.max_frames, infer_workers=ns.infer_workers, tiling=_tiling(ns))
+                       limit=ns.max_frames, infer_workers=ns.infer_workers, tiling=_tiling(ns),
+                       drift=None if ns.no_drift_watch else "auto")
     v = stats["verdicts"]
     print(f"{stats['frames']} frames: {_counts_text(v)}; {stats['fps']:.1f} frames/s end to end")
     for name, uri in (cameras or {}).items():
         each = stats["verdicts_by_source"][name]
         print(f"  {name} ({uri}): {sum(each.values())} frames: {_counts_text(each)}")
+    print(drift_summary_line(stats["drift"], ns.no_drift_watch))
     if out is not None:
         files = ("verdicts.jsonl" + ("" if ns.no_masks else ", masks/") + ("" if ns.no_overlays else ", overlays/")
                  + (f", {ns.video}" if ns.video else ""))
@@ -284,6 +286,16 @@ def camera_names(sources: list[str]) -> dict[str, str]:
         raise ValueError(f"--source: {exc}; name them, e.g. --source left=A --source right=B (unnamed ones are "
                          f"cam0, cam1, ...)") from None
     return dict(named)
+
+
+def drift_summary_line(drift: dict | None, turned_off: bool) -> str:
+    """`cfrg run`'s last word on the drift watch."""
+    if drift is None:
+        return ("drift watch: off (--no-drift-watch)" if turned_off else
+                "drift watch: off (model.json has no drift reference; re-export the model with `cfrg export`)")
+    active = f"; still drifting: {', '.join(drift['active'])}" if drift["active"] else ""
+    return (f"drift watch: {drift['frames']} frames ({drift['scored_frames']} scored), {drift['alarms']} alarm(s)"
+            f"{active}; {drift['ms_per_frame']} ms per frame")
 
 
 def _tiling(ns) -> dict:
@@ -446,6 +458,8 @@ def _run_command(command, options) -> None:
     p.add_argument("--video", help="also write an annotated video with this file name into --out")
     p.add_argument("--no-masks", action="store_true")
     p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--no-drift-watch", action="store_true",
+                   help="do not watch the frames for drift (on when model.json has a drift reference)")
     p.add_argument("--max-frames", type=checked_type(int, whole(1, INT64_MAX)), help="stop after N frames (of all cameras together)")
     _tile_options(p)
     _no_progress(p)

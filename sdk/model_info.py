@@ -16,7 +16,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "training": {...}, "model": {...}, "map_statistics": {...},
      "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
      "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
-     "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...]}  (cfrg threshold)
+     "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...],  (cfrg threshold)
+     "drift_reference": {...}}  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -212,6 +213,7 @@ class ModelInfo:
     engine: dict = field(default_factory=dict)  # TensorRT engines: version, GPU, precision, shapes, source graph
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
     threshold_history: list = field(default_factory=list)  # thresholds replaced by cfrg threshold, oldest first
+    drift_reference: dict = field(default_factory=dict)  # sdk.drift: good images' statistics and scores at export
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -233,6 +235,7 @@ class ModelInfo:
             **({"engine": dict(self.engine)} if self.engine else {}),
             **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
             **({"threshold_history": list(self.threshold_history)} if self.threshold_history else {}),
+            **({"drift_reference": dict(self.drift_reference)} if self.drift_reference else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -280,6 +283,13 @@ class ModelInfo:
         for key in ("provenance", "training", "model", "map_statistics", "engine", "precision_check"):
             if not isinstance(d.get(key, {}), dict):
                 raise _Invalid(f"'{key}' must be an object")
+        drift_reference = d.get("drift_reference") or {}
+        if drift_reference:
+            from .drift import DriftReferenceError, check_reference
+            try:
+                check_reference(drift_reference)
+            except DriftReferenceError as exc:
+                raise _Invalid(f"'drift_reference' {exc}") from None
         return cls(
             format=FORMAT,
             input=InputSpec.from_dict(_mapping(d, "input")),
@@ -296,6 +306,7 @@ class ModelInfo:
             precision_check=dict(d.get("precision_check", {})),
             threshold_history=_history(d.get("threshold_history", [])),
             engine=dict(d.get("engine", {})),
+            drift_reference=dict(drift_reference),
         )
 
     # -- files -----------------------------------------------------------------------------

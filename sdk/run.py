@@ -8,7 +8,7 @@ from pathlib import Path
 
 def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, video=None, batch_size=None,
                queue_size=4, drop="none", threshold="default", min_area=0, progress=True, limit=None,
-               infer_workers="auto", tiling: dict | None = None) -> dict:
+               infer_workers="auto", tiling: dict | None = None, drift="auto") -> dict:
     """Stream a source through a Detector into sinks; returns stream stats plus verdict counts.
 
     source: one source (a URI or a Source), or several cameras as {name: URI or Source}: their frames are
@@ -64,7 +64,7 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                     routes[name] = [StopOnWriteError(sink, failures) for sink in own]
                 sinks = [BySource(routes)]
         stream = Stream(det, stream_source, batch_size=batch_size, queue_size=queue_size, drop=drop, sinks=sinks,
-                        infer_workers=infer_workers, max_frames=limit)
+                        infer_workers=infer_workers, max_frames=limit, drift=drift)
     except BaseException as exc:
         for sink in made:
             sink.discard()
@@ -84,6 +84,9 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                 if rec.source in by_source:
                     by_source[rec.source][key] = by_source[rec.source].get(key, 0) + 1
                 bar.update(1)
+                for event in rec.events:
+                    if getattr(event, "kind", "").startswith("drift"):
+                        print(f"drift: frame {rec.frame_id}: {event.message}", flush=True)
                 if n % 10 == 0:
                     bar.set_postfix(fps=f"{stream.stats()['fps']:.1f}", defects=counts["defect"],
                                     errors=counts["error"])

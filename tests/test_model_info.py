@@ -31,6 +31,19 @@ def test_round_trip_and_what_the_exporter_wrote(exported_model):
     assert side["provenance"]["versions"]["sdk"] and side["provenance"]["versions"]["torch"]
 
 
+def test_a_model_json_without_a_drift_reference_still_loads_and_runs(tmp_path, exported_model):
+    """Files exported before the drift reference existed: the same thresholds and scores, no drift watch."""
+    _, path, info = exported_model
+    assert info.drift_reference["n_images"] >= 1
+    older = info.to_dict()
+    del older["drift_reference"]
+    det, ref = Detector(_copy(tmp_path, exported_model, older)), Detector(path)
+    assert det.info.drift_reference == {} and "drift_reference" not in det.info.to_dict()
+    assert (det.image_threshold, det.pixel_threshold) == (ref.image_threshold, ref.pixel_threshold)
+    frame = np.full((90, 120, 3), 128, np.uint8)
+    assert det(frame).score == ref(frame).score
+
+
 def test_a_format_1_description_is_read_and_upgraded(tmp_path, exported_model):
     """model.json files from before provenance existed keep working: the same thresholds, the same results."""
     _, path, info = exported_model
@@ -83,6 +96,11 @@ BAD = [
     (lambda d: _with(d, "precision", "fp8"), "'precision' must be one of fp32, fp16, int8"),
     (lambda d: _with(d, "normalisation.std", [0.2, 0.0, 0.2]), "'normalisation.std' must be > 0"),
     (lambda d: [d], "expected a JSON object"),
+    (lambda d: _with(d, "drift_reference.version", 7), "'drift_reference' version 7 is not 1"),
+    (lambda d: _with(d, "drift_reference.grid", [0, 64]), "'drift_reference' 'grid' must be [height, width]"),
+    (lambda d: _without(d, "drift_reference.statistics.sharpness"), "'statistics.sharpness' is missing"),
+    (lambda d: _with(d, "drift_reference.statistics.brightness.std", -1.0),
+     "'statistics.brightness.std' must be a finite number >= 0"),
 ]
 
 

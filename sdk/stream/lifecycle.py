@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from ..drift import stream_monitor
 from ..sources import CAMERA_TYPES, MultiSource, Source, open_source
 from .fanout import SinkFanout
 from .inference import inference_workers
@@ -29,16 +30,20 @@ class Stream:
     list of Sources / URIs or a dict {name: source} (merged by sdk.sources.MultiSource: their frames are
     batched together, each record tagged with its camera in Record.source, stats()["sources"] per camera).
     batch_size: default 1, or with several cameras one frame per camera (at most the backend's max_batch).
+    drift: "auto" watches every ok frame with a sdk.DriftMonitor (one per camera) when the model has a drift
+    reference (its events join the records' events; stats()["drift"]); None turns it off; or pass a DriftMonitor.
     """
 
     def __init__(self, detector: Any, source: Source | Iterable | str | int | os.PathLike, *,
                  queue_size: int = 4, drop: str = "none", batch_size: int | None = None, sinks: Sequence = (),
                  on_error: str = "continue", batch_timeout: float = 0.05, drain_timeout: float = 30.0,
-                 max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None):
+                 max_source_errors: int = 10, infer_workers: int | str = "auto", max_frames: int | None = None,
+                 drift: Any = "auto"):
         check_detector(detector)
         several = _several_cameras(source)
         if batch_size is None:
             batch_size = _default_batch(detector, len(source) if several or isinstance(source, MultiSource) else 1)
+        self.drift = stream_monitor(detector, drift, cameras=several or isinstance(source, MultiSource))
         self.options = StreamOptions(queue_size=queue_size, drop=drop, batch_size=batch_size, on_error=on_error,
                                      batch_timeout=batch_timeout, drain_timeout=drain_timeout,
                                      max_source_errors=max_source_errors, infer_workers=infer_workers,
@@ -89,7 +94,8 @@ class Stream:
         if self._stages is None:
             self._stats.t_start = time.monotonic()
             self._stages = Stages(self.detector, self.source, self.source_name, self.options, self._infers,
-                                  self._outbox, self._signal, self._stats, self._events)
+                                  self._outbox, self._signal, self._stats, self._events,
+                                  watch=None if self.drift is None else self.drift.watch)
             tag = f"cfrg-stream-{id(self):x}"
             for stage, target in self._stages.loops():
                 thread = threading.Thread(target=self._signal.guard, args=(stage, target), name=f"{tag}-{stage}",
@@ -132,11 +138,13 @@ class Stream:
     def stats(self) -> dict:
         """Counts, throughput, mean ms per frame of each stage, latency (capture to done) percentiles."""
         o = self.options
-        return self._stats.report(dict(self._outbox.counts), self._events.counts(), flushed=len(self.flushed),
-                                  sink_errors=self._fanout.errors, stop_reason=self.stop_reason,
-                                  sources=self._outbox.source_counts(),
-                                  settings={"queue_size": o.queue_size, "batch_size": o.batch_size,
-                                            "infer_workers": self.infer_workers, "drop": o.drop})
+        report = self._stats.report(dict(self._outbox.counts), self._events.counts(), flushed=len(self.flushed),
+                                    sink_errors=self._fanout.errors, stop_reason=self.stop_reason,
+                                    sources=self._outbox.source_counts(),
+                                    settings={"queue_size": o.queue_size, "batch_size": o.batch_size,
+                                              "infer_workers": self.infer_workers, "drop": o.drop})
+        report["drift"] = None if self.drift is None else self.drift.summary()
+        return report
 
     def _records(self) -> Iterator[Record]:
         try:

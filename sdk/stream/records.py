@@ -21,7 +21,7 @@ class Record:
     error: str | None = None  # why, when status is "error" or "dropped"
     timestamps: dict = field(default_factory=dict)  # time.monotonic(): captured, preprocessed, inferred, done
     frame: Frame | None = None  # the source's frame (its image is None for dropped frames)
-    events: tuple = ()  # SourceEvents (loss, reconnect) reported since the previous record
+    events: tuple = ()  # SourceEvents (loss, reconnect) since the previous record; this frame's sdk.drift DriftEvents
     source: str | None = None  # the camera (Frame.source; the stream's source name when the frame is gone)
 
     def __post_init__(self):

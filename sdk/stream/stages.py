@@ -17,7 +17,9 @@ class Stages:
     """The loops of one stream's threads, joined by bounded pipes; every frame ends as one record in the outbox."""
 
     def __init__(self, detector: Any, source: Iterable, source_name: str, options: StreamOptions, infers: list,
-                 outbox: Outbox, signal: StopSignal, stats: StreamStats, events: SourceEvents):
+                 outbox: Outbox, signal: StopSignal, stats: StreamStats, events: SourceEvents,
+                 watch: Callable[[Record], tuple] | None = None):
+        self.watch = watch  # events for an ok record (the drift monitor), in frame order
         self.detector, self.source, self.source_name, self.options = detector, source, source_name, options
         self.outbox, self.signal, self.stats, self.events = outbox, signal, stats, events
         self.infers = infers
@@ -158,6 +160,9 @@ class Stages:
                     continue
                 self.stats.add("postprocess", time.monotonic() - t0, len(items))
                 for it, result in zip(items, results):
-                    self.emit(it.record("ok", result=result), bounded=True)
+                    rec = it.record("ok", result=result)
+                    if self.watch is not None:
+                        rec.events += self.watch(rec)
+                    self.emit(rec, bounded=True)
         finally:
             self.outbox.finish(self.seq)  # capture has ended: every frame_id is issued
