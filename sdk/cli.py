@@ -148,7 +148,7 @@ def cmd_threshold(ns) -> int:
     defect = image_files(ns.defect) if ns.defect else []
     done = rethreshold(ns.model, good, defect, target_frr=ns.target_frr, default=ns.default,
                        command=f"cfrg threshold --good {ns.good}" + (f" --defect {ns.defect}" if ns.defect else ""),
-                       progress=ns.progress)
+                       progress=ns.progress, ignore_drift=ns.ignore_drift)
     before = done.old.thresholds[done.old.default_threshold].image
     for name, t in done.new.thresholds.items():
         was = done.old.thresholds.get(name)
@@ -158,6 +158,7 @@ def cmd_threshold(ns) -> int:
     rejected = lambda value: sum(s >= value for s in done.good_scores)  # noqa: E731
     print(f"the {len(good)} good images: {rejected(before)} rejected at the old default threshold, "
           f"{rejected(after)} at the new one ({done.new.default_threshold})")
+    print(f"drift check: {done.new.threshold_history[-1]['drift_check']}")
     print(f"wrote {done.description} (the old thresholds kept in its threshold_history)")
     return 0
 
@@ -532,6 +533,8 @@ def _threshold_command(command, options) -> None:
     p.add_argument("--target-frr", type=float, default=0.01, help="good parts rejected by good_only (default 0.01)")
     p.add_argument("--default", choices=["good_only", "f1"], default="good_only",
                    help="the threshold the Detector and cfrg run use by default (default good_only)")
+    p.add_argument("--ignore-drift", action="store_true",
+                   help="set the thresholds even when the good images drifted from the model's drift reference")
     _no_progress(p)
     p.set_defaults(func=cmd_threshold)
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .data import DatasetError
 from .model_info import ModelInfo, Threshold, utc_now
 
 MIN_GOOD_IMAGES = 20  # below this the quantile says little about a 1 % rate
@@ -58,6 +59,27 @@ def score_files(detector, files: Sequence[str | os.PathLike], progress: Callable
     return scores, peaks
 
 
+class DriftRefusal(DatasetError):
+    """The line's good images no longer look like the images the model was exported with."""
+
+
+def drift_check(detector, good_files: Sequence[str | os.PathLike]) -> list[str]:
+    """The drift alarms the line's good images raise against the model's drift reference, in file order ([]:
+    none); None when the model has no reference to compare with."""
+    from .data import read_image
+    from .drift import DriftMonitor
+
+    reference = detector.info.drift_reference
+    if not reference:
+        return None
+    monitor = DriftMonitor(reference, colour="bgr")
+    alarms = []
+    for f in good_files:
+        frame = read_image(f, "bgr")
+        alarms += [e.message for e in monitor.update(frame, detector(frame)) if e.kind == "drift"]
+    return alarms
+
+
 def new_thresholds(good_scores, good_peaks, defect_scores, target_frr: float, sources: dict) -> dict[str, Threshold]:
     from .build.thresholds import good_only_threshold
     from .metrics import f1_optimal_threshold
@@ -72,18 +94,19 @@ def new_thresholds(good_scores, good_peaks, defect_scores, target_frr: float, so
         value, f1 = f1_optimal_threshold(labels, list(good_scores) + list(defect_scores))
         thresholds["f1"] = Threshold(float(value), pixel["value"], {
             "image_f1": float(f1), "n_images": len(labels), "measured_on": f"{sources['good']} + {sources['defect']}",
-            "pixel": "the good_only pixel threshold (defect images without masks)"})
+            "pixel_from": "the good_only pixel threshold (defect images without masks)"})
     return thresholds
 
 
 def rethreshold(model_path: str | os.PathLike, good_files: Sequence[str | os.PathLike],
                 defect_files: Sequence[str | os.PathLike] = (), *, target_frr: float = 0.01, default: str = "good_only",
-                command: str = "cfrg threshold", progress: bool = False,
-                check: Callable[[object, Sequence], None] | None = None) -> Rethresholded:
+                command: str = "cfrg threshold", progress: bool = False, ignore_drift: bool = False) -> Rethresholded:
     """Measure new thresholds on the line's images and write the model description again (history kept).
 
-    check(detector, good_files), when given, refuses good images that no longer look like the training data (it
-    raises with the reason) before anything is written."""
+    First the good images go through a DriftMonitor against the model's drift reference: when they no longer look
+    like the images it was exported with (a dimmer lamp, a moved camera, another material), new thresholds would
+    hide the change, so DriftRefusal says why and nothing is written (unless ignore_drift; the history records
+    it)."""
     from .detector import Detector
     from .progress import progress_bar
 
@@ -96,8 +119,12 @@ def rethreshold(model_path: str | os.PathLike, good_files: Sequence[str | os.Pat
         raise ValueError(f"--default {default}: choose good_only, or f1 with --defect DIR")
     model_path = Path(model_path)
     with Detector(model_path) as detector:
-        if check is not None:
-            check(detector, good_files)
+        alarms = drift_check(detector, good_files)
+        if alarms and not ignore_drift:
+            raise DriftRefusal(f"the {len(good_files)} good images no longer look like the images {model_path.name} "
+                               f"was exported with: {'; '.join(dict.fromkeys(alarms))}; new thresholds would hide "
+                               f"that: fix the lamp, camera or material, or retrain (cfrg train); --ignore-drift sets "
+                               f"them anyway")
         bar = progress_bar(desc="threshold", unit="image", total=len(good_files) + len(defect_files),
                            disable=not progress)
         try:
@@ -111,7 +138,9 @@ def rethreshold(model_path: str | os.PathLike, good_files: Sequence[str | os.Pat
     sources = {"good": f"{len(good_files)} good images (sha256 {files_fingerprint(good_files)[:16]})",
                "defect": f"{len(defect_files)} defect images"}
     thresholds = new_thresholds(good_scores, good_peaks, defect_scores, target_frr, sources)
-    replaced = {"replaced": utc_now(), "by": command, "default": old.default_threshold,
+    drift = ("no drift reference in model.json: not checked" if alarms is None else
+             f"ignored: {'; '.join(dict.fromkeys(alarms))}" if alarms else "no drift against the reference")
+    replaced = {"replaced": utc_now(), "by": command, "drift_check": drift, "default": old.default_threshold,
                 "thresholds": {name: t.to_dict() for name, t in old.thresholds.items()},
                 "score_normalisation": old.score_normalisation.to_dict()}
     new = dataclasses.replace(old, thresholds=thresholds, default_threshold=default,
