@@ -165,12 +165,18 @@ def cmd_threshold(ns) -> int:
 
 def cmd_card(ns) -> int:
     from .files import image_files
-    from .model_card import held_back_images, write_model_card
+    from .model_card import training_run, write_model_card
     from .model_info import ModelInfo
 
     model = Path(ns.model)
-    good = image_files(ns.good_dir) if ns.good_dir else held_back_images(ModelInfo.read(model))
-    out = write_model_card(model, good, out=ns.out, progress=ns.progress)
+    try:
+        run = training_run(ModelInfo.read(model))
+    except FileNotFoundError:
+        if not ns.good_dir:
+            raise
+        run = None  # the card without the run's counts
+    good = image_files(ns.good_dir) if ns.good_dir else list(run.holdout_files)
+    out = write_model_card(model, good, out=ns.out, run=run.raw if run else None, progress=ns.progress)
     print(f"wrote {out} ({len(good)} good images)")
     return 0
 

@@ -173,6 +173,25 @@ def _detection(scores: list[float], threshold: float) -> str:
     return f"{sum(s >= threshold for s in scores)} of {len(scores)}" if scores else "none"
 
 
+def _drift_table(reference: dict | None) -> str:
+    """The drift reference's statistics: what the held-back good images looked like (sdk.drift)."""
+    if not reference:
+        return '<p id="drift-reference">This model.json has no drift reference (exported by an earlier release).</p>'
+    levels = list(reference.get("quantile_levels", []))
+    shown = [q for q in (0.05, 0.5, 0.95) if q in levels]
+    rows = []
+    for name, stat in reference.get("statistics", {}).items():
+        quantiles = stat.get("quantiles", [])
+        rows.append((name, stat.get("n", ""), f"{stat.get('mean', float('nan')):.4g}",
+                     f"{stat.get('std', float('nan')):.3g}",
+                     *(f"{quantiles[levels.index(q)]:.4g}" if len(quantiles) == len(levels) else "" for q in shown)))
+    grid = reference.get("grid")
+    note = (f"<p>Image statistics on a {grid[1]}x{grid[0]} grid of every frame; the drift watch (sdk.DriftMonitor, "
+            f"in every Stream and cfrg run) compares the line's frames with these.</p>" if grid else "")
+    return note + _table(rows, ("statistic", "n", "mean", "std", *(f"{round(100 * q)} %" for q in shown)),
+                         "drift-reference")
+
+
 def render(info, figures: CardFigures, model_name: str, run: dict | None = None) -> str:
     """The card's HTML for the model that `info` (sdk.ModelInfo) describes."""
     esc = html.escape
@@ -215,10 +234,7 @@ def render(info, figures: CardFigures, model_name: str, run: dict | None = None)
                                f"{100 * check.get('auroc_drop', float('nan')):.2f} pt",
                                f"{100 * check.get('pixel_auroc_drop', float('nan')):.2f} pt",
                                f"{100 * check.get('verdict_agreement', float('nan')):.1f} %"))
-    drift = d.get("drift_reference")
-    drift_html = (f'<pre id="drift-reference">{esc(json.dumps(drift, indent=1, sort_keys=True)[:4000])}</pre>'
-                  if drift else '<p id="drift-reference">This model.json has no drift reference (exported by an '
-                                'earlier release).</p>')
+    drift_html = _drift_table(d.get("drift_reference"))
     examples = "".join(f'<figure class="example"><img src="data:image/png;base64,{e["png"]}" alt="{esc(e["title"])}">'
                        f'<figcaption>{esc(e["title"])}: score {e["score"]:.4g}, {esc(e["verdict"].upper())}'
                        f'</figcaption></figure>' for e in figures.examples)
@@ -260,15 +276,16 @@ not the detection rate on real defects, which only real defect images measure (c
 """
 
 
-def held_back_images(info) -> list[Path]:
-    """The held-back good images of the run the model was exported from (model.json's training.run_dir)."""
+def training_run(info):
+    """The RunRecord of the run the model was exported from (model.json's training.run_dir): its held-back good
+    images and counts."""
     from .run_record import RunRecord
 
     run_dir = (info.training or {}).get("run_dir")
     if not run_dir or not (Path(run_dir) / "config.json").is_file():
         raise FileNotFoundError(f"the training run of this model ({run_dir or 'not recorded'}) is not here to name its "
                                 f"held-back good images: pass --good-dir DIR with good images")
-    return list(RunRecord.read(run_dir).holdout_files)
+    return RunRecord.read(run_dir)
 
 
 def write_model_card(model_path: str | os.PathLike, good_files: Sequence[str | os.PathLike], *, out=None,
