@@ -23,6 +23,7 @@ with one ModelFileError that names the file, the problem and the fix.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -219,7 +220,7 @@ class ModelInfo:
     # -- dict / JSON -----------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {
+        return copy.deepcopy({
             "format": self.format,
             "input": dataclasses.asdict(self.input),
             "outputs": dict(self.outputs),
@@ -236,7 +237,7 @@ class ModelInfo:
             **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
             **({"threshold_history": list(self.threshold_history)} if self.threshold_history else {}),
             **({"drift_reference": dict(self.drift_reference)} if self.drift_reference else {}),
-        }
+        })  # a copy all the way down: editing it leaves this description as it was
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
@@ -306,7 +307,7 @@ class ModelInfo:
             precision_check=dict(d.get("precision_check", {})),
             threshold_history=_history(d.get("threshold_history", [])),
             engine=dict(d.get("engine", {})),
-            drift_reference=dict(drift_reference),
+            drift_reference=copy.deepcopy(dict(drift_reference)),
         )
 
     # -- files -----------------------------------------------------------------------------
