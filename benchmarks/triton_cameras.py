@@ -2,10 +2,12 @@
 server, against the same cameras each with a local Detector, in one run on the same machine.
 
     python benchmarks/triton_cameras.py --model runs/prec/ball_screw/model.onnx [--cameras 1,2,4] [--seconds 10]
-        [--serve-python .venv-serve/bin/python] [--max-batch 8] [--queue-delay-us 500] [--json out.json]
+        [--camera-fps 0,12] [--serve-python .venv-serve/bin/python] [--max-batch 8] [--queue-delay-us 500]
+        [--json out.json]
 
 Each camera is a thread that sends its next frame as soon as the last came back (real test images of --category
-from --data, at the model's size; a camera that never waits, so the figures are the most each setup delivers).
+from --data, at the model's size): with --camera-fps 0 a camera that never waits, so the figures are the most each
+setup delivers; with N, a real camera delivering N frames/s, so the latencies are those of a line that keeps up.
 Three setups per camera count:
   local     every camera its own sdk.Detector (its own ONNX Runtime session) in this process;
   server    every camera its own sdk.Detector("grpc://...") to the one server, which batches across them;
@@ -50,7 +52,15 @@ def summary(latencies_ms: list[float], frames: int, seconds: float) -> dict:
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
-def cameras_calling(detectors: list, images: list, seconds: float) -> dict:
+def wait_for_frame(start: float, i: int, fps: float) -> None:
+    """A camera at `fps` delivers frame i at start + i / fps (no wait when fps is 0: as fast as it is read)."""
+    if fps > 0:
+        delay = start + i / fps - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def cameras_calling(detectors: list, images: list, seconds: float, fps: float = 0.0) -> dict:
     """Each detector is one camera's thread, calling it frame after frame for `seconds`."""
     latencies: list[list[float]] = [[] for _ in detectors]
     errors: list[str] = []
@@ -59,9 +69,10 @@ def cameras_calling(detectors: list, images: list, seconds: float) -> dict:
 
     def camera(k: int, det) -> None:
         start.wait()
-        i = k
+        i, began = k, time.perf_counter()
         try:
             while time.perf_counter() < stop_at[0]:
+                wait_for_frame(began, i - k, fps)
                 t0 = time.perf_counter()
                 det(images[i % len(images)])
                 latencies[k].append(1e3 * (time.perf_counter() - t0))
@@ -86,16 +97,18 @@ def cameras_calling(detectors: list, images: list, seconds: float) -> dict:
     return result
 
 
-def one_stream(url: str, cameras: int, images: list, seconds: float) -> dict:
+def one_stream(url: str, cameras: int, images: list, seconds: float, fps: float = 0.0) -> dict:
     """All cameras as one sdk.Stream source list into the server (frames of every camera batched together)."""
     det = Detector(url)
     det(images[0])
-    stop_at = time.perf_counter() + seconds
+    began = time.perf_counter()
+    stop_at = began + seconds
 
     def camera(k: int):
-        i = k
+        i = 0
         while time.perf_counter() < stop_at:
-            yield images[i % len(images)]
+            wait_for_frame(began, i, fps)
+            yield images[(i + k) % len(images)]
             i += 1
 
     t0 = time.perf_counter()
@@ -117,6 +130,9 @@ def main() -> int:
     parser.add_argument("--cameras", default="1,2,4")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--serve-python", default=serve_python())
+    parser.add_argument("--camera-fps", default="0,12",
+                        help="comma-separated camera frame rates, each a pass over every setup (0: cameras that never "
+                             "wait, the most each setup delivers; N: real cameras at N frames/s, for latency)")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--queue-delay-us", type=int, default=500)
     parser.add_argument("--json")
@@ -133,16 +149,19 @@ def main() -> int:
     with ServerProcess(args.model, name="bench", python=args.serve_python, extra_args=extra) as server:
         url = server.url("grpc")
         print(f"server: {server.announcement}")
-        print(f"{'cameras':>7} {'setup':>7} {'fps':>8} {'p50 ms':>8} {'p99 ms':>8} {'fps vs local':>12}")
-        for n in counts:
-            local = cameras_calling([Detector(args.model) for _ in range(n)], images, args.seconds)
-            served = cameras_calling([Detector(url) for _ in range(n)], images, args.seconds)
-            streamed = one_stream(url, n, images, args.seconds)
-            for setup, r in (("local", local), ("server", served), ("stream", streamed)):
-                r.update(cameras=n, setup=setup, ratio_to_local=round(r["fps"] / local["fps"], 3))
-                report["runs"].append(r)
-                print(f"{n:>7} {setup:>7} {r['fps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-                      f"{r['ratio_to_local']:>11.2f}x")
+        for fps in [float(f) for f in args.camera_fps.split(",")]:
+            pace = "as fast as possible" if fps == 0 else f"{fps:g} frames/s each"
+            print(f"cameras {pace}:")
+            print(f"{'cameras':>7} {'setup':>7} {'fps':>8} {'p50 ms':>8} {'p99 ms':>8} {'fps vs local':>12}")
+            for n in counts:
+                local = cameras_calling([Detector(args.model) for _ in range(n)], images, args.seconds, fps)
+                served = cameras_calling([Detector(url) for _ in range(n)], images, args.seconds, fps)
+                streamed = one_stream(url, n, images, args.seconds, fps)
+                for setup, r in (("local", local), ("server", served), ("stream", streamed)):
+                    r.update(cameras=n, camera_fps=fps, setup=setup, ratio_to_local=round(r["fps"] / local["fps"], 3))
+                    report["runs"].append(r)
+                    print(f"{n:>7} {setup:>7} {r['fps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                          f"{r['ratio_to_local']:>11.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
