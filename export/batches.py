@@ -82,10 +82,16 @@ def batch_teacher_features(teacher: torch.nn.Module, model: CFRG, x: torch.Tenso
 
 
 def step_inputs(teacher: torch.nn.Module, model: CFRG, images: np.ndarray, cache: list[torch.Tensor],
-                idx: np.ndarray, xs: np.ndarray, masks: np.ndarray, flips: np.ndarray) -> tuple:
+                idx: np.ndarray, xs: np.ndarray, masks: np.ndarray, flips: np.ndarray,
+                clean: np.ndarray | None = None) -> tuple:
     """cfrg_losses' (x, t_clean, mask, t_in) for a BatchMaker batch. `teacher` runs only where the cache of
-    clean features cannot serve: the flipped clean images, and the images with a defect."""
+    clean features cannot serve: the flipped clean images, and the images with a defect. A CropBatchMaker batch
+    brings its `clean` crops, whose features the teacher computes (no cache holds crops at random places)."""
     x, mask = to_tensor(xs), torch.from_numpy(masks)
+    if clean is not None:
+        with torch.no_grad():
+            t_clean = teacher(model.normalise(to_tensor(clean)))
+        return x, t_clean, mask, batch_teacher_features(teacher, model, x, t_clean, mask.flatten(1).amax(1) > 0)
     t_clean = [c[torch.from_numpy(idx)].to(torch.float32, memory_format=torch.channels_last) for c in cache]
     if flips.any():
         t_clean = batch_teacher_features(teacher, model, to_tensor(flipped_images(images, idx, flips)), t_clean,
@@ -151,3 +157,44 @@ class BatchMaker:
     def close(self):
         self.stop.set()
         self.thread.join(timeout=5)
+
+
+def random_crop(image: np.ndarray, size, rng: np.random.Generator) -> np.ndarray:
+    """A (h, w) crop of `image` at a uniformly random place; an image smaller than the crop is padded with 0 on
+    its bottom and right, as sdk.tiling pads a frame smaller than a tile."""
+    th, tw = size
+    h, w = image.shape[:2]
+    y, x = int(rng.integers(0, max(h - th, 0) + 1)), int(rng.integers(0, max(w - tw, 0) + 1))
+    part = image[y:y + th, x:x + tw]
+    if part.shape[:2] == (th, tw):
+        return part
+    out = np.zeros((th, tw, *image.shape[2:]), image.dtype)
+    out[:part.shape[0], :part.shape[1]] = part
+    return out
+
+
+class CropBatchMaker(BatchMaker):
+    """BatchMaker for training on tiles: each image of a batch is a crop of the tile size at a random place in a
+    good image (at the training scale), flipped as BatchMaker flips, a synthetic defect drawn inside the crop.
+    Batches are (image indices, crops with defects, masks, flip codes, clean crops)."""
+
+    def __init__(self, images, synth: DefectSynthesizer, batch_size: int, anomaly_prob: float, seed: int,
+                 crop, start_step: int = 0, prefetch: int = 3, flip: bool = False):
+        self.crop = tuple(crop)
+        super().__init__(images, synth, batch_size, anomaly_prob, seed, start_step, prefetch, flip)
+
+    def make(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.integers(0, len(self.images), self.bs)
+        h, w = self.crop
+        clean = np.empty((self.bs, h, w, 3), np.uint8)
+        xs = np.empty_like(clean)
+        masks = np.zeros((self.bs, 1, h, w), np.float32)
+        flips = rng.integers(0, 4, self.bs) if self.flip else np.zeros(self.bs, np.int64)
+        for j, i in enumerate(idx):
+            clean[j] = flip_image(random_crop(self.images[i], self.crop, rng), flips[j])
+            if rng.random() < self.p:
+                xs[j], masks[j, 0], _ = self.synth(clean[j], rng)
+            else:
+                xs[j] = clean[j]
+        return idx, xs, masks, flips, clean

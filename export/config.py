@@ -40,6 +40,18 @@ class CFRGConfig:
     # the fine-feature Gaussian's weight in the pixel map (0: none; FineGaussian). Training's default, "auto",
     # starts the model at 0 and the fit at the end of training sets it (export.fitting.fit_fine)
     fine_weight: float = 0.0
+    # training on tiles (cfrg train --scale): frame pixels per model pixel (0: whole frames, squeezed into
+    # image_size, which is then the tile), and the overlap of neighbouring tiles in model pixels
+    tile_scale: float = 0.0
+    tile_overlap: int = 32
+
+    def tile_plan(self):
+        """The sdk.tiling.TilePlan of a model trained on tiles (None: whole frames)."""
+        if not self.tile_scale:
+            return None
+        from sdk.tiling import TilePlan
+
+        return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -16,7 +16,7 @@ from .config import FINE_SPREAD_LIMIT, CFRGConfig
 from .gaussians import GlobalGaussian, auto_fine_weight
 from .map_options import MAP_OPTIONS, MAP_STATISTICS, MEMORY
 from .model import CFRG, to_tensor
-from .train_images import load_train_images
+from .train_images import grid_tiles, load_scaled_images, load_train_images
 
 
 @torch.no_grad()
@@ -176,16 +176,21 @@ def fit_statistics(model: CFRG, images: np.ndarray, holdout_images: np.ndarray |
 
 
 def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
-               holdout: bool = True) -> tuple[np.ndarray, np.ndarray | None, int]:
+               holdout: bool = True, plan=None) -> tuple[np.ndarray, np.ndarray | None, int]:
     """A run's good training images and (`holdout`) its held-back good images (None when it held none back or
-    they are not asked for) at `size`, and its seed: its config.json says which images, `data` says where they
-    live now."""
+    they are not asked for) at `size` (or, for a model trained on tiles, every tile of them by `plan`), and its
+    seed: its config.json says which images, `data` says where they live now."""
     run = RunRecord.read(run_dir, data)
     train_set = AnomalyDataset(run.data, run.category, "train")
     if run.data_fingerprint and train_set.fingerprint() != run.data_fingerprint:
         raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
                          f"on (data fingerprint); pass --data with the run's data set")
     train_idx, holdout_idx = run.split([smp.path for smp in train_set.samples])
+    if plan is not None:
+        images = grid_tiles(load_scaled_images(train_set, plan, progress, train_idx), plan)
+        held = (grid_tiles(load_scaled_images(train_set, plan, False, holdout_idx), plan)
+                if holdout_idx and holdout else None)
+        return images, held, run.seed
     images = load_train_images(train_set, size, progress, train_idx)
     held = load_train_images(train_set, size, False, holdout_idx) if holdout_idx and holdout else None
     return images, held, run.seed
@@ -238,7 +243,7 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
     fine = fine_from_fit or config.fine_weight > 0
     if (new_stats and config.map_normalisation == "position") or rebuild_memory or fine:
         images, holdout, seed = run_images(run_dir, data, config.image_size, progress,
-                                           holdout=rebuild_memory or fine)
+                                           holdout=rebuild_memory or fine, plan=config.tile_plan())
         if new_stats and config.map_normalisation == "position":
             fit_map(new, images, progress=progress)
         cache = teacher_cache(new, images) if rebuild_memory or fine else None

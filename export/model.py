@@ -69,6 +69,9 @@ class CFRG(nn.Module):
         self.seg_blur = GaussianBlur(config.seg_sigma) if config.seg_sigma else nn.Identity()
         if config.map_normalisation not in MAP_NORMALISATIONS:
             raise ValueError(f"map_normalisation must be one of {MAP_NORMALISATIONS}, got {config.map_normalisation!r}")
+        if config.tile_scale and config.map_normalisation == "position":
+            raise ValueError("map_normalisation 'position' keeps statistics per position of the whole image, which "
+                             "mean nothing for a tile that may lie anywhere: train on tiles with map 'sum' (default)")
         if config.map_normalisation == "position":  # per-position discrepancy statistics on good images
             h, w = config.image_size
             n_comp = 1 + int(config.use_recovery)

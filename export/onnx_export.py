@@ -139,8 +139,9 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
     with atomic_output(out) as tmp:
         onnx.save(proto, str(tmp))
         predict = backend_predictor(OnnxRuntimeBackend(tmp), INPUT_NAME, model.config.colour_order)
+        plan = model.config.tile_plan()  # a model trained on tiles: its thresholds are those of whole frames
         thresholds, good_scores = measure_thresholds(predict, (h, w), good_files, target_frr, defect_set,
-                                                        f"{cat}/{defect_split}", progress)
+                                                        f"{cat}/{defect_split}", progress, plan=plan)
         normalisation = score_normalisation(np.array(good_scores), thresholds["good_only"].image)
         info = ModelInfo(
             input=InputSpec(name=INPUT_NAME, height=h, width=w, colour_order=model.config.colour_order),
@@ -161,6 +162,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
                             "memory_size": model.config.memory_size, "memory_images": memory_images},
             drift_reference=reference_from_files(good_files, good_scores, normalisation, (h, w)),
+            tiling=({"scale": model.config.tile_scale, "tile": [h, w], "overlap": model.config.tile_overlap}
+                    if plan is not None else {}),
         )
         save_with_description(proto, tmp, info)
     info.write_beside(out)

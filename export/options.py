@@ -57,6 +57,72 @@ def parse_size(text: str) -> tuple[int, int] | str:
     return parts[0], parts[1]
 
 
+SCALES = ("whole", "auto")
+TILE_SIDE = 256  # the tile's side for training on tiles, unless the scaled images are smaller
+AUTO_MAX_TILES = 4  # --scale auto: the median image in at most this many tiles (about 4x a whole frame's latency)
+AUTO_MIN_GAIN = 1.5  # --scale auto: tiles only when they see the part at >= 1.5x the whole-frame resolution
+
+
+def parse_scale(text: str) -> float | str:
+    """'whole' (every image squeezed into the input), 'auto' (auto_scale), or S > 0: frame pixels per model pixel
+    (1 = the camera's own scale), the model trained on tiles."""
+    folded = str(text).strip().lower()
+    if folded in SCALES:
+        return folded
+    try:
+        value = float(folded)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale {text!r}: give 'whole', 'auto' or frame pixels per model pixel, "
+                                         f"e.g. 1 (the camera's own scale) or 2") from None
+    problem = scale_check(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"--scale {text!r}: {problem}")
+    return value
+
+
+def scale_check(v) -> Optional[str]:
+    if v in SCALES:
+        return None
+    return number(0, 64, low_open=True, high_open=False)(v) and "give 'whole', 'auto' or a number in (0, 64]"
+
+
+def auto_tile_size(sizes: list[tuple[int, int]], scale: float) -> tuple[int, int]:
+    """(height, width) of the tiles for images of `sizes` at `scale`: TILE_SIDE a side, or where the median image
+    is shorter at that scale, its side rounded up to a multiple of 32 (the frame is padded to it)."""
+    h, w = _median_size(sizes)
+    return tuple(min(TILE_SIDE, max(32, -(-round(side / scale) // 32) * 32)) for side in (h, w))
+
+
+def _median_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    if not sizes:
+        raise ValueError("no training images to take the scale from")
+    return (sorted(h for h, _ in sizes)[len(sizes) // 2], sorted(w for _, w in sizes)[len(sizes) // 2])
+
+
+def auto_scale(sizes: list[tuple[int, int]], overlap: int = 32) -> tuple[float, str]:
+    """--scale auto from the good training images' sizes: (0 for whole frames, or the scale; why). The smallest
+    scale >= 1 (in steps of 0.05) at which the median image needs at most AUTO_MAX_TILES tiles; whole frames when
+    those tiles would not see the part at AUTO_MIN_GAIN times the resolution the whole-frame input gives (small
+    images, which the whole-frame input already shows at about their own scale)."""
+    from sdk.tiling import TilePlan
+
+    h, w = _median_size(sizes)
+    whole_h, whole_w = auto_image_size(sizes)
+    whole_resolution = min(whole_h / h, whole_w / w)  # model pixels per image pixel, whole frame
+    for step in range(20, 20 * 64 + 1):
+        scale = step / 20
+        tile = auto_tile_size(sizes, scale)
+        tiles = TilePlan(tile, min(overlap, min(tile) - 1), 1 / scale).count((h, w))
+        if tiles <= AUTO_MAX_TILES:
+            break
+    gain = (1 / scale) / whole_resolution
+    if gain < AUTO_MIN_GAIN:
+        return 0.0, (f"whole frames: the median {w}x{h} image is {whole_resolution:.2f} model pixels per image "
+                     f"pixel whole; {AUTO_MAX_TILES} tiles or fewer would see it at only {gain:.2f}x that")
+    return scale, (f"tiles at {scale:g} image pixels per model pixel: the median {w}x{h} image in {tiles} tile(s) of "
+                   f"{tile[1]}x{tile[0]}, {gain:.2f}x the resolution of the whole-frame {whole_w}x{whole_h} input")
+
+
 def image_size_check(v) -> Optional[str]:
     ok = v == "auto" or (isinstance(v, (tuple, list)) and len(v) == 2
           and all(isinstance(p, int) and not isinstance(p, bool) and p >= 32 and p % 32 == 0 for p in v))
@@ -109,6 +175,12 @@ class TrainArgs:
                                                "256x256 pixels at the training images' aspect ratio when they "
                                                "share one, else 256x256",
                                          type=parse_size, check=image_size_check)
+    scale: float | str = option("whole", "train on tiles: image pixels per model pixel (1: the camera's own scale), "
+                                "'auto' (from the training images' size: tiles for images much larger than the "
+                                "input, else whole), or 'whole' (default: every image squeezed into the input)",
+                                type=parse_scale, check=scale_check)
+    tile_overlap: int = option(_RECIPE.tile_overlap, "with --scale: overlap of neighbouring tiles in model pixels "
+                               "(default 32)", type=int, check=whole(0, 224))
     teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
     teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
     steps: int = option(0, "stop after N steps (0: only the time budget)", type=int, check=whole(0, 10**9))
@@ -158,15 +230,22 @@ class TrainArgs:
         if self.steps == 0 and self.time_budget <= 0:
             raise ValueError("nothing bounds training: give --steps N (N >= 1) or --time-budget MINUTES (> 0)")
 
-    def model_config(self, image_size: tuple[int, int] | None = None) -> CFRGConfig:
+    def model_config(self, image_size: tuple[int, int] | None = None, tile_scale: float | None = None) -> CFRGConfig:
         """The model's configuration: the TrainArgs fields that are CFRGConfig fields, "auto" resolved for the input
-        size (`image_size` resolves --image-size auto; --fine-weight auto starts at 0, see MAP_OPTIONS)."""
+        size (`image_size` resolves --image-size auto, `tile_scale` --scale auto (0: whole frames); --fine-weight
+        auto starts at 0, see MAP_OPTIONS)."""
         size = image_size or self.image_size
         if size == "auto":
             raise ValueError("--image-size auto is resolved from the training images: pass image_size")
+        scale = self.scale if tile_scale is None else tile_scale
+        if scale == "auto":
+            raise ValueError("--scale auto is resolved from the training images: pass tile_scale")
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in CFRGConfig.__dataclass_fields__}
         values.update({name: o.config_value(values[name], size) for name, o in MAP_OPTIONS.items()})
-        return CFRGConfig(**{**values, "image_size": tuple(size)})
+        scale = 0.0 if scale == "whole" else float(scale)
+        if scale and values["tile_overlap"] >= min(size):
+            raise ValueError(f"--tile-overlap {values['tile_overlap']}: must be below the tile's short side {min(size)}")
+        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale})
 
     def record(self) -> dict:
         """The options as config.json's "train" records them (JSON values)."""

@@ -64,5 +64,6 @@ def torch_predictor(model: CFRG):
 
 
 def run_eval(model: CFRG, test: AnomalyDataset, limit=None, progress=True) -> dict:
-    preds = predict_dataset(torch_predictor(model), test, model.config.image_size, progress=progress, limit=limit)
+    preds = predict_dataset(torch_predictor(model), test, model.config.image_size, progress=progress, limit=limit,
+                            plan=model.config.tile_plan())
     return evaluate(preds, test)

@@ -16,14 +16,14 @@ from sdk.model_info import software_versions
 from sdk.run_record import RunRecord
 from sdk.synthesis import DefectSynthesizer
 
-from .batches import BatchMaker, cfrg_losses, step_inputs
+from .batches import BatchMaker, CropBatchMaker, cfrg_losses, step_inputs
 from .checkpoint import save_checkpoint
 from .fitting import fit_statistics, teacher_cache
 from .model import CFRG
-from .options import TrainArgs, auto_image_size, shared_aspect
+from .options import TrainArgs, auto_image_size, auto_scale, auto_tile_size, shared_aspect
 from .predictor import fold_batchnorm, run_eval
 from .resume import resume_state, save_state
-from .train_images import check_training_size, load_train_images, split_holdout
+from .train_images import check_training_size, grid_tiles, load_scaled_images, load_train_images, split_holdout
 
 
 class WeightAverage:
@@ -121,6 +121,62 @@ def resolve_image_size(args: TrainArgs, train_set: AnomalyDataset) -> tuple[int,
     return size
 
 
+def resolve_geometry(args: TrainArgs, train_set: AnomalyDataset) -> tuple[tuple[int, int], float]:
+    """(input size, tile scale): for whole frames (scale 0) the input size of resolve_image_size; for tiles
+    (--scale S, or --scale auto where the images are large) the tile, TILE_SIDE a side unless the images are
+    smaller at that scale (or --image-size when given)."""
+    if args.scale == "whole":
+        return resolve_image_size(args, train_set), 0.0
+    sizes = [train_set.load_image(i).shape[:2] for i in spread_indices(len(train_set), 64)]
+    scale = args.scale
+    if scale == "auto":
+        scale, why = auto_scale(sizes, args.tile_overlap)
+        print(f"--scale auto: {why}")
+        if not scale:
+            return resolve_image_size(args, train_set), 0.0
+    tile = tuple(args.image_size) if args.image_size != "auto" else auto_tile_size(sizes, scale)
+    print(f"training on {tile[1]}x{tile[0]} tiles at {scale:g} image pixels per model pixel, overlap "
+          f"{args.tile_overlap}")
+    return tile, float(scale)
+
+
+class TrainingImages:
+    """The good images a run trains and fits on. Whole frames: arrays at the input size (`images`, with the
+    teacher's cached features). Tiles: the images at the training scale (`scaled`, cropped at random for each
+    step) and every tile of them as the Detector cuts them (`images`, what the statistics are fitted on)."""
+
+    def __init__(self, train_set: AnomalyDataset, config, train_idx: list[int], holdout_idx: list[int],
+                 progress: bool, need_holdout: bool):
+        self.plan = config.tile_plan()
+        if self.plan is None:
+            self.scaled = None
+            self.images = load_train_images(train_set, config.image_size, progress, train_idx)
+            self.holdout = (load_train_images(train_set, config.image_size, False, holdout_idx)
+                            if holdout_idx and need_holdout else None)
+        else:
+            self.scaled = load_scaled_images(train_set, self.plan, progress, train_idx)
+            self.images = grid_tiles(self.scaled, self.plan)
+            self.holdout = (grid_tiles(load_scaled_images(train_set, self.plan, False, holdout_idx), self.plan)
+                            if holdout_idx and need_holdout else None)
+        self._cache = None
+
+    def cache(self, model: CFRG) -> list[torch.Tensor]:
+        """The teacher's features of `images` (computed once)."""
+        if self._cache is None:
+            self._cache = teacher_cache(model, self.images)
+        return self._cache
+
+    def batch_maker(self, synth, args: TrainArgs, start_step: int) -> BatchMaker:
+        if self.plan is None:
+            return BatchMaker(self.images, synth, args.batch_size, args.anomaly_prob, args.seed,
+                              start_step=start_step, flip=args.augment == "flip")
+        return CropBatchMaker(self.scaled, synth, args.batch_size, args.anomaly_prob, args.seed, self.plan.tile,
+                              start_step=start_step, flip=args.augment == "flip")
+
+    def donors(self) -> list:
+        return list(self.images if self.scaled is None else self.scaled)
+
+
 def write_run(args: TrainArgs, model: CFRG, train_set: AnomalyDataset, test_set: AnomalyDataset | None,
               train_idx: list[int], holdout_idx: list[int], summary: dict) -> dict:
     """OUT/model.pt, the final evaluation (OUT/metrics.json) and OUT/config.json; returns the config."""
@@ -146,7 +202,7 @@ def train(args: TrainArgs) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = args.model_config(resolve_image_size(args, train_set))
+    config = args.model_config(*resolve_geometry(args, train_set))
     model = CFRG(config, teacher_weights=args.teacher_weights).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=1e-4)
     last = Path(args.out) / "last.pt"
@@ -154,12 +210,11 @@ def train(args: TrainArgs) -> dict:
     step, elapsed, history = (resume_state(last, model, opt, config, args, average) if args.resume
                               else (0, 0.0, []))
     train_idx, holdout_idx = split_holdout(len(train_set), args.holdout)
-    images = load_train_images(train_set, config.image_size, args.progress, train_idx)
-    cache = teacher_cache(model, images)
-    holdout_images = (load_train_images(train_set, config.image_size, False, holdout_idx)
-                      if holdout_idx and (model.memory is not None or model.fine is not None
-                                          or args.fine_weight == "auto") else None)
-    synth = DefectSynthesizer(donor_images=list(images), texture_dir=args.texture_dir)
+    good = TrainingImages(train_set, config, train_idx, holdout_idx, args.progress,
+                          need_holdout=model.memory is not None or model.fine is not None or args.fine_weight == "auto")
+    images, holdout_images = good.images, good.holdout
+    cache = None if good.plan is not None else good.cache(model)  # tiles: the teacher runs on each step's crops
+    synth = DefectSynthesizer(donor_images=good.donors(), texture_dir=args.texture_dir)
     budget = args.time_budget * 60.0
     total_steps = args.steps or None
 
@@ -172,8 +227,7 @@ def train(args: TrainArgs) -> dict:
     def save_last():
         save_state(last, model, opt, step, elapsed, history, config, args, average)
 
-    maker = BatchMaker(images, synth, args.batch_size, args.anomaly_prob, args.seed, start_step=step,
-                       flip=args.augment == "flip")
+    maker = good.batch_maker(synth, args, step)
     teacher = fold_batchnorm(model.teacher)  # a third less time than model.teacher, the same features
     bar = progress_bar(total=100, desc=f"train {args.category}", unit="%", disable=not args.progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total}% [{elapsed}<{remaining}{postfix}]")
@@ -186,10 +240,10 @@ def train(args: TrainArgs) -> dict:
         with stop:
             while progress_fraction() < 1.0 and stop.requested is None:
                 t0 = time.perf_counter()
-                idx, xs, masks, flips = maker.next()
+                batch = maker.next()
                 for g in opt.param_groups:
                     g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * progress_fraction()))
-                losses = cfrg_losses(model, *step_inputs(teacher, model, images, cache, idx, xs, masks, flips))
+                losses = cfrg_losses(model, *step_inputs(teacher, model, images, cache, *batch))
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()
@@ -206,7 +260,7 @@ def train(args: TrainArgs) -> dict:
                 if elapsed >= next_eval and test_set is not None:
                     if average is not None:
                         average.swap()  # the weights that will be saved are the ones evaluated
-                    fit_statistics(model, images, holdout_images, cache, args.seed, limit=128,
+                    fit_statistics(model, images, holdout_images, good.cache(model), args.seed, limit=128,
                                    fine_weight=args.fine_weight)
                     res = run_eval(model, test_set, args.eval_limit, progress=False)
                     if average is not None:
@@ -226,8 +280,9 @@ def train(args: TrainArgs) -> dict:
                                   f"the same command with --resume continues from there")
     if average is not None:
         average.swap()  # model.pt holds the average; last.pt keeps both for --resume
-    n_stats, n_memory, fine = fit_statistics(model, images, holdout_images, cache, args.seed, progress=args.progress,
-                                        fine_weight=args.fine_weight)
+    n_stats, n_memory, fine = fit_statistics(model, images, holdout_images, good.cache(model), args.seed,
+                                             progress=args.progress, fine_weight=args.fine_weight)
     summary = {"steps": step, "train_minutes": elapsed / 60, "samples_seen": step * args.batch_size,
+               **({"fit_tiles": len(images)} if good.plan is not None else {}),
                "map_stats_images": n_stats, "memory_images": n_memory, "fine": fine, "history": history}
     return write_run(args, model, train_set, test_set, train_idx, holdout_idx, summary)

@@ -62,3 +62,22 @@ def load_train_images(dataset: AnomalyDataset, size: Sequence[int], progress: bo
     imgs = [resize_for_model(dataset.load_image(i, colour="rgb"), size)
             for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False)]
     return np.stack(imgs)
+
+
+def load_scaled_images(dataset: AnomalyDataset, plan, progress: bool, index: Sequence[int]) -> list[np.ndarray]:
+    """The good images at the scale of a model trained on tiles (an sdk.tiling.TilePlan), each at its own size, the
+    pixels the Detector's tiles are cut from."""
+    from sdk.progress import progress_bar
+    out = []
+    for i in progress_bar(index, desc="load train", unit="img", disable=not progress, leave=False):
+        image = dataset.load_image(i, colour="rgb")
+        out.append(resize_for_model(image, plan.scaled_size(image.shape[:2])[0]))
+    return out
+
+
+def grid_tiles(scaled_images: Sequence[np.ndarray], plan) -> np.ndarray:
+    """Every tile of every scaled image, as the Detector cuts them (uint8 (N, th, tw, 3)): what the statistics
+    after training are fitted on, so that they hold for a tile at any place."""
+    from sdk.tiling import make_tiles
+
+    return np.concatenate([make_tiles(image, plan.tile, plan.overlap)[0] for image in scaled_images])

@@ -65,6 +65,7 @@ def cmd_train(ns) -> int:
 
 def cmd_eval(ns) -> int:
     from .data import AnomalyDataset
+    from .detector import Detector
     from .evaluate import evaluate, format_table, predict_dataset, predict_frames, save_overlays
     from .files import check_output_folder, write_json
 
@@ -74,8 +75,7 @@ def cmd_eval(ns) -> int:
     if not model_path.exists():
         raise ModelFileError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
                              f"or a model.onnx from `cfrg export`")
-    if ns.tile and model_path.suffix == ".pt":
-        raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
+
     eval_options = _options().EVAL_OPTIONS
     other_fusion = {k: getattr(ns, k) for k in eval_options if getattr(ns, k) is not None}
     if model_path.suffix == ".pt":
@@ -84,14 +84,17 @@ def cmd_eval(ns) -> int:
         if other_fusion:
             model = factory("fitting", what).with_map_fusion(model, model_path.parent, data=ns.data,
                                                              progress=ns.progress, **other_fusion)
+        if ns.tile and model.config.tile_plan() is None:
+            raise ValueError("--tile runs exported models: export the checkpoint (cfrg export) and evaluate the .onnx")
         predict, size = factory("predictor", what).torch_predictor(model), model.config.image_size
+        plan = model.config.tile_plan()  # a model trained on tiles is judged in tiles
     else:
         if other_fusion:
             raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "
                              f"{model_path.name} are built into the graph; export the checkpoint again instead")
-        from .detector import Detector
         det = Detector(model_path, backend=ns.backend, colour="rgb", **_tiling(ns))
-        predict, size = (det if ns.tile else det.predictor()), det.size
+        predict, size = (det if det.tiling else det.predictor()), det.size
+        plan = det.tile_plan if det.tiling else None
     test = AnomalyDataset(ns.data, ns.category, "test")
     if not any(smp.label for smp in test.samples):
         from .data import DatasetError
@@ -102,14 +105,15 @@ def cmd_eval(ns) -> int:
     for output in ([Path(ns.json).parent] if ns.json else []) + ([Path(ns.save_maps)] if ns.save_maps else []):
         check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
-    preds = (predict_frames(predict, test, batch_size=ns.batch_size, progress=ns.progress) if ns.tile else
-             predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress))
+    preds = (predict_frames(predict, test, batch_size=ns.batch_size, progress=ns.progress)
+             if isinstance(predict, Detector) and plan is not None else
+             predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress, plan=plan))
     seconds = time.perf_counter() - t0
     result = evaluate(preds, test, fpr_limit=ns.fpr_limit)
     result.update(model=str(model_path), category=ns.category, seconds_per_image=seconds / max(len(test), 1))
-    if ns.tile:
-        result["tiling"] = {"overlap": ns.tile_overlap, "scale": ns.tile_scale or "short side fits the model",
-                            "tile": list(size)}
+    if plan is not None:
+        result["tiling"] = {"overlap": plan.overlap, "tile": list(plan.tile),
+                            "model_pixels_per_frame_pixel": plan.scale or "short side fits the model"}
     print(format_table(result))
     for name, why in result.get("undefined", {}).items():
         print(f"  {name}: not defined ({why}); written as null")
@@ -307,19 +311,20 @@ def drift_summary_line(drift: dict | None, turned_off: bool) -> str:
 
 def _tiling(ns) -> dict:
     """Detector options of --tile, --tile-overlap, --tile-scale."""
-    if not ns.tile:
-        return {}
-    return {"tiling": True, "tile_overlap": ns.tile_overlap, "tile_scale": ns.tile_scale}
+    # without --tile, a model trained on tiles tiles anyway, as it was trained (the overlap and scale given or its own)
+    return {"tiling": True if ns.tile else None, "tile_overlap": ns.tile_overlap, "tile_scale": ns.tile_scale}
 
 
 def _tile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", action="store_true",
                    help="tiled inference for frames much larger than the model input (line-scan strips): "
                         "overlapping tiles of the model's size, maps stitched, the highest tile score")
-    p.add_argument("--tile-overlap", type=checked_type(int, whole(0, 4096)), default=32,
-                   help="overlap of neighbouring tiles in model pixels (default 32)")
+    p.add_argument("--tile-overlap", type=checked_type(int, whole(0, 4096)),
+                   help="overlap of neighbouring tiles in model pixels (default: the model's own for a model trained "
+                        "on tiles, else 32)")
     p.add_argument("--tile-scale", type=checked_type(float, number(0, 64, low_open=True, high_open=False)),
-                   help="model pixels per frame pixel (default: the frame's short side fits the model's)")
+                   help="model pixels per frame pixel (default: the model's own for a model trained on tiles, else "
+                        "the frame's short side fits the model's)")
 
 
 def workers_arg(text: str):

@@ -17,11 +17,7 @@ from .evaluate import backend_predictor
 from .model_info import ModelInfo
 from .postprocess import Region, postprocess
 from .preprocess import preprocess
-from .tiling import make_tiles, stitch
-
-
-MIN_TILE_SIDE = 32  # the teacher's coarsest stride: a smaller frame has no feature left
-MAX_TILED_PIXELS = 1 << 28  # a scaled frame beyond this would not fit in memory as tiles
+from .tiling import TilePlan
 
 
 @dataclass
@@ -80,14 +76,16 @@ class Detector:
     frames: uint8 HxW (grayscale), HxWx1, HxWx3 in `colour` order ("bgr" as OpenCV delivers, or "rgb").
     threshold: "default" (as recorded at export), "good_only", "f1", or a number (raw score).
     tiling: for frames much larger than the model input (line-scan strips, large sheets): each frame is
-    scaled by `tile_scale` (default: so that its short side fits the model's), cut into overlapping tiles of the
-    model's size (`tile_overlap` model pixels), the tiles run as batches, their maps are stitched (max in
-    the overlaps) and the frame's score is its highest tile score. Results come at the frame's resolution.
+    scaled by `tile_scale` (model pixels per frame pixel; default: so that its short side fits the model's), cut
+    into overlapping tiles of the model's size (`tile_overlap` model pixels), the tiles run as batches, their
+    maps are stitched (max in the overlaps) and the frame's score is its highest tile score. Results come at the
+    frame's resolution. A model trained on tiles (cfrg train --scale; model.json "tiling") tiles every frame as
+    its training saw it: tiling, tile_scale and tile_overlap default to its own.
     """
 
     @older_spellings(color="colour")
     def __init__(self, path: str | Path, backend: str = "auto", threshold: str | float = "default",
-                 min_area: int = 0, colour: str = "bgr", tiling: bool = False, tile_overlap: int = 32,
+                 min_area: int = 0, colour: str = "bgr", tiling: bool | None = None, tile_overlap: int | None = None,
                  tile_scale: float | None = None, **backend_options):
         self.path = path if is_server_url(path) else Path(path)  # a served model keeps its URL
         self._backend_choice, self._backend_options = backend, dict(backend_options)
@@ -100,13 +98,21 @@ class Detector:
         self.min_area = int(require(_python_int(min_area), whole(0, INT64_MAX),
                                     f"min_area must be a whole number of pixels from 0 to {INT64_MAX}, got {min_area!r}"))
         self.image_threshold, self.pixel_threshold = self.info.threshold(threshold)
-        self.tiling = bool(tiling)
-        self.tile_overlap = int(require(_python_int(tile_overlap), whole(0, min(self.size) - 1),
+        trained = self.info.tile_plan  # None: a model of whole frames
+        if trained is not None and tiling is not None and not tiling:
+            raise ValueError(f"{self.path}: this model was trained on {self.size[1]}x{self.size[0]} tiles at "
+                             f"{self.info.tiling['scale']:g} frame pixels per model pixel and judges frames only "
+                             f"in tiles: leave tiling out (or pass tiling=True)")
+        self.tiling = trained is not None if tiling is None else bool(tiling)
+        overlap = (trained.overlap if trained else 32) if tile_overlap is None else tile_overlap
+        self.tile_overlap = int(require(_python_int(overlap), whole(0, min(self.size) - 1),
                                         f"tile_overlap must be a whole number of model pixels in [0, {min(self.size)}), "
-                                        f"got {tile_overlap!r}"))
-        self.tile_scale = require(tile_scale, optional(number(0, low_open=True)),
+                                        f"got {overlap!r}"))
+        scale = (trained.scale if trained else None) if tile_scale is None else tile_scale
+        self.tile_scale = require(scale, optional(number(0, low_open=True)),
                                   f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
-                                  f"got {tile_scale!r}")
+                                  f"got {scale!r}")
+        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale)
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 
@@ -139,27 +145,10 @@ class Detector:
         maps, scores = raw
         return [self._result(np.asarray(f).shape[:2], m, float(s)) for f, m, s in zip(frames, maps, scores)]
 
-    def _scale_for(self, frame_hw) -> float:
-        if self.tile_scale is not None:
-            return self.tile_scale
-        return max(self.size[0] / frame_hw[0], self.size[1] / frame_hw[1])  # the short side fits the model
-
     def _tiles(self, frames: list[np.ndarray]) -> TiledBatch:
         tiles, layout, first = [], [], 0
         for frame in frames:
-            scale = self._scale_for(frame.shape[:2])
-            scaled_hw = (max(1, round(frame.shape[0] * scale)), max(1, round(frame.shape[1] * scale)))
-            h, w = frame.shape[:2]
-            if min(scaled_hw) < MIN_TILE_SIDE:
-                raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled_hw[1]}x{scaled_hw[0]} model "
-                                 f"pixels; the model needs at least {MIN_TILE_SIDE} a side (its coarsest stride): give "
-                                 f"a scale of at least {MIN_TILE_SIDE / min(h, w):.4g}, or leave it out")
-            if scaled_hw[0] * scaled_hw[1] > MAX_TILED_PIXELS:
-                raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled_hw[1]}x{scaled_hw[0]} model "
-                                 f"pixels, more than {MAX_TILED_PIXELS} to tile: give a smaller scale")
-            scaled = np.empty((1, *scaled_hw, 3), np.uint8)
-            preprocess(frame, scaled, index=0, colour_in=self.colour, colour_out=self.model_colour)
-            frame_tiles, origins = make_tiles(scaled[0], self.size, self.tile_overlap)
+            frame_tiles, origins, scaled_hw, scale = self.tile_plan.cut(frame, self.colour, self.model_colour)
             layout.append((first, len(frame_tiles), origins, scaled_hw, scale))
             first += len(frame_tiles)
             tiles.append(frame_tiles)
@@ -167,8 +156,7 @@ class Detector:
 
     def _tiled_result(self, frame_hw, raw: TiledRaw, k: int) -> Result:
         first, count, origins, scaled_hw, scale = raw.layout[k]
-        maps = np.ascontiguousarray(raw.maps[first:first + count], dtype=np.float32)
-        amap = stitch(maps, origins, scaled_hw, mode="max")
+        amap = self.tile_plan.join(raw.maps[first:first + count], origins, scaled_hw)
         result = self._result(frame_hw, amap, float(raw.scores[first:first + count].max()))
         result.tiling = {"tile": list(self.size), "overlap": self.tile_overlap, "tiles": count,
                          "scale": round(scale, 6)}

@@ -56,16 +56,28 @@ class Predictions:
     frame_shapes: list[tuple[int, int]] = field(default_factory=list)
 
 
-def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Sequence[int],
-                    batch_size: int = 8, progress: bool = True, limit: int | None = None) -> Predictions:
-    """Run the predictor over a split in batches; keeps model-size maps only."""
+def frame_runner(predict: Predictor, image_size: Sequence[int], plan=None):
+    """run(RGB images of any size) -> (maps, scores) through `predict`: each image squeezed to the model size
+    (maps at the model size), or with an sdk.tiling.TilePlan (a model trained on tiles) cut into its tiles (maps
+    at the scaled image's size, the highest tile's score)."""
+    if plan is not None:
+        from .tiling import tiled_predict
+
+        return lambda images: tiled_predict(predict, images, plan)
 
     def run(images):
         m, s = predict(np.stack([resize_for_model(img, image_size) for img in images]))
         return (list(np.asarray(m, dtype=np.float32).reshape(len(images), *m.shape[-2:])),
                 np.asarray(s, dtype=np.float64).reshape(-1).tolist())
 
-    return _predict(run, dataset, batch_size, progress, limit)
+    return run
+
+
+def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Sequence[int],
+                    batch_size: int = 8, progress: bool = True, limit: int | None = None, plan=None) -> Predictions:
+    """Run the predictor over a split in batches (frame_runner: squeezed, or in tiles by `plan`); keeps the maps
+    at the model size (or the scaled frame's)."""
+    return _predict(frame_runner(predict, image_size, plan), dataset, batch_size, progress, limit)
 
 
 def predict_frames(detector, dataset: AnomalyDataset, batch_size: int = 8, progress: bool = True,

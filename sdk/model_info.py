@@ -17,7 +17,9 @@ with one ModelFileError that names the file, the problem and the fix.
      "engine": {"tensorrt", "gpu", "compute_capability", "precision", "shapes", "source_onnx", ...},  (engines)
      "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
      "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...],  (cfrg threshold)
-     "drift_reference": {...}}  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
+     "drift_reference": {...},  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
+     "tiling": {"scale", "tile": [h, w], "overlap"}}  (models trained on tiles, cfrg train --scale: frame pixels per
+                                                      model pixel, the tile (the input), its overlap in model pixels)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -215,6 +217,7 @@ class ModelInfo:
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
     threshold_history: list = field(default_factory=list)  # thresholds replaced by cfrg threshold, oldest first
     drift_reference: dict = field(default_factory=dict)  # sdk.drift: good images' statistics and scores at export
+    tiling: dict = field(default_factory=dict)  # a model trained on tiles: {"scale", "tile", "overlap"}; {}: whole frames
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -237,6 +240,7 @@ class ModelInfo:
             **({"precision_check": dict(self.precision_check)} if self.precision_check else {}),
             **({"threshold_history": list(self.threshold_history)} if self.threshold_history else {}),
             **({"drift_reference": dict(self.drift_reference)} if self.drift_reference else {}),
+            **({"tiling": dict(self.tiling)} if self.tiling else {}),
         })  # a copy all the way down: editing it leaves this description as it was
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -308,7 +312,17 @@ class ModelInfo:
             threshold_history=_history(d.get("threshold_history", [])),
             engine=dict(d.get("engine", {})),
             drift_reference=copy.deepcopy(dict(drift_reference)),
+            tiling=_tiling(d.get("tiling") or {}, _mapping(d, "input")),
         )
+
+    @property
+    def tile_plan(self):
+        """The sdk.tiling.TilePlan a model trained on tiles was trained with (None for whole-frame models)."""
+        if not self.tiling:
+            return None
+        from .tiling import TilePlan
+
+        return TilePlan(tuple(self.tiling["tile"]), self.tiling["overlap"], 1.0 / self.tiling["scale"])
 
     # -- files -----------------------------------------------------------------------------
 
@@ -455,3 +469,21 @@ def software_versions(*packages: str) -> dict:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _tiling(d: Any, model_input: dict) -> dict:
+    """model.json's "tiling", validated: the scale (frame pixels per model pixel), the tile (the input's size)
+    and the overlap of neighbouring tiles in model pixels."""
+    if not isinstance(d, dict):
+        raise _Invalid("'tiling' must be an object")
+    if not d:
+        return {}
+    scale = _finite(_key(d, "scale", "tiling."), "'tiling.scale'", positive=True)
+    tile = d.get("tile")
+    size = [model_input.get("height"), model_input.get("width")]
+    if tile != size:
+        raise _Invalid(f"'tiling.tile' must be the input's [height, width] {size}, got {tile!r}")
+    overlap = _int(_key(d, "overlap", "tiling."), "'tiling.overlap'", low=0)
+    if overlap >= min(size):
+        raise _Invalid(f"'tiling.overlap' must be below the tile's short side {min(size)}, got {overlap}")
+    return {"scale": scale, "tile": list(tile), "overlap": overlap}

@@ -40,7 +40,10 @@ def run_stream(model, source, out: Path | None, *, masks=True, overlays=True, vi
                              "precision": det.info.precision, **described,
                              "threshold": {"option": threshold, "image": det.image_threshold,
                                            "pixel": det.pixel_threshold},
-                             "min_area": min_area, "tiling": tiling or None})
+                             "min_area": min_area,
+                             "tiling": ({"tile": list(det.tile_plan.tile), "overlap": det.tile_plan.overlap,
+                                         "scale": det.tile_plan.scale, "from_model": bool(det.info.tiling)}
+                                        if det.tiling else None)})
         unit.check()
     if cameras is not None:
         stream_source = MultiSource(cameras)

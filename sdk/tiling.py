@@ -12,14 +12,18 @@ map: a defect on a tile border then is one region, found once.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from .checks import check_choice, check_frame, check_output, check_threads, describe
 from .native import native_module
+from .preprocess import preprocess
 
 Pair = Union[int, Sequence[int]]
+MIN_TILE_SIDE = 32  # the teacher's coarsest stride: a smaller frame has no feature left
+MAX_TILED_PIXELS = 1 << 28  # a scaled frame beyond this would not fit in memory as tiles
 
 
 def _pair(value: Pair, name: str) -> tuple[int, int]:
@@ -140,3 +144,70 @@ def stitch(
         out[...] = 0.0
         np.divide(acc, wsum, out=out, where=covered)
     return out
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a model sees a frame in tiles: the frame scaled by `scale` model pixels per frame pixel (None: so that
+    its short side fits the tile), cut into tiles of `tile` (h, w) model pixels that overlap by `overlap`; the
+    tile maps stitched with the maximum in the overlaps; the frame's score its highest tile's."""
+
+    tile: tuple
+    overlap: int = 32
+    scale: Optional[float] = None
+
+    def scale_for(self, frame_hw: Sequence[int]) -> float:
+        if self.scale is not None:
+            return float(self.scale)
+        return max(self.tile[0] / frame_hw[0], self.tile[1] / frame_hw[1])
+
+    def scaled_size(self, frame_hw: Sequence[int]) -> tuple[tuple[int, int], float]:
+        """((h, w) of the scaled frame, the scale); ValueError for a frame the model cannot see at this scale."""
+        scale = self.scale_for(frame_hw)
+        h, w = int(frame_hw[0]), int(frame_hw[1])
+        scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if min(scaled) < MIN_TILE_SIDE:
+            raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled[1]}x{scaled[0]} model pixels; the "
+                             f"model needs at least {MIN_TILE_SIDE} a side (its coarsest stride): give a scale of at "
+                             f"least {MIN_TILE_SIDE / min(h, w):.4g}, or leave it out")
+        if scaled[0] * scaled[1] > MAX_TILED_PIXELS:
+            raise ValueError(f"tile_scale {scale:g} makes this {w}x{h} frame {scaled[1]}x{scaled[0]} model pixels, "
+                             f"more than {MAX_TILED_PIXELS} to tile: give a smaller scale")
+        return scaled, scale
+
+    def cut(self, frame: np.ndarray, colour_in: str = "rgb", colour_out: str = "rgb"):
+        """(tiles uint8 (N, th, tw, 3) in colour_out, origins (N, 2) of (x, y), scaled (h, w), scale)."""
+        scaled_hw, scale = self.scaled_size(frame.shape[:2])
+        scaled = np.empty((1, *scaled_hw, 3), np.uint8)
+        preprocess(frame, scaled, index=0, colour_in=colour_in, colour_out=colour_out)
+        tiles, origins = make_tiles(scaled[0], self.tile, self.overlap)
+        return tiles, origins, scaled_hw, scale
+
+    def join(self, tile_maps: np.ndarray, origins: np.ndarray, scaled_hw: Sequence[int]) -> np.ndarray:
+        """The frame's map at its scaled size from its tiles' maps."""
+        return stitch(np.ascontiguousarray(tile_maps, dtype=np.float32), origins, scaled_hw, mode="max")
+
+    def count(self, frame_hw: Sequence[int]) -> int:
+        """Tiles of a frame of (h, w)."""
+        xs, ys = tile_grid(self.scaled_size(frame_hw)[0], self.tile, self.overlap)
+        return len(xs) * len(ys)
+
+
+def tiled_predict(predict: Callable, frames_rgb: Sequence[np.ndarray], plan: TilePlan, max_batch: int = 8):
+    """(maps at each frame's scaled size, scores) of RGB frames through `predict` (uint8 RGB NHWC tiles ->
+    (maps (N, th, tw), scores (N,))), in batches of at most `max_batch` tiles."""
+    cuts = [plan.cut(f) for f in frames_rgb]
+    tiles = np.concatenate([c[0] for c in cuts])
+    maps, scores = [], []
+    for s in range(0, len(tiles), max_batch):
+        m, sc = predict(np.ascontiguousarray(tiles[s:s + max_batch]))
+        maps.append(np.asarray(m, np.float32).reshape(-1, *plan.tile))
+        scores.append(np.asarray(sc, np.float64).reshape(-1))
+    maps, scores = np.concatenate(maps), np.concatenate(scores)
+    out_maps, out_scores, first = [], [], 0
+    for tiles_k, origins, scaled_hw, _ in cuts:
+        n = len(tiles_k)
+        out_maps.append(plan.join(maps[first:first + n], origins, scaled_hw))
+        out_scores.append(float(scores[first:first + n].max()))
+        first += n
+    return out_maps, out_scores

@@ -51,24 +51,25 @@ def score_normalisation(good_scores: np.ndarray, threshold: float) -> ScoreNorma
     return ScoreNormalisation(offset=median, scale=float(scale))
 
 
-def measure_thresholds(predict, size, good_files, target_frr, defect_set, split, progress):
+def measure_thresholds(predict, size, good_files, target_frr, defect_set, split, progress, plan=None):
     """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
-    exported graph; returns them with the good images' scores."""
+    exported graph (in tiles by `plan`, an sdk.tiling.TilePlan, for a model trained on tiles); returns them with
+    the good images' scores."""
     from sdk.data import read_image
-    from sdk.evaluate import frame_pairs, predict_dataset, resize_for_model
+    from sdk.evaluate import frame_pairs, frame_runner, predict_dataset
 
+    run = frame_runner(predict, size, plan)
     good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
     for s in range(0, len(good_files), 8):
-        frames = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in good_files[s:s + 8]])
-        maps, scores = predict(frames)
-        good_scores.extend(scores.tolist())
-        good_peaks.extend(maps.reshape(len(maps), -1).max(1).tolist())
+        maps, scores = run([read_image(p, "rgb") for p in good_files[s:s + 8]])
+        good_scores.extend(float(v) for v in scores)
+        good_peaks.extend(float(np.max(m)) for m in maps)
     good = good_only_threshold(np.array(good_scores), target_frr)
     pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
     thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
         "target_frr": target_frr, "n_images": good["n_images"], "observed_frr": good["observed_frr"]})}
     if defect_set is not None:
-        preds = predict_dataset(predict, defect_set, size, progress=progress)
+        preds = predict_dataset(predict, defect_set, size, progress=progress, plan=plan)
         masks, maps = frame_pairs(preds, defect_set)
         f1 = f1_thresholds(preds.labels, preds.scores, masks, maps)
         thresholds["f1"] = Threshold(f1["image"]["value"], f1["pixel"]["value"], {

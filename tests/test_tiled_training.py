@@ -1,0 +1,162 @@
+"""Training on tiles at a chosen scale (cfrg train --scale): random crops with defects inside them, statistics
+fitted on every tile, the scale, tile and overlap in model.json, and a Detector that tiles every frame as training
+saw it without being told. The model here trains for a few steps: these tests prove the plumbing and the numbers'
+agreement, not detection quality (benchmarks/tiles.py and docs/quality.md measure that)."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from sdk import Detector
+from sdk.backends import ModelFileError
+from sdk.cli import main
+from sdk.data import AnomalyDataset
+from sdk.model_info import ModelInfo
+from tests.conftest import DEMO_ROOT
+
+SCALE, TILE, OVERLAP = 6.0, (64, 64), 16  # the demo's 1130x460 images: 188x77 model pixels, 4 x 2 tiles
+
+
+@pytest.fixture(scope="session")
+def tiled_model(tmp_path_factory):
+    """(run folder, model.onnx, its description): 4 steps on tiles of the demo ball_screw images, exported."""
+    from export.onnx_export import export_checkpoint
+    from export.train import TrainArgs, train
+
+    out = tmp_path_factory.mktemp("tiled")
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(out / "run"), scale=SCALE, image_size=TILE,
+                    tile_overlap=OVERLAP, steps=4, time_budget=0, batch_size=4, progress=False, final_eval=False))
+    info = export_checkpoint(out / "run" / "model.pt", out / "model.onnx", defect_split="test", progress=False)
+    return out / "run", out / "model.onnx", info
+
+
+def test_the_scale_tile_and_overlap_travel_in_the_checkpoint_and_model_json(tiled_model):
+    run, onnx_path, info = tiled_model
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["tile_scale"] == SCALE and config["model"]["image_size"] == list(TILE)
+    assert config["summary"]["fit_tiles"] == 8 * config["n_train_images"]  # every tile of every training image
+    assert info.tiling == {"scale": SCALE, "tile": list(TILE), "overlap": OVERLAP}
+    assert ModelInfo.read(onnx_path).tiling == info.tiling
+    assert info.thresholds["good_only"].details["n_images"] == 4  # the held-back whole images, not their tiles
+
+
+def test_the_detector_tiles_every_frame_as_training_did_without_being_told(tiled_model):
+    from sdk.preprocess import preprocess
+    from sdk.tiling import make_tiles
+
+    _, onnx_path, _ = tiled_model
+    frame = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]))
+    det = Detector(onnx_path)
+    r = det(frame)
+    scaled = np.empty((1, round(frame.shape[0] / SCALE), round(frame.shape[1] / SCALE), 3), np.uint8)
+    preprocess(frame, scaled, colour_in="bgr", colour_out="rgb")
+    tiles, _ = make_tiles(scaled[0], TILE, OVERLAP)
+    maps, scores = Detector(onnx_path).infer(tiles)
+    assert det.tiling and r.tiling["tiles"] == len(tiles) == 8 and r.tiling["overlap"] == OVERLAP
+    assert r.score == pytest.approx(float(scores.max()), abs=1e-5)
+    assert r.anomaly_map.shape == frame.shape[:2] and r.mask.shape == frame.shape[:2]
+    with pytest.raises(ValueError, match="trained on 64x64 tiles at 6 frame pixels per model pixel"):
+        Detector(onnx_path, tiling=False)
+
+
+def test_any_frame_size_down_to_a_single_tile(tiled_model):
+    _, onnx_path, _ = tiled_model
+    det = Detector(onnx_path)
+    image = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "train" / "good").glob("*.jpg"))[0]))
+    one_tile = np.ascontiguousarray(image[:TILE[0] * int(SCALE), :TILE[1] * int(SCALE)])  # 384 x 384: one tile
+    strip = np.ascontiguousarray(np.concatenate([image] * 3, axis=1))  # 3390 x 460: a line-scan strip
+    results = det.batch([one_tile, image, strip])
+    assert [r.tiling["tiles"] for r in results] == [1, 8, 2 * 12]
+    assert [r.anomaly_map.shape for r in results] == [one_tile.shape[:2], image.shape[:2], strip.shape[:2]]
+    with pytest.raises(ValueError, match="needs at least 32 a side"):
+        det(np.ascontiguousarray(image[:100, :100]))  # 17 model pixels: below the teacher's coarsest stride
+
+
+def test_tiles_go_through_a_backend_in_batches_it_takes(tiled_model):
+    """A backend with a largest batch (a TensorRT engine's --maxShapes) gets the tiles in batches it takes; faked
+    here by an ONNX Runtime session whose run refuses more: it proves the batching, not TensorRT."""
+    _, onnx_path, _ = tiled_model
+    det, capped = Detector(onnx_path), Detector(onnx_path)
+    run, sizes = capped.backend.run, []
+
+    def run_at_most_3(feeds):
+        sizes.append(len(feeds["frames"]))
+        assert len(feeds["frames"]) <= 3
+        return run(feeds)
+
+    capped.backend.max_batch, capped.backend.run = 3, run_at_most_3
+    image = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "good").glob("*.jpg"))[0]))
+    a, b = det(image), capped(image)
+    assert sizes == [3, 3, 2] and a.score == pytest.approx(b.score, abs=1e-5)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+
+
+def test_the_checkpoint_and_the_exported_graph_are_judged_alike_in_tiles(tiled_model, tmp_path):
+    run, onnx_path, _ = tiled_model
+    for model, name in ((run / "model.pt", "pt"), (onnx_path, "onnx")):
+        assert main(["eval", "--model", str(model), "--data", str(DEMO_ROOT), "--category", "ball_screw",
+                     "--json", str(tmp_path / f"{name}.json"), "--no-progress"]) == 0
+    pt, onnx = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("pt", "onnx"))
+    assert pt["tiling"] == onnx["tiling"] == {"overlap": OVERLAP, "tile": list(TILE),
+                                              "model_pixels_per_frame_pixel": pytest.approx(1 / SCALE)}
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap"):
+        assert pt[key] == pytest.approx(onnx[key], abs=1e-3)
+
+
+def test_training_crops_hold_their_defects_and_come_from_the_scaled_images(tiled_model):
+    from export.batches import CropBatchMaker
+    from export.train_images import load_scaled_images
+    from sdk.synthesis import DefectSynthesizer
+    from sdk.tiling import TilePlan
+
+    plan = TilePlan(TILE, OVERLAP, 1 / SCALE)
+    scaled = load_scaled_images(AnomalyDataset(str(DEMO_ROOT), "ball_screw", "train"), plan, False, range(6))
+    assert {im.shape for im in scaled} == {(77, 188, 3)}
+    maker = CropBatchMaker(scaled, DefectSynthesizer(donor_images=scaled), 8, 1.0, seed=5, crop=TILE)
+    try:
+        idx, xs, masks, flips, clean = maker.make(3)
+        again = maker.make(3)
+    finally:
+        maker.close()
+    assert xs.shape == clean.shape == (8, *TILE, 3) and masks.shape == (8, 1, *TILE)
+    assert all(np.array_equal(a, b) for a, b in zip((idx, xs, masks, clean), again[:3] + again[4:]))
+    for j, i in enumerate(idx):  # each clean crop is a window of its scaled image
+        found = cv2.matchTemplate(scaled[i][:, :, 0], np.ascontiguousarray(clean[j][:, :, 0]), cv2.TM_SQDIFF)
+        y, x = np.unravel_index(int(found.argmin()), found.shape)
+        assert np.array_equal(scaled[i][y:y + TILE[0], x:x + TILE[1]], clean[j])
+        assert masks[j].max() > 0 and np.array_equal(xs[j][masks[j, 0] == 0], clean[j][masks[j, 0] == 0])
+
+
+@pytest.mark.parametrize("tiling, problem", [
+    ({"scale": 0, "tile": [64, 64], "overlap": 16}, "'tiling.scale' must be > 0"),
+    ({"scale": 2, "tile": [32, 64], "overlap": 16}, "'tiling.tile' must be the input's [height, width]"),
+    ({"scale": 2, "tile": [64, 64], "overlap": 64}, "'tiling.overlap' must be below the tile's short side 64"),
+    ({"scale": 2, "tile": [64, 64]}, "missing key 'tiling.overlap'"),
+])
+def test_a_bad_tiling_description_is_refused_by_name(tiled_model, tiling, problem):
+    d = tiled_model[2].to_dict()
+    d["tiling"] = tiling
+    with pytest.raises(ModelFileError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        ModelInfo.from_dict(d, "m.json")
+
+
+def test_scale_auto_tiles_the_large_sets_and_keeps_small_images_whole(data_root):
+    """The rule reads only the good training images' sizes: which sets it tiles follows from them."""
+    from export.options import auto_scale
+
+    def sizes(category):
+        ds = AnomalyDataset(str(data_root), category, "train")
+        return [ds.load_image(i).shape[:2] for i in range(0, len(ds), max(1, len(ds) // 16))]
+
+    tiled = {c: auto_scale(sizes(c))[0] for c in ("ball_screw", "capsules", "tire", "paper_brg02", "magnetic_tile")}
+    assert tiled["paper_brg02"] == 0 and tiled["magnetic_tile"] == 0  # about the input's size or smaller: whole
+    assert all(1 <= tiled[c] <= 2 for c in ("ball_screw", "capsules", "tire"))
+
+
+def test_per_position_statistics_are_refused_for_tiles():
+    from export.config import CFRGConfig
+    from export.model import CFRG
+
+    with pytest.raises(ValueError, match="mean nothing for a tile"):
+        CFRG(CFRGConfig(image_size=(64, 64), tile_scale=2.0, map_normalisation="position"), pretrained_teacher=False)
