@@ -366,8 +366,7 @@ def cmd_demo(ns) -> int:
     print("[4/4] metrics of the exported model on the test split")
     det = Detector(onnx_path)
     test = AnomalyDataset(data, category, "test")
-    preds = predict_dataset(det.predictor(), test, det.size,
-                            progress=ns.progress)
+    preds = predict_dataset(det.predictor(), test, det.size, progress=ns.progress, plan=det.frame_plan)
     result = evaluate(preds, test)
     print(format_table(result))
     print("demo metrics (ONNX Runtime): " + ", ".join(f"{k} {result[k]:.3f}" for k in

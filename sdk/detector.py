@@ -173,6 +173,11 @@ class Detector:
 
     # -- convenience ------------------------------------------------------------------------
 
+    @property
+    def frame_plan(self) -> TilePlan | None:
+        """How this detector cuts a frame (None: it squeezes the whole frame into the model's input)."""
+        return self.tile_plan if self.tiling else None
+
     def replica(self, **backend_options) -> "Detector":
         """The same detector with its own backend session (e.g. threads=1), for parallel inference."""
         twin = copy.copy(self)

@@ -43,19 +43,19 @@ def files_fingerprint(files: Sequence[str | os.PathLike]) -> str:
 
 
 def score_files(detector, files: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None):
-    """(image scores, map peaks) of the files at the model's input, as cfrg export measures them."""
+    """(image scores, map peaks) of the files at the model's input (in tiles for a model trained on tiles), as cfrg
+    export measures them."""
     from .data import read_image
-    from .evaluate import resize_for_model
+    from .evaluate import frame_runner
 
-    predict = detector.predictor()
+    run = frame_runner(detector.predictor(), detector.size, detector.frame_plan)
     scores, peaks = [], []
     for s in range(0, len(files), 8):
-        frames = np.stack([resize_for_model(read_image(p, "rgb"), detector.size) for p in files[s:s + 8]])
-        maps, batch_scores = predict(frames)
+        maps, batch_scores = run([read_image(p, "rgb") for p in files[s:s + 8]])
         scores.extend(float(v) for v in batch_scores)
-        peaks.extend(float(v) for v in maps.reshape(len(maps), -1).max(1))
+        peaks.extend(float(np.max(m)) for m in maps)
         if progress:
-            progress(len(frames))
+            progress(len(maps))
     return scores, peaks
 
 

@@ -160,3 +160,51 @@ def test_per_position_statistics_are_refused_for_tiles():
 
     with pytest.raises(ValueError, match="mean nothing for a tile"):
         CFRG(CFRGConfig(image_size=(64, 64), tile_scale=2.0, map_normalisation="position"), pretrained_teacher=False)
+
+
+def test_precision_graphs_of_a_tiled_model_calibrate_and_measure_on_tiles(tiled_model, tmp_path):
+    import shutil
+
+    from sdk.build.precision import GoodFrames, precision_path, write_precision_graph
+    from sdk.run_record import RunRecord
+
+    run, onnx_path, info = tiled_model
+    fp32 = tmp_path / "model.onnx"
+    shutil.copy(onnx_path, fp32)
+    shutil.copy(onnx_path.with_suffix(".json"), tmp_path / "model.json")
+    calib = [str(p) for p in RunRecord.read(run).holdout_files]
+    reader = GoodFrames(calib, TILE, "RGB", plan=info.tile_plan)
+    feeds = []
+    while (batch := reader.get_next()) is not None:
+        feeds.append(batch["frames"])
+    assert sum(len(b) for b in feeds) == 8 * len(calib) and feeds[0].shape[1:] == (*TILE, 3)  # every tile
+    graph = write_precision_graph(fp32, "int8", precision_path(fp32, "int8"), calib_files=calib, accept_drop=True,
+                                  warn=lambda text: None)
+    assert graph.tiling == info.tiling and graph.thresholds["good_only"].details["n_images"] == len(calib)
+    r = Detector(precision_path(fp32, "int8"))(cv2.imread(calib[0]))
+    assert r.tiling["tiles"] == 8
+
+
+def test_rethresholding_a_tiled_model_scores_whole_frames_in_tiles(tiled_model, tmp_path):
+    import shutil
+
+    _, onnx_path, _ = tiled_model
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_path, model)
+    shutil.copy(onnx_path.with_suffix(".json"), tmp_path / "model.json")
+    good = tmp_path / "good"
+    good.mkdir()
+    for p in sorted((DEMO_ROOT / "ball_screw" / "train" / "good").glob("*.jpg"))[:20]:
+        shutil.copy(p, good / p.name)
+    det = Detector(model, colour="rgb")
+    from sdk.data import read_image
+
+    frame_scores = sorted(det(read_image(p, "rgb")).score for p in sorted(good.glob("*.jpg")))
+    assert main(["threshold", "--model", str(model), "--good", str(good), "--target-frr", "0.05", "--ignore-drift",
+                 "--no-progress"]) == 0
+    t = ModelInfo.read(model).thresholds["good_only"]
+    from sdk.build.thresholds import good_only_threshold
+
+    expected = good_only_threshold(np.array(frame_scores), 0.05)["value"]  # of the frames' scores, not the tiles'
+    assert t.details["n_images"] == 20 and t.image == pytest.approx(expected, abs=1e-4)
+    assert ModelInfo.read(model).tiling["scale"] == SCALE

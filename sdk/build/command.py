@@ -208,7 +208,7 @@ def checked_engine(options: BuildOptions, description, data: bytes, good_files, 
                                       description.input.colour_order, description.input.name,
                                       (ModelInfo.read(reference).thresholds["good_only"].image,
                                        description.thresholds["good_only"].image), options.engine.name,
-                                      options.precision, accept_drop, warn)
+                                      options.precision, accept_drop, warn, plan=description.tile_plan)
             finally:
                 backend.close()
             description = dataclasses.replace(description, precision_check=check)
@@ -233,7 +233,8 @@ def report_precision_accuracy(fp32: Path, graph: Path, data: str, category: str 
     rows = {}
     for path in dict.fromkeys((fp32, graph)):
         det = Detector(path)
-        rows[path.name] = evaluate(predict_dataset(det.predictor(), test, det.size, progress=progress), test)
+        rows[path.name] = evaluate(predict_dataset(det.predictor(), test, det.size, progress=progress,
+                                                   plan=det.frame_plan), test)
     say(f"accuracy on {category}/test ({len(test)} images), percent:  " + "  ".join(METRIC_KEYS))
     for name, result in rows.items():
         say(f"  {name:<28}" + "".join(f"{100 * result[k]:>12.2f}" for k in METRIC_KEYS))

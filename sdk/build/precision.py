@@ -140,25 +140,22 @@ def to_fp16(proto, parts: tuple[str, ...] = CNN_PARTS):
 
 class GoodFrames:
     """onnxruntime.quantization CalibrationDataReader: good images as the Detector feeds them (uint8 NHWC at
-    the model size, in the model's colour order), in batches."""
+    the model size, in the model's colour order; for a model trained on tiles, `plan`, their tiles), in batches."""
 
     def __init__(self, files: Sequence[str | os.PathLike], size: tuple[int, int], colour_order: str,
-                 input_name: str = "frames", batch: int = 8, progress: bool = False):
+                 input_name: str = "frames", batch: int = 8, progress: bool = False, plan=None):
         self.files, self.size, self.colour_order, self.input_name = list(files), size, colour_order.lower(), input_name
-        self.batch, self.progress = batch, progress
+        self.batch, self.progress, self.plan = batch, progress, plan
         self._batches = None
 
     def _iterate(self):
         from sdk.progress import progress_bar
 
-        from sdk.data import read_image
-        from sdk.evaluate import resize_for_model
-
         for s in progress_bar(range(0, len(self.files), self.batch), desc="calibrate", unit="batch",
                       disable=not self.progress, leave=False):
-            frames = np.stack([resize_for_model(read_image(p, self.colour_order), self.size)
-                               for p in self.files[s:s + self.batch]])
-            yield {self.input_name: frames}
+            frames = model_inputs(self.files[s:s + self.batch], self.size, self.colour_order, self.plan)
+            for t in range(0, len(frames), self.batch):
+                yield {self.input_name: frames[t:t + self.batch]}
 
     def get_next(self):
         if self._batches is None:
@@ -170,6 +167,17 @@ class GoodFrames:
 
 
 HEADS = ("/model/student/", "/model/recovery/", "/model/seg/")
+
+
+def model_inputs(files: Sequence[str | os.PathLike], size: tuple[int, int], colour_order: str, plan=None) -> np.ndarray:
+    """uint8 NHWC model inputs of image files in `colour_order`: each image at the model size, or (a model trained on
+    tiles, `plan`) every tile of each image, as the Detector cuts them."""
+    from sdk.data import read_image
+    from sdk.evaluate import resize_for_model
+
+    if plan is None:
+        return np.stack([resize_for_model(read_image(p, colour_order), size) for p in files])
+    return np.concatenate([plan.cut(read_image(p, colour_order))[0] for p in files])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,16 +362,16 @@ CHECK_IMAGES = 64  # held-back good images the precision check uses at most (and
 
 
 def check_against(reference_backend, backend, files, size, colour_order, input_name, thresholds, name, precision,
-                  accept_drop: bool, warn=print) -> dict:
-    """sdk.build.precision_check of `backend` against `reference_backend`; PrecisionDropError unless it holds or
-    accept_drop; returns the check's figures for the description."""
-    from sdk.data import read_image
-    from sdk.evaluate import backend_predictor, resize_for_model
+                  accept_drop: bool, warn=print, plan=None) -> dict:
+    """sdk.build.precision_check of `backend` against `reference_backend` (on the tiles of the images for a model
+    trained on tiles, `plan`); PrecisionDropError unless it holds or accept_drop; returns the check's figures for
+    the description."""
+    from sdk.evaluate import backend_predictor
 
     from .precision_check import check_precision
 
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(len(files), CHECK_IMAGES)).round().astype(int)]
-    good = np.stack([resize_for_model(read_image(p, "rgb"), size) for p in picks])
+    good = model_inputs(picks, size, "rgb", plan)
     result = check_precision(backend_predictor(reference_backend, input_name, colour_order),
                              backend_predictor(backend, input_name, colour_order), good, thresholds[0], thresholds[1],
                              name, precision, batch=min(8, getattr(backend, "max_batch", 8)))
@@ -412,8 +420,8 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
             check_cnn_parts(proto, str(fp32_path))
             onnx.save(to_fp16(proto), str(tmp))
         else:
-            reader = (GoodFrames(calib_files, size, source.input.colour_order, source.input.name, progress=progress)
-                      if calib_files else None)
+            reader = (GoodFrames(calib_files, size, source.input.colour_order, source.input.name, progress=progress,
+                                 plan=source.tile_plan) if calib_files else None)
             to_int8(fp32_path, tmp, precision, reader, calibration_cache_path(out, "fp32"), recipe)
         thresholds, scale = dict(source.thresholds), source.score_normalisation
         check = {}
@@ -423,13 +431,13 @@ def write_precision_graph(fp32_path: str | os.PathLike, precision: str, out: str
             frr = target_frr if target_frr is not None else source.thresholds["good_only"].details.get(
                 "target_frr", 0.01)
             measured, good_scores = measure_thresholds(predict, size, [str(p) for p in calib_files], frr, None,
-                                                         None, progress)
+                                                         None, progress, plan=source.tile_plan)
             thresholds["good_only"] = measured["good_only"]
             scale = score_normalisation(np.array(good_scores), measured["good_only"].image)
             check = check_against(fp32_backend, graph_backend, [str(p) for p in calib_files], size,
                                   source.input.colour_order, source.input.name,
                                   (source.thresholds["good_only"].image, measured["good_only"].image), out.name,
-                                  precision, accept_drop, warn)
+                                  precision, accept_drop, warn, plan=source.tile_plan)
         info = dataclasses.replace(
             source, thresholds=thresholds, score_normalisation=scale, precision="int8" if "int8" in precision
             else precision, precision_check=check,
