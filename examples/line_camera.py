@@ -136,7 +136,8 @@ def main(argv=None) -> int:
             return 5
     elif args.trigger not in ("none", "stdin"):
         p.error(f"--trigger {args.trigger}: give none, stdin or gpio:PIN")
-    det = sdk.Detector(args.model, threshold=args.threshold, min_area=args.min_area, tiling=bool(args.line_scan))
+    det = sdk.Detector(args.model, threshold=args.threshold, min_area=args.min_area,
+                       tiling=True if args.line_scan else None)  # a model trained on tiles tiles every frame
     source = sdk.open_source(args.source)
     if args.line_scan:
         source = sdk.LineScanAccumulator(source, frame_height=args.line_scan, overlap=args.line_overlap)

@@ -131,6 +131,11 @@ class GaussianBlur(nn.Module):
 
 
 
+def inside(x: torch.Tensor, margin: int) -> torch.Tensor:
+    """x (N, C, H, W) without its outer `margin` rows and columns (a tile's margin: context, not scored)."""
+    return x[:, :, margin:-margin, margin:-margin] if margin else x
+
+
 def soft_max(x: torch.Tensor, t: float) -> torch.Tensor:
     """(N, 1): the log-mean-exp at temperature t of each sample's values, computed from their peak."""
     m = x.flatten(1)

@@ -41,9 +41,11 @@ class CFRGConfig:
     # starts the model at 0 and the fit at the end of training sets it (export.fitting.fit_fine)
     fine_weight: float = 0.0
     # training on tiles (cfrg train --scale): frame pixels per model pixel (0: whole frames, squeezed into
-    # image_size, which is then the tile), and the overlap of neighbouring tiles in model pixels
+    # image_size, which is then the tile), the overlap of neighbouring tiles and each tile's margin (context only:
+    # not in its map's share of the frame, nor in its score; half the overlap) in model pixels
     tile_scale: float = 0.0
-    tile_overlap: int = 32
+    tile_overlap: int = 64
+    tile_margin: int = 0
 
     def tile_plan(self):
         """The sdk.tiling.TilePlan of a model trained on tiles (None: whole frames)."""
@@ -51,7 +53,7 @@ class CFRGConfig:
             return None
         from sdk.tiling import TilePlan
 
-        return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale)
+        return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale, self.tile_margin)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .blocks import soft_max, upsample
+from .blocks import inside, soft_max, upsample
 
 
 def greedy_coreset(x: torch.Tensor, k: int, proj_dim: int = 64, seed: int = 0,
@@ -51,8 +51,12 @@ class PatchMemory(nn.Module):
     candidates_per_slot = 16  # the coreset is chosen among up to this many random patches per bank slot
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 9,
-                 stride: int = 16, score_temperature: float | None = None, plain_stats: bool = False):
+                 stride: int = 16, score_temperature: float | None = None, plain_stats: bool = False,
+                 score_margin: int = 0):
         super().__init__()
+        if score_margin % stride:
+            raise ValueError(f"the tile margin {score_margin} must be a multiple of the memory's stride {stride}")
+        self.score_margin = score_margin  # a tile's margin in pixels: context only, not scored
         if stride not in (8, 16):
             raise ValueError(f"memory_stride must be 8 or 16, got {stride}")
         if pool < 1 or pool % 2 == 0:  # an even window would shift the grid by one cell
@@ -104,10 +108,12 @@ class PatchMemory(nn.Module):
         d = self.nearest_sq(self.embed(t_feats)).sqrt()
         return (d - self.dist_mean) / self.dist_std
 
-    def branch_scores(self, map_z: torch.Tensor, memory_z: torch.Tensor) -> torch.Tensor:
+    def branch_scores(self, map_z: torch.Tensor, memory_z: torch.Tensor, map_peaks: bool = False) -> torch.Tensor:
         """(N, 2): the max of the z-scored CFRG map; the log-mean-exp at score_temperature of the z-scored
         memory distances on the memory's grid (between their max and their mean: a wide texture change
         counts, not only its peak; on the coarse grid the sum of exponentials stays small enough for FP16)."""
+        m = self.score_margin  # map_peaks: map_z holds each tile's peak inside its margin already
+        map_z, memory_z = (map_z if map_peaks else inside(map_z, m)), inside(memory_z, m // self.stride)
         return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft_max(memory_z, self.score_temperature)], 1)
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
@@ -118,7 +124,7 @@ class PatchMemory(nn.Module):
         memory_map = blur(upsample(memory_z, self.stride))
         fused = torch.maximum(map_z, memory_map)
         if self.score_temperature is None:
-            return fused, fused.flatten(1).amax(1), memory_map
+            return fused, inside(fused, self.score_margin).flatten(1).amax(1), memory_map
         return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1), memory_map
 
     def fuse_plain(self, plain: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
@@ -140,7 +146,7 @@ class PatchMemory(nn.Module):
                                  (plain * plain).sum()])
             n_map += amap.numel()
             n_dist += dist.numel()
-            map_peaks.append(amap.flatten(1).amax(1))
+            map_peaks.append(inside(amap, self.score_margin).flatten(1).amax(1))
             distances.append(dist.float())
         if n_map == 0:
             raise ValueError("the patch memory's statistics need at least one good image")
@@ -154,7 +160,7 @@ class PatchMemory(nn.Module):
             std.fill_(float(torch.sqrt((s2 / n - m * m).clamp_min(0)) + 1e-6))
         if self.score_temperature is not None:
             scores = torch.cat([self.branch_scores(((peak - self.map_mean) / self.map_std).float().view(-1, 1),
-                                                   (d - self.dist_mean) / self.dist_std)
+                                                   (d - self.dist_mean) / self.dist_std, map_peaks=True)
                                 for peak, d in zip(map_peaks, distances)]).double()
             self.score_mean.copy_(scores.mean(0).float())
             self.score_std.copy_((scores.std(0) if len(scores) > 1 else torch.ones(2)).float() + 1e-6)

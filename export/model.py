@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .backbones import build_teacher
-from .blocks import GaussianBlur, Recovery, SegHead, Student, cos_distance, upsample
+from .blocks import GaussianBlur, Recovery, SegHead, Student, cos_distance, inside, upsample
 from .config import IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
 from .gaussians import FineGaussian, GlobalGaussian
 from .memory import PatchMemory
@@ -91,7 +91,7 @@ class CFRG(nn.Module):
         self.memory = (PatchMemory(channels, self.strides, config.memory_size, config.memory_pool,
                                    config.memory_stride,
                                    config.score_temperature if config.image_score == "combined" else None,
-                                   plain_stats=config.pixel_map == "plain_fused")
+                                   plain_stats=config.pixel_map == "plain_fused", score_margin=config.tile_margin)
                        if config.memory_size else None)
         self.global_gaussian = (GlobalGaussian(channels) if self.memory is not None and config.global_score
                                 and config.image_score == "combined" else None)
@@ -222,7 +222,7 @@ class CFRG(nn.Module):
         """(the map fused with the patch memory, the image score, the memory map (None without a memory)) of one
         CFRG map."""
         if self.memory is None:
-            return amap, amap.flatten(1).amax(1), None
+            return amap, inside(amap, self.config.tile_margin).flatten(1).amax(1), None
         fused, score, memory_map = self.memory.fuse(amap, t_feats, self.blur)
         if self.global_gaussian is not None:
             score = score + self.global_gaussian(t_feats)

@@ -162,8 +162,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
             map_statistics={"normalisation": model.config.map_normalisation, "n_good_images": map_stats_images,
                             "memory_size": model.config.memory_size, "memory_images": memory_images},
             drift_reference=reference_from_files(good_files, good_scores, normalisation, (h, w)),
-            tiling=({"scale": model.config.tile_scale, "tile": [h, w], "overlap": model.config.tile_overlap}
-                    if plan is not None else {}),
+            tiling=({"scale": model.config.tile_scale, "tile": [h, w], "overlap": model.config.tile_overlap,
+                     "margin": model.config.tile_margin} if plan is not None else {}),
         )
         save_with_description(proto, tmp, info)
     info.write_beside(out)

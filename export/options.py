@@ -59,7 +59,7 @@ def parse_size(text: str) -> tuple[int, int] | str:
 
 SCALES = ("whole", "auto")
 TILE_SIDE = 256  # the tile's side for training on tiles, unless the scaled images are smaller
-AUTO_MAX_TILES = 4  # --scale auto: the median image in at most this many tiles (about 4x a whole frame's latency)
+AUTO_MAX_TILES = 8  # --scale auto: the median image in at most this many tiles (about 8x a whole frame's latency)
 AUTO_MIN_GAIN = 1.5  # --scale auto: tiles only when they see the part at >= 1.5x the whole-frame resolution
 
 
@@ -99,7 +99,7 @@ def _median_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return (sorted(h for h, _ in sizes)[len(sizes) // 2], sorted(w for _, w in sizes)[len(sizes) // 2])
 
 
-def auto_scale(sizes: list[tuple[int, int]], overlap: int = 32) -> tuple[float, str]:
+def auto_scale(sizes: list[tuple[int, int]], overlap: int = 64) -> tuple[float, str]:
     """--scale auto from the good training images' sizes: (0 for whole frames, or the scale; why). The smallest
     scale >= 1 (in steps of 0.05) at which the median image needs at most AUTO_MAX_TILES tiles; whole frames when
     those tiles would not see the part at AUTO_MIN_GAIN times the resolution the whole-frame input gives (small
@@ -112,7 +112,7 @@ def auto_scale(sizes: list[tuple[int, int]], overlap: int = 32) -> tuple[float, 
     for step in range(20, 20 * 64 + 1):
         scale = step / 20
         tile = auto_tile_size(sizes, scale)
-        tiles = TilePlan(tile, min(overlap, min(tile) - 1), 1 / scale).count((h, w))
+        tiles = TilePlan(tile, overlap, 1 / scale, overlap // 2).count((h, w))
         if tiles <= AUTO_MAX_TILES:
             break
     gain = (1 / scale) / whole_resolution
@@ -179,8 +179,9 @@ class TrainArgs:
                                 "'auto' (from the training images' size: tiles for images much larger than the "
                                 "input, else whole), or 'whole' (default: every image squeezed into the input)",
                                 type=parse_scale, check=scale_check)
-    tile_overlap: int = option(_RECIPE.tile_overlap, "with --scale: overlap of neighbouring tiles in model pixels "
-                               "(default 32)", type=int, check=whole(0, 224))
+    tile_overlap: int = option(_RECIPE.tile_overlap, "with --scale: overlap of neighbouring tiles in model pixels, a "
+                               "multiple of 32; half of it is each tile's margin, seen as context but neither "
+                               "mapped nor scored (default 64)", type=int, check=multiple_of(32, 32, 224))
     teacher: str = option(_RECIPE.teacher, "frozen ImageNet teacher", choices=TEACHERS)
     teacher_weights: Optional[str] = option(None, "state dict file for wide_resnet50_2 (torchvision format)")
     steps: int = option(0, "stop after N steps (0: only the time budget)", type=int, check=whole(0, 10**9))
@@ -245,7 +246,8 @@ class TrainArgs:
         scale = 0.0 if scale == "whole" else float(scale)
         if scale and values["tile_overlap"] >= min(size):
             raise ValueError(f"--tile-overlap {values['tile_overlap']}: must be below the tile's short side {min(size)}")
-        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale})
+        margin = values["tile_overlap"] // 2 if scale else 0
+        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale, "tile_margin": margin})
 
     def record(self) -> dict:
         """The options as config.json's "train" records them (JSON values)."""

@@ -136,7 +136,7 @@ def resolve_geometry(args: TrainArgs, train_set: AnomalyDataset) -> tuple[tuple[
             return resolve_image_size(args, train_set), 0.0
     tile = tuple(args.image_size) if args.image_size != "auto" else auto_tile_size(sizes, scale)
     print(f"training on {tile[1]}x{tile[0]} tiles at {scale:g} image pixels per model pixel, overlap "
-          f"{args.tile_overlap}")
+          f"{args.tile_overlap} (margins of {args.tile_overlap // 2})")
     return tile, float(scale)
 
 
@@ -170,7 +170,8 @@ class TrainingImages:
         if self.plan is None:
             return BatchMaker(self.images, synth, args.batch_size, args.anomaly_prob, args.seed,
                               start_step=start_step, flip=args.augment == "flip")
-        return CropBatchMaker(self.scaled, synth, args.batch_size, args.anomaly_prob, args.seed, self.plan.tile,
+        padded = [self.plan.padded(image) for image in self.scaled]  # crops hold the margins the tiles hold
+        return CropBatchMaker(padded, synth, args.batch_size, args.anomaly_prob, args.seed, self.plan.tile,
                               start_step=start_step, flip=args.augment == "flip")
 
     def donors(self) -> list:

@@ -78,6 +78,4 @@ def load_scaled_images(dataset: AnomalyDataset, plan, progress: bool, index: Seq
 def grid_tiles(scaled_images: Sequence[np.ndarray], plan) -> np.ndarray:
     """Every tile of every scaled image, as the Detector cuts them (uint8 (N, th, tw, 3)): what the statistics
     after training are fitted on, so that they hold for a tile at any place."""
-    from sdk.tiling import make_tiles
-
-    return np.concatenate([make_tiles(image, plan.tile, plan.overlap)[0] for image in scaled_images])
+    return np.concatenate([plan.tiles_of(image)[0] for image in scaled_images])

@@ -112,7 +112,7 @@ class Detector:
         self.tile_scale = require(scale, optional(number(0, low_open=True)),
                                   f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
                                   f"got {scale!r}")
-        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale)
+        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale, trained.margin if trained else 0)
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 

@@ -18,8 +18,8 @@ with one ModelFileError that names the file, the problem and the fix.
      "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
      "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...],  (cfrg threshold)
      "drift_reference": {...},  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
-     "tiling": {"scale", "tile": [h, w], "overlap"}}  (models trained on tiles, cfrg train --scale: frame pixels per
-                                                      model pixel, the tile (the input), its overlap in model pixels)
+     "tiling": {"scale", "tile": [h, w], "overlap", "margin"}}  (models trained on tiles, cfrg train --scale: frame
+         pixels per model pixel, the tile (the input), the overlap and each tile's margin in model pixels)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -322,7 +322,8 @@ class ModelInfo:
             return None
         from .tiling import TilePlan
 
-        return TilePlan(tuple(self.tiling["tile"]), self.tiling["overlap"], 1.0 / self.tiling["scale"])
+        return TilePlan(tuple(self.tiling["tile"]), self.tiling["overlap"], 1.0 / self.tiling["scale"],
+                        self.tiling.get("margin", 0))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -486,4 +487,7 @@ def _tiling(d: Any, model_input: dict) -> dict:
     overlap = _int(_key(d, "overlap", "tiling."), "'tiling.overlap'", low=0)
     if overlap >= min(size):
         raise _Invalid(f"'tiling.overlap' must be below the tile's short side {min(size)}, got {overlap}")
-    return {"scale": scale, "tile": list(tile), "overlap": overlap}
+    margin = _int(d.get("margin", 0), "'tiling.margin'", low=0)
+    if margin and overlap != 2 * margin:
+        raise _Invalid(f"'tiling.margin' must be half the overlap {overlap}, got {margin}")
+    return {"scale": scale, "tile": list(tile), "overlap": overlap, "margin": margin}

@@ -150,11 +150,22 @@ def stitch(
 class TilePlan:
     """How a model sees a frame in tiles: the frame scaled by `scale` model pixels per frame pixel (None: so that
     its short side fits the tile), cut into tiles of `tile` (h, w) model pixels that overlap by `overlap`; the
-    tile maps stitched with the maximum in the overlaps; the frame's score its highest tile's."""
+    tile maps stitched with the maximum in the overlaps; the frame's score its highest tile's.
+
+    With a `margin` (models trained on tiles: half the overlap), a tile's outer `margin` pixels are context only:
+    the scaled frame is first padded by `margin` on every side (mirrored), each tile gives its map inside the
+    margin (the model scores the same region), and those insides cover the frame exactly, so no pixel's value
+    comes from near a tile's edge, where a network sees least and responds most."""
 
     tile: tuple
     overlap: int = 32
     scale: Optional[float] = None
+    margin: int = 0
+
+    def __post_init__(self):
+        if self.margin and (self.overlap != 2 * self.margin or min(self.tile) <= 2 * self.margin):
+            raise ValueError(f"a tile margin of {self.margin} needs an overlap of {2 * self.margin} and tiles larger "
+                             f"than {2 * self.margin} a side; got overlap {self.overlap}, tile {self.tile}")
 
     def scale_for(self, frame_hw: Sequence[int]) -> float:
         if self.scale is not None:
@@ -180,16 +191,35 @@ class TilePlan:
         scaled_hw, scale = self.scaled_size(frame.shape[:2])
         scaled = np.empty((1, *scaled_hw, 3), np.uint8)
         preprocess(frame, scaled, index=0, colour_in=colour_in, colour_out=colour_out)
-        tiles, origins = make_tiles(scaled[0], self.tile, self.overlap)
+        tiles, origins = self.tiles_of(scaled[0])
         return tiles, origins, scaled_hw, scale
 
+    def padded(self, scaled: np.ndarray) -> np.ndarray:
+        """The scaled frame with its margin (mirrored) on every side: what the tiles are cut from."""
+        m = self.margin
+        if not m:
+            return scaled
+        return np.pad(scaled, ((m, m), (m, m)) + ((0, 0),) * (scaled.ndim - 2), mode="reflect")
+
+    def tiles_of(self, scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tiles, origins in the padded frame) of a frame already at the model's scale."""
+        return make_tiles(self.padded(scaled), self.tile, self.overlap)
+
     def join(self, tile_maps: np.ndarray, origins: np.ndarray, scaled_hw: Sequence[int]) -> np.ndarray:
-        """The frame's map at its scaled size from its tiles' maps."""
-        return stitch(np.ascontiguousarray(tile_maps, dtype=np.float32), origins, scaled_hw, mode="max")
+        """The frame's map at its scaled size from its tiles' maps (with a margin, from their insides)."""
+        maps = np.ascontiguousarray(tile_maps, dtype=np.float32)
+        m = self.margin
+        if not m:
+            return stitch(maps, origins, scaled_hw, mode="max")
+        h, w = int(scaled_hw[0]), int(scaled_hw[1])
+        inside = np.ascontiguousarray(maps[:, m:maps.shape[1] - m, m:maps.shape[2] - m])
+        full = stitch(inside, np.asarray(origins) + m, (h + 2 * m, w + 2 * m), mode="max")
+        return np.ascontiguousarray(full[m:m + h, m:m + w])
 
     def count(self, frame_hw: Sequence[int]) -> int:
         """Tiles of a frame of (h, w)."""
-        xs, ys = tile_grid(self.scaled_size(frame_hw)[0], self.tile, self.overlap)
+        h, w = self.scaled_size(frame_hw)[0]
+        xs, ys = tile_grid((h + 2 * self.margin, w + 2 * self.margin), self.tile, self.overlap)
         return len(xs) * len(ys)
 
 

@@ -15,7 +15,8 @@ from sdk.data import AnomalyDataset
 from sdk.model_info import ModelInfo
 from tests.conftest import DEMO_ROOT
 
-SCALE, TILE, OVERLAP = 6.0, (64, 64), 16  # the demo's 1130x460 images: 188x77 model pixels, 4 x 2 tiles
+SCALE, TILE, OVERLAP = 6.0, (64, 64), 32  # the demo's 1130x460 images: 188x77 model pixels, 6 x 3 tiles of margin 16
+MARGIN, PER_IMAGE = OVERLAP // 2, 18
 
 
 @pytest.fixture(scope="session")
@@ -35,39 +36,58 @@ def test_the_scale_tile_and_overlap_travel_in_the_checkpoint_and_model_json(tile
     run, onnx_path, info = tiled_model
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["tile_scale"] == SCALE and config["model"]["image_size"] == list(TILE)
-    assert config["summary"]["fit_tiles"] == 8 * config["n_train_images"]  # every tile of every training image
-    assert info.tiling == {"scale": SCALE, "tile": list(TILE), "overlap": OVERLAP}
+    assert config["summary"]["fit_tiles"] == PER_IMAGE * config["n_train_images"]  # every tile of every image
+    assert info.tiling == {"scale": SCALE, "tile": list(TILE), "overlap": OVERLAP, "margin": MARGIN}
     assert ModelInfo.read(onnx_path).tiling == info.tiling
     assert info.thresholds["good_only"].details["n_images"] == 4  # the held-back whole images, not their tiles
 
 
 def test_the_detector_tiles_every_frame_as_training_did_without_being_told(tiled_model):
     from sdk.preprocess import preprocess
-    from sdk.tiling import make_tiles
 
-    _, onnx_path, _ = tiled_model
+    _, onnx_path, info = tiled_model
     frame = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "pitting").glob("*.jpg"))[0]))
     det = Detector(onnx_path)
     r = det(frame)
     scaled = np.empty((1, round(frame.shape[0] / SCALE), round(frame.shape[1] / SCALE), 3), np.uint8)
     preprocess(frame, scaled, colour_in="bgr", colour_out="rgb")
-    tiles, _ = make_tiles(scaled[0], TILE, OVERLAP)
+    plan = info.tile_plan
+    tiles, origins = plan.tiles_of(scaled[0])  # mirrored by the margin on every side, then cut
     maps, scores = Detector(onnx_path).infer(tiles)
-    assert det.tiling and r.tiling["tiles"] == len(tiles) == 8 and r.tiling["overlap"] == OVERLAP
+    assert det.tiling and r.tiling["tiles"] == len(tiles) == PER_IMAGE and r.tiling["overlap"] == OVERLAP
     assert r.score == pytest.approx(float(scores.max()), abs=1e-5)
     assert r.anomaly_map.shape == frame.shape[:2] and r.mask.shape == frame.shape[:2]
+    from sdk.postprocess import map_to_frame
+
+    joined = map_to_frame(plan.join(maps, origins, scaled.shape[1:3]), frame.shape[:2])
+    np.testing.assert_allclose(joined, r.anomaly_map, atol=1e-4)
     with pytest.raises(ValueError, match="trained on 64x64 tiles at 6 frame pixels per model pixel"):
         Detector(onnx_path, tiling=False)
+
+
+def test_the_stitched_map_takes_no_pixel_from_a_tile_margin():
+    """Each tile's margin is context only: a frame's map is made of the tiles' insides, which cover it exactly."""
+    from sdk.tiling import TilePlan
+
+    plan = TilePlan((64, 96), 32, 1.0, 16)
+    for hw in ((32, 32), (64, 96), (77, 188), (200, 333)):
+        tiles, origins = plan.tiles_of(np.zeros((*hw, 3), np.uint8))
+        maps = np.full((len(tiles), 64, 96), 100.0, np.float32)  # the margins: 100
+        maps[:, 16:-16, 16:-16] = 1 + np.arange(len(tiles), dtype=np.float32)[:, None, None]  # insides: 1, 2, ...
+        joined = plan.join(maps, origins, hw)
+        assert joined.shape == hw and joined.min() >= 1 and joined.max() <= len(tiles) and plan.count(hw) == len(tiles)
+    with pytest.raises(ValueError, match="margin of 16 needs an overlap of 32"):
+        TilePlan((64, 64), 16, 1.0, 16)
 
 
 def test_any_frame_size_down_to_a_single_tile(tiled_model):
     _, onnx_path, _ = tiled_model
     det = Detector(onnx_path)
     image = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "train" / "good").glob("*.jpg"))[0]))
-    one_tile = np.ascontiguousarray(image[:TILE[0] * int(SCALE), :TILE[1] * int(SCALE)])  # 384 x 384: one tile
+    one_tile = np.ascontiguousarray(image[:192, :192])  # 32 x 32 model pixels, 64 x 64 with its margins: one tile
     strip = np.ascontiguousarray(np.concatenate([image] * 3, axis=1))  # 3390 x 460: a line-scan strip
     results = det.batch([one_tile, image, strip])
-    assert [r.tiling["tiles"] for r in results] == [1, 8, 2 * 12]
+    assert [r.tiling["tiles"] for r in results] == [1, PER_IMAGE, 3 * 18]
     assert [r.anomaly_map.shape for r in results] == [one_tile.shape[:2], image.shape[:2], strip.shape[:2]]
     with pytest.raises(ValueError, match="needs at least 32 a side"):
         det(np.ascontiguousarray(image[:100, :100]))  # 17 model pixels: below the teacher's coarsest stride
@@ -88,7 +108,7 @@ def test_tiles_go_through_a_backend_in_batches_it_takes(tiled_model):
     capped.backend.max_batch, capped.backend.run = 3, run_at_most_3
     image = cv2.imread(str(sorted((DEMO_ROOT / "ball_screw" / "test" / "good").glob("*.jpg"))[0]))
     a, b = det(image), capped(image)
-    assert sizes == [3, 3, 2] and a.score == pytest.approx(b.score, abs=1e-5)
+    assert sizes == [3] * 6 and a.score == pytest.approx(b.score, abs=1e-5)
     np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
 
 
@@ -132,6 +152,7 @@ def test_training_crops_hold_their_defects_and_come_from_the_scaled_images(tiled
     ({"scale": 0, "tile": [64, 64], "overlap": 16}, "'tiling.scale' must be > 0"),
     ({"scale": 2, "tile": [32, 64], "overlap": 16}, "'tiling.tile' must be the input's [height, width]"),
     ({"scale": 2, "tile": [64, 64], "overlap": 64}, "'tiling.overlap' must be below the tile's short side 64"),
+    ({"scale": 2, "tile": [64, 64], "overlap": 32, "margin": 8}, "'tiling.margin' must be half the overlap 32"),
     ({"scale": 2, "tile": [64, 64]}, "missing key 'tiling.overlap'"),
 ])
 def test_a_bad_tiling_description_is_refused_by_name(tiled_model, tiling, problem):
@@ -177,12 +198,12 @@ def test_precision_graphs_of_a_tiled_model_calibrate_and_measure_on_tiles(tiled_
     feeds = []
     while (batch := reader.get_next()) is not None:
         feeds.append(batch["frames"])
-    assert sum(len(b) for b in feeds) == 8 * len(calib) and feeds[0].shape[1:] == (*TILE, 3)  # every tile
+    assert sum(len(b) for b in feeds) == PER_IMAGE * len(calib) and feeds[0].shape[1:] == (*TILE, 3)  # every tile
     graph = write_precision_graph(fp32, "int8", precision_path(fp32, "int8"), calib_files=calib, accept_drop=True,
                                   warn=lambda text: None)
     assert graph.tiling == info.tiling and graph.thresholds["good_only"].details["n_images"] == len(calib)
     r = Detector(precision_path(fp32, "int8"))(cv2.imread(calib[0]))
-    assert r.tiling["tiles"] == 8
+    assert r.tiling["tiles"] == PER_IMAGE
 
 
 def test_rethresholding_a_tiled_model_scores_whole_frames_in_tiles(tiled_model, tmp_path):
