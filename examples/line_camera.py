@@ -152,8 +152,9 @@ def main(argv=None) -> int:
                     r = rec.result
                     status = "NG" if r.is_defect else "OK"
                     crops = save_crops(Path(args.crops), part, rec.image, r.regions) if args.crops and r.is_defect else 0
+                    boxes = " ".join(f"[{x},{y} {w}x{h}]" for x, y, w, h in (g.box for g in r.regions[:3]))
                     print(f"part {part:6d}  {status}  score {r.score:8.3f}  regions {len(r.regions)}"
-                          + (f"  crops {crops}" if crops else ""), flush=True)
+                          + (f" {boxes}" if boxes else "") + (f"  crops {crops}" if crops else ""), flush=True)
                     if r.is_defect:
                         reject()
                     row = {"verdict": status, "score": round(r.score, 4), "regions": len(r.regions), "error": ""}
