@@ -7,8 +7,9 @@ another, delivered as blocks of rows (the frames a line camera gives), with what
 
 Writes OUT/000000.png, ... (blocks of --rows rows, lossless, in order: a folder is a source sdk.open_source reads)
 and OUT/truth.csv: part, image, kind and, for a defect, the box (x, y, w, h) of its ground-truth mask. The parts are
-the first --good good test images and the first --defect defect test images in name order, a defect after every
-few good parts; all must share one size (a line camera's width is fixed, and each part is one image's rows).
+--good good test images and --defect defect test images, each spread evenly over the split in name order, a defect
+after every few good parts; all must share one size (a line camera's width is fixed, and each part is one image's
+rows).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdk.data import AnomalyDataset  # noqa: E402
+from sdk.evaluate import spread_indices  # noqa: E402
 
 
 def part_order(good: list[int], defect: list[int]) -> list[int]:
@@ -43,8 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     ns = p.parse_args(argv)
     test = AnomalyDataset(ns.data, ns.category, "test")
-    good = [i for i in range(len(test)) if not test[i].label][:ns.good]
-    defect = [i for i in range(len(test)) if test[i].label][:ns.defect]
+    good = [i for i in range(len(test)) if not test[i].label]
+    defect = [i for i in range(len(test)) if test[i].label]
+    good, defect = ([kind[k] for k in spread_indices(len(kind), n)] for kind, n in ((good, ns.good), (defect, ns.defect)))
     order = part_order(good, defect)
     images = [test.load_image(i, colour="bgr") for i in order]
     if len({im.shape for im in images}) != 1:

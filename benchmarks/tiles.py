@@ -1,0 +1,153 @@
+"""What tiles cost, and whether their seams show: latency and memory per frame as a function of the frame's size for
+a model trained on tiles (cfrg train --scale) against a whole-frame model, in one run; and the stitched map along
+the tiles' seams on good images against the map elsewhere.
+
+    python benchmarks/tiles.py --tiled runs/tiles/auto8_ball_screw/model.onnx --whole runs/prec/ball_screw/model.onnx \\
+        [--data ../shared/data --category ball_screw] [--repeats 20] [--json runs/tiles/cost.json]
+
+Frame sizes: one tile (the tiled model's tile at its scale, so exactly one tile), a 1130x460 part (ball_screw's
+own size) and a 4096x2048 strip, cut from real images of --category (repeated to fill the strip). Each (model, frame
+size) runs in its own process, one frame at a time through sdk.Detector (ONNX Runtime, every core): the p50 and p90
+of Detector(frame) (pre-processing, tiles, inference, stitching, post-processing; not the decoding), and the
+process's peak resident memory above what it held with the model loaded before its first frame (the tiles, the
+maps, ONNX Runtime's buffers for that batch). Seams: on the good test images, the mean of the tiled model's stitched
+map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere; 1.0 is
+a map that does not show where the tiles meet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def frames_of(data: str, category: str, sizes: dict) -> dict:
+    """{name: BGR frame of that size}, cut from (or tiled with) the category's real test images."""
+    from sdk.data import AnomalyDataset
+
+    test = AnomalyDataset(data, category, "test")
+    image = test.load_image(0, colour="bgr")
+    out = {}
+    for name, (h, w) in sizes.items():
+        reps = (-(-h // image.shape[0]), -(-w // image.shape[1]), 1)
+        out[name] = np.ascontiguousarray(np.tile(image, reps)[:h, :w]) if (h, w) != image.shape[:2] else image
+    return out
+
+
+def measure_one(model: str, frame_path: str, repeats: int) -> dict:
+    """In this process: the model loaded, then `repeats` calls on the frame (after one warm-up)."""
+    import resource
+
+    from sdk import Detector
+
+    frame = np.load(frame_path)
+    det = Detector(model)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    first = det(frame)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        det(frame)
+        times.append(1e3 * (time.perf_counter() - t0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p90_ms": round(float(np.percentile(times, 90)), 2),
+            "tiles": first.tiling["tiles"] if first.tiling else 1, "memory_mib": round((peak - before) / 1024, 1)}
+
+
+def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
+    """Mean stitched map within 2 model pixels of the inner seams against the mean elsewhere, good test images."""
+    from sdk import Detector
+    from sdk.data import AnomalyDataset
+    from sdk.evaluate import backend_predictor, spread_indices
+    from sdk.tiling import tile_grid, tiled_predict
+
+    det = Detector(model, colour="rgb")
+    plan = det.frame_plan
+    test = AnomalyDataset(data, category, "test")
+    good = [i for i in range(len(test)) if not test[i].label]
+    near, far = [], []
+    predict = backend_predictor(det.backend, det.input_name, det.model_colour)
+    for i in [good[k] for k in spread_indices(len(good), limit)]:
+        (amap,), _ = tiled_predict(predict, [test.load_image(i, colour="rgb")], plan)
+        m = plan.margin  # a tile's share of the frame: its inside, [x, x + tile - 2 margin) in frame pixels
+        xs, ys = tile_grid((amap.shape[0] + 2 * m, amap.shape[1] + 2 * m), plan.tile, plan.overlap)
+        seams = np.zeros(amap.shape, bool)
+        th, tw = plan.tile[0] - 2 * m, plan.tile[1] - 2 * m
+        for x in xs:  # each share's left and right edge, where it meets another inside the frame
+            for edge in (x, x + tw):
+                if 0 < edge < amap.shape[1]:
+                    seams[:, max(0, edge - 2):edge + 2] = True
+        for y in ys:
+            for edge in (y, y + th):
+                if 0 < edge < amap.shape[0]:
+                    seams[max(0, edge - 2):edge + 2, :] = True
+        near.append(float(amap[seams].mean()))
+        far.append(float(amap[~seams].mean()))
+    return {"images": len(near), "seam_mean": round(float(np.mean(near)), 4), "elsewhere_mean": round(float(np.mean(far)), 4),
+            "ratio": round(float(np.mean(near) / np.mean(far)), 3) if np.mean(far) else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiled", required=True, help="model.onnx of a model trained on tiles")
+    p.add_argument("--whole", required=True, help="model.onnx of a whole-frame model of the same set")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--category", default="ball_screw")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seam-images", type=int, default=25)
+    p.add_argument("--json")
+    p.add_argument("--one", nargs=3, metavar=("MODEL", "FRAME", "REPEATS"), help=argparse.SUPPRESS)  # child process
+    ns = p.parse_args(argv)
+    if ns.one:
+        print(json.dumps(measure_one(ns.one[0], ns.one[1], int(ns.one[2]))))
+        return 0
+
+    from sdk.model_info import ModelInfo
+
+    tiling = ModelInfo.read(ns.tiled).tiling
+    if not tiling:
+        sys.exit(f"{ns.tiled} was not trained on tiles (its model.json has no 'tiling'): give a model of cfrg train --scale")
+    one_tile = tuple(int(t * tiling["scale"]) for t in tiling["tile"])
+    sizes = {f"one tile ({one_tile[1]}x{one_tile[0]})": one_tile, "a part (1130x460)": (460, 1130),
+             "a strip (4096x2048)": (2048, 4096)}
+    frames = frames_of(ns.data, ns.category, sizes)
+    rows = []
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cfrg-tiles-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    for name, frame in frames.items():
+        path = tmp / f"{len(rows)}.npy"
+        np.save(path, frame)
+        for kind, model in (("tiles", ns.tiled), ("whole", ns.whole)):
+            done = subprocess.run([sys.executable, __file__, "--one", model, str(path), str(ns.repeats)],
+                                  capture_output=True, text=True, check=True)
+            rows.append({"frame": name, "model": kind, **json.loads(done.stdout.strip().splitlines()[-1])})
+            print(f"{name:<26} {kind:<6} {rows[-1]}", flush=True)
+    seams = seam_ratio(ns.tiled, ns.data, ns.category, ns.seam_images)
+    print(f"seams: {seams}")
+    result = {"machine": {"cpu_cores": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+              "tiled": ns.tiled, "whole": ns.whole, "tiling": tiling, "rows": rows, "seams": seams}
+    print("\n| frame | model | tiles | p50 ms | p90 ms | memory MiB | p50 vs whole |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        whole = next(w for w in rows if w["frame"] == r["frame"] and w["model"] == "whole")
+        print(f"| {r['frame']} | {r['model']} | {r['tiles']} | {r['p50_ms']} | {r['p90_ms']} | {r['memory_mib']} | "
+              f"{r['p50_ms'] / whole['p50_ms']:.2f}x |")
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result, indent=2))
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
