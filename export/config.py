@@ -46,6 +46,9 @@ class CFRGConfig:
     tile_scale: float = 0.0
     tile_overlap: int = 64
     tile_margin: int = 0
+    # the memory's pooling window at the input's edges: False, the cells inside it averaged (whole frames); True,
+    # the features mirrored first (tiles: an edge patch then looks like one in the middle of a part)
+    memory_mirrored: bool = False
 
     def tile_plan(self):
         """The sdk.tiling.TilePlan of a model trained on tiles (None: whole frames)."""

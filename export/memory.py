@@ -52,8 +52,9 @@ class PatchMemory(nn.Module):
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 9,
                  stride: int = 16, score_temperature: float | None = None, plain_stats: bool = False,
-                 score_margin: int = 0):
+                 score_margin: int = 0, mirrored: bool = False):
         super().__init__()
+        self.mirrored = mirrored  # pool over mirrored features at the edges, not over the cells inside only
         if score_margin % stride:
             raise ValueError(f"the tile margin {score_margin} must be a multiple of the memory's stride {stride}")
         self.score_margin = score_margin  # a tile's margin in pixels: context only, not scored
@@ -88,8 +89,11 @@ class PatchMemory(nn.Module):
     def embed(self, t_feats: Sequence[torch.Tensor]) -> torch.Tensor:
         out = []
         for k, s in zip(self.layers, self.layer_strides):  # each layer pooled on its own grid, then on ours
-            step = max(self.stride // s, 1)
-            f = F.avg_pool2d(t_feats[k].float(), self.pool, step, self.pool // 2, count_include_pad=False)
+            step, half = max(self.stride // s, 1), self.pool // 2
+            if self.mirrored:
+                f = F.avg_pool2d(F.pad(t_feats[k].float(), (half,) * 4, mode="reflect"), self.pool, step, 0)
+            else:
+                f = F.avg_pool2d(t_feats[k].float(), self.pool, step, half, count_include_pad=False)
             out.append(upsample(f, max(s // self.stride, 1)))
         return torch.cat(out, 1)
 

@@ -247,7 +247,8 @@ class TrainArgs:
         if scale and values["tile_overlap"] >= min(size):
             raise ValueError(f"--tile-overlap {values['tile_overlap']}: must be below the tile's short side {min(size)}")
         margin = values["tile_overlap"] // 2 if scale else 0
-        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale, "tile_margin": margin})
+        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale, "tile_margin": margin,
+                             "memory_mirrored": bool(scale)})
 
     def record(self) -> dict:
         """The options as config.json's "train" records them (JSON values)."""

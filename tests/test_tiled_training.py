@@ -258,3 +258,17 @@ def test_a_line_camera_delivers_real_parts_row_by_row_to_a_tiled_model(tiled_mod
     assert [int(line.split()[1]) for line in parts] == list(range(5)) and "5 parts: 0 OK, 5 NG" in done.stdout
     for line in parts:  # a threshold below every score: every pixel passes, one region the size of the part
         assert "[0,0 1130x460]" in line
+
+
+def test_the_tiled_graph_keeps_tensorrts_parser_rules(tiled_model):
+    """The tiled model's own parts (the mirrored pooling of the memory, the margin's slices) against the rule file;
+    it proves the rules as the file states them, not real TensorRT."""
+    import onnx
+
+    from sdk.build.tensorrt_rules import check, errors
+
+    proto = onnx.load(str(tiled_model[1]))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Pad" in ops and "Slice" in ops
+    for target in ("10.3", "10.x", "11.x"):
+        assert errors(check(proto, target)) == [], target
