@@ -99,8 +99,8 @@ def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiled", required=True, help="model.onnx of a model trained on tiles")
-    p.add_argument("--whole", required=True, help="model.onnx of a whole-frame model of the same set")
+    p.add_argument("--tiled", help="model.onnx of a model trained on tiles (required)")
+    p.add_argument("--whole", help="model.onnx of a whole-frame model of the same set (required)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--category", default="ball_screw")
     p.add_argument("--repeats", type=int, default=20)
@@ -111,13 +111,15 @@ def main(argv=None) -> int:
     if ns.one:
         print(json.dumps(measure_one(ns.one[0], ns.one[1], int(ns.one[2]))))
         return 0
+    if not (ns.tiled and ns.whole):
+        p.error("give --tiled MODEL and --whole MODEL")
 
     from sdk.model_info import ModelInfo
 
     tiling = ModelInfo.read(ns.tiled).tiling
     if not tiling:
         sys.exit(f"{ns.tiled} was not trained on tiles (its model.json has no 'tiling'): give a model of cfrg train --scale")
-    one_tile = tuple(int(t * tiling["scale"]) for t in tiling["tile"])
+    one_tile = tuple(int((t - 2 * tiling.get("margin", 0)) * tiling["scale"]) for t in tiling["tile"])  # one tile's share
     sizes = {f"one tile ({one_tile[1]}x{one_tile[0]})": one_tile, "a part (1130x460)": (460, 1130),
              "a strip (4096x2048)": (2048, 4096)}
     frames = frames_of(ns.data, ns.category, sizes)
