@@ -75,7 +75,6 @@ def cmd_eval(ns) -> int:
     if not model_path.exists():
         raise ModelFileError(f"model file {model_path} does not exist: pass DIR/model.pt from `cfrg train` "
                              f"or a model.onnx from `cfrg export`")
-
     eval_options = _options().EVAL_OPTIONS
     other_fusion = {k: getattr(ns, k) for k in eval_options if getattr(ns, k) is not None}
     if model_path.suffix == ".pt":
@@ -93,8 +92,7 @@ def cmd_eval(ns) -> int:
             raise ValueError(f"{', '.join(_options().flag_names(eval_options))} apply to .pt checkpoints: the map and score of "
                              f"{model_path.name} are built into the graph; export the checkpoint again instead")
         det = Detector(model_path, backend=ns.backend, colour="rgb", **_tiling(ns))
-        predict, size = (det if det.tiling else det.predictor()), det.size
-        plan = det.tile_plan if det.tiling else None
+        predict, size, plan = (det if det.tiling else det.predictor()), det.size, det.frame_plan
     test = AnomalyDataset(ns.data, ns.category, "test")
     if not any(smp.label for smp in test.samples):
         from .data import DatasetError
@@ -106,7 +104,7 @@ def cmd_eval(ns) -> int:
         check_output_folder(output)  # before the long prediction, not after it
     t0 = time.perf_counter()
     preds = (predict_frames(predict, test, batch_size=ns.batch_size, progress=ns.progress)
-             if isinstance(predict, Detector) and plan is not None else
+             if isinstance(predict, Detector) else
              predict_dataset(predict, test, size, batch_size=ns.batch_size, progress=ns.progress, plan=plan))
     seconds = time.perf_counter() - t0
     result = evaluate(preds, test, fpr_limit=ns.fpr_limit)

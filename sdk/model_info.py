@@ -217,7 +217,7 @@ class ModelInfo:
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
     threshold_history: list = field(default_factory=list)  # thresholds replaced by cfrg threshold, oldest first
     drift_reference: dict = field(default_factory=dict)  # sdk.drift: good images' statistics and scores at export
-    tiling: dict = field(default_factory=dict)  # a model trained on tiles: {"scale", "tile", "overlap"}; {}: whole frames
+    tiling: dict = field(default_factory=dict)  # trained on tiles: {"scale", "tile", "overlap", "margin"}; {}: whole frames
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
@@ -473,8 +473,8 @@ def utc_now() -> str:
 
 
 def _tiling(d: Any, model_input: dict) -> dict:
-    """model.json's "tiling", validated: the scale (frame pixels per model pixel), the tile (the input's size)
-    and the overlap of neighbouring tiles in model pixels."""
+    """model.json's "tiling", validated: the scale (frame pixels per model pixel), the tile (the input's size),
+    the overlap of neighbouring tiles and each tile's margin (half the overlap, or 0) in model pixels."""
     if not isinstance(d, dict):
         raise _Invalid("'tiling' must be an object")
     if not d:
