@@ -73,6 +73,23 @@ def frame_runner(predict: Predictor, image_size: Sequence[int], plan=None):
     return run
 
 
+def file_scores(predict: Predictor, image_size: Sequence[int], files: Sequence, plan=None,
+                progress: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
+    """(image scores, map peaks) of image files through `predict` (frame_runner: squeezed, or in tiles by `plan`),
+    in batches of 8; `progress(n)` after each batch."""
+    from .data import read_image
+
+    run = frame_runner(predict, image_size, plan)
+    scores, peaks = [], []
+    for s in range(0, len(files), 8):
+        maps, batch_scores = run([read_image(p, "rgb") for p in files[s:s + 8]])
+        scores.extend(float(v) for v in batch_scores)
+        peaks.extend(float(np.max(m)) for m in maps)
+        if progress:
+            progress(len(maps))
+    return scores, peaks
+
+
 def predict_dataset(predict: Predictor, dataset: AnomalyDataset, image_size: Sequence[int],
                     batch_size: int = 8, progress: bool = True, limit: int | None = None, plan=None) -> Predictions:
     """Run the predictor over a split in batches (frame_runner: squeezed, or in tiles by `plan`); keeps the maps

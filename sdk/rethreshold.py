@@ -45,18 +45,9 @@ def files_fingerprint(files: Sequence[str | os.PathLike]) -> str:
 def score_files(detector, files: Sequence[str | os.PathLike], progress: Callable[[int], None] | None = None):
     """(image scores, map peaks) of the files at the model's input (in tiles for a model trained on tiles), as cfrg
     export measures them."""
-    from .data import read_image
-    from .evaluate import frame_runner
+    from .evaluate import file_scores
 
-    run = frame_runner(detector.predictor(), detector.size, detector.frame_plan)
-    scores, peaks = [], []
-    for s in range(0, len(files), 8):
-        maps, batch_scores = run([read_image(p, "rgb") for p in files[s:s + 8]])
-        scores.extend(float(v) for v in batch_scores)
-        peaks.extend(float(np.max(m)) for m in maps)
-        if progress:
-            progress(len(maps))
-    return scores, peaks
+    return file_scores(detector.predictor(), detector.size, files, detector.frame_plan, progress)
 
 
 class DriftRefusal(DatasetError):

@@ -55,15 +55,10 @@ def measure_thresholds(predict, size, good_files, target_frr, defect_set, split,
     """The good_only thresholds from good images (and the f1 ones from a split with defects), computed with the
     exported graph (in tiles by `plan`, an sdk.tiling.TilePlan, for a model trained on tiles); returns them with
     the good images' scores."""
-    from sdk.data import read_image
-    from sdk.evaluate import frame_pairs, frame_runner, predict_dataset
+    from sdk.evaluate import file_scores, frame_pairs, predict_dataset
 
-    run = frame_runner(predict, size, plan)
-    good_scores, good_peaks = [], []  # image scores; map maxima (the same unless the score is "combined")
-    for s in range(0, len(good_files), 8):
-        maps, scores = run([read_image(p, "rgb") for p in good_files[s:s + 8]])
-        good_scores.extend(float(v) for v in scores)
-        good_peaks.extend(float(np.max(m)) for m in maps)
+    # image scores; map maxima (the same unless the score is "combined")
+    good_scores, good_peaks = file_scores(predict, size, good_files, plan)
     good = good_only_threshold(np.array(good_scores), target_frr)
     pixel = good_only_threshold(np.array(good_peaks), target_frr)  # about target_frr of good parts show a pixel
     thresholds = {"good_only": Threshold(good["value"], pixel["value"], {
