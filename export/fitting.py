@@ -16,7 +16,7 @@ from .config import FINE_SPREAD_LIMIT, CFRGConfig
 from .gaussians import GlobalGaussian, auto_fine_weight
 from .map_options import MAP_OPTIONS, MAP_STATISTICS, MEMORY
 from .model import CFRG, to_tensor
-from .train_images import grid_tiles, load_scaled_images, load_train_images
+from .train_images import good_images
 
 
 @torch.no_grad()
@@ -186,13 +186,7 @@ def run_images(run_dir, data: str | None, size: Sequence[int], progress: bool,
         raise ValueError(f"the training images under {train_set.root} differ from those the run was trained "
                          f"on (data fingerprint); pass --data with the run's data set")
     train_idx, holdout_idx = run.split([smp.path for smp in train_set.samples])
-    if plan is not None:
-        images = grid_tiles(load_scaled_images(train_set, plan, progress, train_idx), plan)
-        held = (grid_tiles(load_scaled_images(train_set, plan, False, holdout_idx), plan)
-                if holdout_idx and holdout else None)
-        return images, held, run.seed
-    images = load_train_images(train_set, size, progress, train_idx)
-    held = load_train_images(train_set, size, False, holdout_idx) if holdout_idx and holdout else None
+    images, held, _ = good_images(train_set, size, plan, progress, train_idx, holdout_idx, holdout)
     return images, held, run.seed
 
 

@@ -23,7 +23,7 @@ from .model import CFRG
 from .options import TrainArgs, auto_image_size, auto_scale, auto_tile_size, shared_aspect
 from .predictor import fold_batchnorm, run_eval
 from .resume import resume_state, save_state
-from .train_images import check_training_size, grid_tiles, load_scaled_images, load_train_images, split_holdout
+from .train_images import check_training_size, good_images, split_holdout
 
 
 class WeightAverage:
@@ -148,16 +148,8 @@ class TrainingImages:
     def __init__(self, train_set: AnomalyDataset, config, train_idx: list[int], holdout_idx: list[int],
                  progress: bool, need_holdout: bool):
         self.plan = config.tile_plan()
-        if self.plan is None:
-            self.scaled = None
-            self.images = load_train_images(train_set, config.image_size, progress, train_idx)
-            self.holdout = (load_train_images(train_set, config.image_size, False, holdout_idx)
-                            if holdout_idx and need_holdout else None)
-        else:
-            self.scaled = load_scaled_images(train_set, self.plan, progress, train_idx)
-            self.images = grid_tiles(self.scaled, self.plan)
-            self.holdout = (grid_tiles(load_scaled_images(train_set, self.plan, False, holdout_idx), self.plan)
-                            if holdout_idx and need_holdout else None)
+        self.images, self.holdout, self.scaled = good_images(train_set, config.image_size, self.plan, progress,
+                                                             train_idx, holdout_idx, need_holdout)
         self._cache = None
 
     def cache(self, model: CFRG) -> list[torch.Tensor]:

@@ -79,3 +79,17 @@ def grid_tiles(scaled_images: Sequence[np.ndarray], plan) -> np.ndarray:
     """Every tile of every scaled image, as the Detector cuts them (uint8 (N, th, tw, 3)): what the statistics
     after training are fitted on, so that they hold for a tile at any place."""
     return np.concatenate([plan.tiles_of(image)[0] for image in scaled_images])
+
+
+def good_images(dataset: AnomalyDataset, size: Sequence[int], plan, progress: bool, train_idx: Sequence[int],
+                holdout_idx: Sequence[int], holdout: bool = True):
+    """(what the statistics are fitted on, the held-back good images for their z-scores (None when none are held
+    back or `holdout` is False), the training images at the training scale (None for whole frames)): for whole
+    frames, the images at `size`; for a model trained on tiles (`plan`), every tile of them."""
+    if plan is None:
+        images = load_train_images(dataset, size, progress, train_idx)
+        return images, (load_train_images(dataset, size, False, holdout_idx) if holdout_idx and holdout else None), None
+    scaled = load_scaled_images(dataset, plan, progress, train_idx)
+    held = (grid_tiles(load_scaled_images(dataset, plan, False, holdout_idx), plan)
+            if holdout_idx and holdout else None)
+    return grid_tiles(scaled, plan), held, scaled
