@@ -36,12 +36,16 @@ def resize_for_model(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def backend_predictor(backend, input_name: str = "frames", colour_order: str = "rgb") -> Predictor:
-    """Predictor around any sdk backend of an exported model whose input takes `colour_order` frames."""
+    """Predictor around any sdk backend of an exported model whose input takes `colour_order` frames; a batch larger
+    than the backend's largest (a TensorRT engine's `max_batch`) runs in parts it takes."""
 
     def predict(frames_rgb: np.ndarray):
         frames = frames_rgb if colour_order.lower() == "rgb" else frames_rgb[..., ::-1]
-        out = backend.run({input_name: np.ascontiguousarray(frames)})
-        return out["anomaly_map"], out["score"]
+        step = getattr(backend, "max_batch", None) or len(frames)
+        outs = [backend.run({input_name: np.ascontiguousarray(frames[s:s + step])}) for s in range(0, len(frames), step)]
+        if len(outs) == 1:
+            return outs[0]["anomaly_map"], outs[0]["score"]
+        return (np.concatenate([o["anomaly_map"] for o in outs]), np.concatenate([o["score"] for o in outs]))
 
     return predict
 

@@ -110,6 +110,10 @@ def test_tiles_go_through_a_backend_in_batches_it_takes(tiled_model):
     a, b = det(image), capped(image)
     assert sizes == [3] * 6 and a.score == pytest.approx(b.score, abs=1e-5)
     np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+    sizes.clear()  # the predictor that cfrg threshold and the build's reports run tiles through: the same parts
+    tiles = capped.tile_plan.cut(image, "bgr", "rgb")[0]
+    maps, scores = capped.predictor()(tiles)
+    assert sizes == [3] * 6 and len(maps) == len(scores) == 18
 
 
 def test_the_checkpoint_and_the_exported_graph_are_judged_alike_in_tiles(tiled_model, tmp_path):
