@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass
 TEACHERS = ("efficientnet_lite0", "efficientnet_lite2", "wide_resnet50_2")
 MAP_NORMALISATIONS = ("sum", "position", "none")
 IMAGE_SCORES = ("combined", "max")
+# the memory's pooling at the input's edges: "inside" averages the cells inside only, "zeros" counts the zero
+# padding (an edge patch is dimmed the same way in every image), "mirror" pools over mirrored features (tiles)
+MEMORY_EDGES = ("inside", "zeros", "mirror")
+MEMORY_FUSIONS = ("max", "sum")  # how the pixel map takes the z-scored CFRG map and memory map
 # the output map: the CFRG map or the paper's plain map, each fused with the patch memory or alone
 PIXEL_MAPS = ("fused", "plain_fused", "cfrg", "plain")
 # fine_weight "auto": 1 - spread / FINE_SPREAD_LIMIT, 0 (no branch) from there on (FineGaussian.spread)
@@ -46,9 +50,9 @@ class CFRGConfig:
     tile_scale: float = 0.0
     tile_overlap: int = 64
     tile_margin: int = 0
-    # the memory's pooling window at the input's edges: False, the cells inside it averaged (whole frames); True,
-    # the features mirrored first (tiles: an edge patch then looks like one in the middle of a part)
-    memory_mirrored: bool = False
+    memory_edges: str = "inside"  # MEMORY_EDGES
+    memory_fusion: str = "max"  # MEMORY_FUSIONS
+    memory_weight: float = 1.0  # the memory map's weight in that fusion
 
     def tile_plan(self):
         """The sdk.tiling.TilePlan of a model trained on tiles (None: whole frames)."""
@@ -66,6 +70,8 @@ class CFRGConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CFRGConfig":
         known = {f for f in cls.__dataclass_fields__}
+        if "memory_mirrored" in d and "memory_edges" not in d:  # the option before MEMORY_EDGES
+            d["memory_edges"] = "mirror" if d["memory_mirrored"] else "inside"
         d = {k: v for k, v in d.items() if k in known}
         from .map_options import MAP_OPTIONS  # which declares what a record from before each option means
 

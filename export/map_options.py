@@ -1,4 +1,4 @@
-"""The ten map and score options, declared once: each one's help, its check and what a change of it rebuilds.
+"""The thirteen map and score options, declared once: each one's help, its check and what a change of it rebuilds.
 
 From this table come TrainArgs' fields (so `cfrg train` and `cfrg demo` flags), `cfrg eval`'s flags for
 checkpoints, the copy into CFRGConfig (TrainArgs.model_config), the arguments of with_map_fusion and what it
@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from sdk.checks import Rule, allows, number, odd, whole
 
-from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, PIXEL_MAPS, CFRGConfig
+from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, MEMORY_EDGES, MEMORY_FUSIONS, PIXEL_MAPS, CFRGConfig
 
 AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of this many pixels, in proportion else
 _RECIPE = CFRGConfig()
@@ -51,6 +51,10 @@ def parse_weight(text: str) -> float | str:
 
 def weight_check(v) -> Optional[str]:
     return None if v == "auto" or allows(number(0), v) else "give a number >= 0 or 'auto'"
+
+
+def edges_check(v) -> Optional[str]:
+    return None if v in MEMORY_EDGES + ("auto",) else f"give one of {', '.join(MEMORY_EDGES)} or auto"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,25 @@ MAP_OPTIONS = {o.name: o for o in (
         "checkpoints with a patch memory: evaluate the same weights with this memory pooling (or auto, from the "
         "model's input size), the memory rebuilt from the run's good images (default: the trained one)",
         type=parse_pool, check=pool_check, train_default="auto", auto=auto_memory_pool, needs_memory=True),
+    MapOption(
+        "memory_edges", "str",
+        "the memory's pooling at the input's edges: 'inside' averages the cells inside the input only, 'zeros' "
+        "counts the zero padding (PatchCore's), 'mirror' pools over mirrored features; auto (default): "
+        f"{_RECIPE.memory_edges!r} on whole frames, 'mirror' on tiles (--scale)",
+        "checkpoints with a patch memory: evaluate the same weights with this pooling at the edges, the memory "
+        f"rebuilt from the run's good images {_AS_TRAINED}", choices=MEMORY_EDGES + ("auto",), check=edges_check,
+        train_default="auto", auto=lambda image_size: _RECIPE.memory_edges, needs_memory=True, before="inside"),
+    MapOption(
+        "memory_fusion", "str",
+        "how the pixel map takes the z-scored map and memory map: 'max' per pixel, or 'sum' (a pixel counts as much "
+        f"as both maps say; default {_RECIPE.memory_fusion!r})",
+        f"checkpoints with a patch memory: evaluate the same weights with this fusion {_AS_TRAINED}",
+        choices=MEMORY_FUSIONS, rebuilds=frozenset({FINE}), needs_memory=True, before="max"),
+    MapOption(
+        "memory_weight", "float",
+        f"the memory map's weight in that fusion (default {_RECIPE.memory_weight:g})",
+        f"checkpoints with a patch memory: evaluate the same weights with the memory map weighted so {_AS_TRAINED}",
+        type=float, check=number(0), rebuilds=frozenset({FINE}), needs_memory=True, before=1.0),
     MapOption(
         "image_score", "str",
         "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances and (--global-score) a "

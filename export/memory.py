@@ -10,6 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .blocks import inside, soft_max, upsample
+from .config import MEMORY_EDGES, MEMORY_FUSIONS
 
 
 def greedy_coreset(x: torch.Tensor, k: int, proj_dim: int = 64, seed: int = 0,
@@ -52,9 +53,16 @@ class PatchMemory(nn.Module):
 
     def __init__(self, channels: Sequence[int], strides: Sequence[int], size: int, pool: int = 9,
                  stride: int = 16, score_temperature: float | None = None, plain_stats: bool = False,
-                 score_margin: int = 0, mirrored: bool = False):
+                 score_margin: int = 0, edges: str = "inside", fusion: str = "max", weight: float = 1.0):
         super().__init__()
-        self.mirrored = mirrored  # pool over mirrored features at the edges, not over the cells inside only
+        if fusion not in MEMORY_FUSIONS:
+            raise ValueError(f"memory_fusion must be one of {MEMORY_FUSIONS}, got {fusion!r}")
+        if not weight >= 0:
+            raise ValueError(f"memory_weight must be >= 0, got {weight}")
+        self.fusion, self.weight = fusion, float(weight)
+        if edges not in MEMORY_EDGES:
+            raise ValueError(f"memory_edges must be one of {MEMORY_EDGES}, got {edges!r}")
+        self.edges = edges  # the pooling at the input's edges (MEMORY_EDGES)
         if score_margin % stride:
             raise ValueError(f"the tile margin {score_margin} must be a multiple of the memory's stride {stride}")
         self.score_margin = score_margin  # a tile's margin in pixels: context only, not scored
@@ -90,10 +98,10 @@ class PatchMemory(nn.Module):
         out = []
         for k, s in zip(self.layers, self.layer_strides):  # each layer pooled on its own grid, then on ours
             step, half = max(self.stride // s, 1), self.pool // 2
-            if self.mirrored:
+            if self.edges == "mirror":
                 f = F.avg_pool2d(F.pad(t_feats[k].float(), (half,) * 4, mode="reflect"), self.pool, step, 0)
             else:
-                f = F.avg_pool2d(t_feats[k].float(), self.pool, step, half, count_include_pad=False)
+                f = F.avg_pool2d(t_feats[k].float(), self.pool, step, half, count_include_pad=self.edges == "zeros")
             out.append(upsample(f, max(s // self.stride, 1)))
         return torch.cat(out, 1)
 
@@ -121,19 +129,24 @@ class PatchMemory(nn.Module):
         return torch.cat([map_z.flatten(1).amax(1, keepdim=True), soft_max(memory_z, self.score_temperature)], 1)
 
     def fuse(self, amap: torch.Tensor, t_feats: Sequence[torch.Tensor], blur: nn.Module):
-        """(map, score, memory map): the per-pixel max of the z-scored CFRG map and the memory map (the smoothed,
-        z-scored memory distance at input resolution); the sum of the z-scored branch scores (or, without a
+        """(map, score, memory map): the z-scored CFRG map fused with the memory map (the smoothed, z-scored memory
+        distance at input resolution; fused_map); the sum of the z-scored branch scores (or, without a
         score temperature, the map's max)."""
         map_z, memory_z = (amap - self.map_mean) / self.map_std, self(t_feats)
         memory_map = blur(upsample(memory_z, self.stride))
-        fused = torch.maximum(map_z, memory_map)
+        fused = self.fused_map(map_z, memory_map)
         if self.score_temperature is None:
             return fused, inside(fused, self.score_margin).flatten(1).amax(1), memory_map
         return fused, ((self.branch_scores(map_z, memory_z) - self.score_mean) / self.score_std).sum(1), memory_map
 
+    def fused_map(self, map_z: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
+        """The pixel map of two z-scored maps: their per-pixel max or sum, the memory map weighted."""
+        weighted = memory_map if self.weight == 1 else memory_map * self.weight
+        return torch.maximum(map_z, weighted) if self.fusion == "max" else map_z + weighted
+
     def fuse_plain(self, plain: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
-        """The per-pixel max of the z-scored plain map and the memory map."""
-        return torch.maximum((plain - self.plain_mean) / self.plain_std, memory_map)
+        """The z-scored plain map fused with the memory map."""
+        return self.fused_map((plain - self.plain_mean) / self.plain_std, memory_map)
 
     @torch.no_grad()
     def fit_z_scores(self, batches) -> None:

@@ -92,7 +92,8 @@ class CFRG(nn.Module):
                                    config.memory_stride,
                                    config.score_temperature if config.image_score == "combined" else None,
                                    plain_stats=config.pixel_map == "plain_fused", score_margin=config.tile_margin,
-                                   mirrored=config.memory_mirrored)
+                                   edges=config.memory_edges, fusion=config.memory_fusion,
+                                   weight=config.memory_weight)
                        if config.memory_size else None)
         self.global_gaussian = (GlobalGaussian(channels) if self.memory is not None and config.global_score
                                 and config.image_score == "combined" else None)

@@ -411,6 +411,55 @@ def test_memory_statistics_leave_each_image_out():
     assert abs(float(m.memory.dist_std) - float(dist.std(unbiased=False))) < 2e-2 * float(dist.std())
 
 
+def test_sum_fusion_adds_the_weighted_memory_map_to_the_z_scored_map():
+    """memory_fusion "sum": map z-score + memory_weight x memory map per pixel; "max" with a weight takes the max
+    of the map and the weighted memory map. Same weights, same statistics: only the fusion differs."""
+    from export.blocks import upsample
+    from export.model import to_tensor
+    from export.fitting import fit_map, fit_memory
+
+    torch.manual_seed(0)
+    images = _demo_images(10, (64, 128))
+    m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, image_score="max")).eval()
+    fit_map(m, images)
+    fit_memory(m, images)
+    x = to_tensor(images[:3])
+    with torch.no_grad():
+        t_feats = m.teacher_features(x)
+        cfrg_map = (m.anomaly_map(x, m.heads(x, t_feats)) - m.memory.map_mean) / m.memory.map_std
+        memory_map = m.blur(upsample(m.memory(t_feats), m.memory.stride))
+        for fusion, weight, expected in (("sum", 2.0, cfrg_map + 2 * memory_map),
+                                         ("max", 0.5, torch.maximum(cfrg_map, 0.5 * memory_map))):
+            other = CFRG(CFRGConfig(image_size=(64, 128), memory_size=200, image_score="max", memory_fusion=fusion,
+                                    memory_weight=weight)).eval()
+            other.load_state_dict(m.state_dict())
+            fused, score = other(x)
+            assert torch.allclose(fused, expected, atol=1e-4)
+            assert torch.allclose(score, fused.flatten(1).amax(1))
+
+
+def test_memory_edges_pool_the_border_cells_as_named():
+    """"inside" averages the cells inside the input only, "zeros" counts the zero padding (a border cell is dimmed
+    by the share of its window outside the input), "mirror" pools over the mirrored features; the middle cells agree."""
+    torch.manual_seed(0)
+    feats = None
+    embs = {}
+    for edges in ("inside", "zeros", "mirror"):
+        m = CFRG(CFRGConfig(image_size=(64, 128), memory_size=50, memory_pool=3, memory_stride=8,
+                            memory_edges=edges)).eval()
+        with torch.no_grad():
+            feats = feats or m.teacher_features(torch.rand(1, 3, 64, 128))
+            embs[edges] = m.memory.embed(feats)
+    f8 = feats[1].float()  # the stride-8 layer: the first 40 channels, on the memory's own grid
+    inside, zeros = embs["inside"][:, :40], embs["zeros"][:, :40]
+    assert torch.allclose(zeros[..., 0, 0], inside[..., 0, 0] * 4 / 9, atol=1e-5)  # a corner: 4 of 9 cells inside
+    assert torch.allclose(zeros[..., 1:-1, 1:-1], inside[..., 1:-1, 1:-1], atol=1e-5)
+    mirror = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(f8, (1,) * 4, mode="reflect"), 3, 1)
+    assert torch.allclose(embs["mirror"][:, :40], mirror, atol=1e-5)
+    with pytest.raises(ValueError, match="memory_edges must be one of"):
+        CFRG(CFRGConfig(image_size=(64, 64), memory_edges="wrap"), pretrained_teacher=False)
+
+
 def test_bad_memory_options_are_rejected():
     with pytest.raises(ValueError, match="memory_size"):
         CFRG(CFRGConfig(image_size=(64, 64), memory_size=-1), pretrained_teacher=False)
@@ -423,6 +472,10 @@ def test_bad_memory_options_are_rejected():
     for pool in (0, 4):
         with pytest.raises(ValueError, match="memory_pool must be an odd number"):
             CFRG(CFRGConfig(image_size=(64, 64), memory_pool=pool), pretrained_teacher=False)
+    with pytest.raises(ValueError, match="memory_fusion must be one of"):
+        CFRG(CFRGConfig(image_size=(64, 64), memory_fusion="mean"), pretrained_teacher=False)
+    with pytest.raises(ValueError, match="memory_weight must be >= 0"):
+        CFRG(CFRGConfig(image_size=(64, 64), memory_weight=-1.0), pretrained_teacher=False)
 
 
 def test_memory_on_the_stride_8_grid():
@@ -444,6 +497,8 @@ def test_configs_from_before_an_option_keep_the_behaviour_they_were_trained_with
     combined = CFRGConfig.from_dict({"image_size": [64, 64], "memory_size": 100, "image_score": "combined"})
     assert not combined.global_score  # combined score from before its global branch
     assert CFRG(combined, pretrained_teacher=False).global_gaussian is None
+    assert (old.memory_edges, old.memory_fusion, old.memory_weight) == ("inside", "max", 1.0)
+    assert CFRGConfig.from_dict({"image_size": [64, 64], "memory_mirrored": True}).memory_edges == "mirror"
     new = CFRGConfig.from_dict(CFRGConfig().to_dict())
     assert (new.map_normalisation, new.memory_size, new.image_score) == ("sum", 10000, "combined")
     assert new.global_score

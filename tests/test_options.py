@@ -42,7 +42,8 @@ def test_recipe_defaults_come_from_the_model_config():
     args, config = TrainArgs("d", "c", "o"), CFRGConfig()
     assert args.model_config(config.image_size) == config  # the size: auto, resolved from the training images
     assert set(EVAL_OPTIONS) == {"map_normalisation", "gaussian_sigma", "seg_sigma", "sum_seg_weight", "memory_size",
-                                 "memory_pool", "image_score", "global_score", "pixel_map", "fine_weight"}
+                                 "memory_pool", "memory_edges", "memory_fusion", "memory_weight", "image_score",
+                                 "global_score", "pixel_map", "fine_weight"}
     actions = _actions("eval")
     assert all(actions[name].default is None for name in EVAL_OPTIONS)
 
@@ -151,3 +152,13 @@ def test_auto_image_size_is_square_when_the_training_images_have_no_one_shape():
     assert shared_aspect([(460, 1130)] * 3 + [(100, 100)]) is None  # one in four off: not one shape
     assert shared_aspect([(460, 1130)] * 4 + [(100, 100)]) == pytest.approx(1130 / 460)
     assert shared_aspect([(460, 1130), (470, 1130), (450, 1130), (460, 1100)]) == pytest.approx(1130 / 460)
+
+
+def test_memory_edges_auto_is_the_recipes_on_whole_frames_and_mirrored_on_tiles():
+    whole = TrainArgs("d", "c", "o").model_config((224, 288))
+    assert whole.memory_edges == CFRGConfig().memory_edges
+    assert TrainArgs("d", "c", "o", scale="1.5").model_config((256, 256)).memory_edges == "mirror"
+    given = TrainArgs("d", "c", "o", scale="1.5", memory_edges="zeros").model_config((256, 256))
+    assert given.memory_edges == "zeros"  # a given pooling is kept on tiles too
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(BASE + ["--memory-edges", "wrap"])

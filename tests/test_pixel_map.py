@@ -66,7 +66,8 @@ def test_training_with_plain_fused_writes_it_into_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"pixel_map": "plain_fused"}, {"pixel_map": "plain"},
-                                    {"map_normalisation": "position"}])
+                                    {"map_normalisation": "position"},
+                                    {"memory_edges": "zeros", "memory_fusion": "sum", "memory_weight": 2.0}])
 def test_each_pixel_map_exports_with_onnx_runtime_parity(trained_run, tmp_path, change):
     """The default (map "sum", fused) is exported in test_export.py; here the other maps."""
     pytest.importorskip("onnx")
