@@ -209,7 +209,7 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
         given = values.get(name)
         if given is None:
             continue
-        value = o.config_value(given, model.config.image_size)
+        value = o.config_value(given, model.config.image_size, tiles=bool(model.config.tile_scale))
         if value != old[name] or (o.auto_refits and given == "auto"):
             changes[name] = value
             refit |= o.refits(old[name], value)

@@ -18,6 +18,9 @@ AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of
 _RECIPE = CFRGConfig()
 AS_CONFIG = object()  # a default that is CFRGConfig's
 
+# the memory on tiles ("auto"): 3x3 pooling, mirrored at the edges, summed into the map with weight 2
+# (docs/quality.md, "Tiles with the memory at 3x3, summed with weight 2")
+TILE_MEMORY = {"memory_pool": 3, "memory_edges": "mirror", "memory_fusion": "sum", "memory_weight": 2.0}
 # what a change refits from the run's good images, beyond the options' own values
 MAP_STATISTICS, MEMORY, FINE = "map statistics", "memory", "fine"  # memory: bank, score statistics, global branch
 
@@ -72,6 +75,7 @@ class MapOption:
     train_default: Any = AS_CONFIG  # AS_CONFIG: CFRGConfig's
     auto: Callable[[tuple[int, int]], Any] | None = None  # the config's value for "auto", from the input size
     auto_refits: bool = False  # "auto" is decided by the refit itself, so it always refits
+    tile_value: Any = None  # what "auto" means for a model trained on tiles (None: as on whole frames)
     rebuilds: frozenset = frozenset({MEMORY, FINE})  # what a change refits
     rebuilds_memory_with: tuple = ()  # values that, before or after a change, bring the memory's refit too
     needs_memory: bool = False  # applies to a patch memory only
@@ -85,8 +89,10 @@ class MapOption:
     def legacy(self) -> Any:
         return getattr(_RECIPE, self.name) if self.before is AS_CONFIG else self.before
 
-    def config_value(self, value, image_size) -> Any:
-        """The CFRGConfig value of an option value ("auto" resolved for the input size)."""
+    def config_value(self, value, image_size, tiles: bool = False) -> Any:
+        """The CFRGConfig value of an option value ("auto" resolved for the input size, and for tiles)."""
+        if value == "auto" and tiles and self.tile_value is not None:
+            return self.tile_value
         return self.auto(image_size) if value == "auto" and self.auto is not None else value
 
     def refits(self, old, new) -> set:
@@ -132,10 +138,11 @@ MAP_OPTIONS = {o.name: o for o in (
         "memory_pool", "int | str",
         f"neighbourhood, in feature cells, that each memory patch averages (odd), or auto (default): "
         f"{_RECIPE.memory_pool} on a {AUTO_POOL_SIDE}-pixel short side of the input, in proportion on others (5 at "
-        f"160x416)",
+        f"160x416); {TILE_MEMORY['memory_pool']} on tiles",
         "checkpoints with a patch memory: evaluate the same weights with this memory pooling (or auto, from the "
         "model's input size), the memory rebuilt from the run's good images (default: the trained one)",
-        type=parse_pool, check=pool_check, train_default="auto", auto=auto_memory_pool, needs_memory=True),
+        type=parse_pool, check=pool_check, train_default="auto", auto=auto_memory_pool, needs_memory=True,
+        tile_value=TILE_MEMORY["memory_pool"]),
     MapOption(
         "memory_edges", "str",
         "the memory's pooling at the input's edges: 'inside' averages the cells inside the input only, 'zeros' "
@@ -143,18 +150,25 @@ MAP_OPTIONS = {o.name: o for o in (
         f"{_RECIPE.memory_edges!r} on whole frames, 'mirror' on tiles (--scale)",
         "checkpoints with a patch memory: evaluate the same weights with this pooling at the edges, the memory "
         f"rebuilt from the run's good images {_AS_TRAINED}", choices=MEMORY_EDGES + ("auto",), check=edges_check,
-        train_default="auto", auto=lambda image_size: _RECIPE.memory_edges, needs_memory=True, before="inside"),
+        train_default="auto", auto=lambda image_size: _RECIPE.memory_edges, needs_memory=True, before="inside",
+        tile_value=TILE_MEMORY["memory_edges"]),
     MapOption(
         "memory_fusion", "str",
         "how the pixel map takes the z-scored map and memory map: 'max' per pixel, or 'sum' (a pixel counts as much "
-        f"as both maps say; default {_RECIPE.memory_fusion!r})",
-        f"checkpoints with a patch memory: evaluate the same weights with this fusion {_AS_TRAINED}",
-        choices=MEMORY_FUSIONS, rebuilds=frozenset({FINE}), needs_memory=True, before="max"),
+        f"as both maps say); auto (default): {_RECIPE.memory_fusion!r} on whole frames, "
+        f"{TILE_MEMORY['memory_fusion']!r} on tiles",
+        f"checkpoints with a patch memory: evaluate the same weights with this fusion (auto: as training chooses for "
+        f"the model's frames or tiles) {_AS_TRAINED}",
+        choices=MEMORY_FUSIONS + ("auto",), train_default="auto", auto=lambda image_size: _RECIPE.memory_fusion,
+        tile_value=TILE_MEMORY["memory_fusion"], rebuilds=frozenset({FINE}), needs_memory=True, before="max"),
     MapOption(
-        "memory_weight", "float",
-        f"the memory map's weight in that fusion (default {_RECIPE.memory_weight:g})",
-        f"checkpoints with a patch memory: evaluate the same weights with the memory map weighted so {_AS_TRAINED}",
-        type=float, check=number(0), rebuilds=frozenset({FINE}), needs_memory=True, before=1.0),
+        "memory_weight", "float | str",
+        f"the memory map's weight in that fusion; auto (default): {_RECIPE.memory_weight:g} on whole frames, "
+        f"{TILE_MEMORY['memory_weight']:g} on tiles",
+        f"checkpoints with a patch memory: evaluate the same weights with the memory map weighted so (or auto) "
+        f"{_AS_TRAINED}", type=parse_weight, check=weight_check, train_default="auto",
+        auto=lambda image_size: _RECIPE.memory_weight, tile_value=TILE_MEMORY["memory_weight"],
+        rebuilds=frozenset({FINE}), needs_memory=True, before=1.0),
     MapOption(
         "image_score", "str",
         "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances and (--global-score) a "

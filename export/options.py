@@ -242,14 +242,12 @@ class TrainArgs:
         if scale == "auto":
             raise ValueError("--scale auto is resolved from the training images: pass tile_scale")
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in CFRGConfig.__dataclass_fields__}
-        edges_auto = values.get("memory_edges") == "auto"  # on tiles, auto is "mirror"
-        values.update({name: o.config_value(values[name], size) for name, o in MAP_OPTIONS.items()})
         scale = 0.0 if scale == "whole" else float(scale)
+        values.update({name: o.config_value(values[name], size, tiles=bool(scale)) for name, o in MAP_OPTIONS.items()})
         if scale and values["tile_overlap"] >= min(size):
             raise ValueError(f"--tile-overlap {values['tile_overlap']}: must be below the tile's short side {min(size)}")
         margin = values["tile_overlap"] // 2 if scale else 0
-        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale, "tile_margin": margin,
-                             **({"memory_edges": "mirror"} if edges_auto and scale else {})})
+        return CFRGConfig(**{**values, "image_size": tuple(size), "tile_scale": scale, "tile_margin": margin})
 
     def record(self) -> dict:
         """The options as config.json's "train" records them (JSON values)."""

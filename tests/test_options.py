@@ -154,11 +154,20 @@ def test_auto_image_size_is_square_when_the_training_images_have_no_one_shape():
     assert shared_aspect([(460, 1130), (470, 1130), (450, 1130), (460, 1100)]) == pytest.approx(1130 / 460)
 
 
-def test_memory_edges_auto_is_the_recipes_on_whole_frames_and_mirrored_on_tiles():
+def test_memory_auto_is_the_recipes_on_whole_frames_and_the_tile_memory_on_tiles():
+    from export.map_options import TILE_MEMORY
+
+    recipe = CFRGConfig()
     whole = TrainArgs("d", "c", "o").model_config((224, 288))
-    assert whole.memory_edges == CFRGConfig().memory_edges
-    assert TrainArgs("d", "c", "o", scale="1.5").model_config((256, 256)).memory_edges == "mirror"
-    given = TrainArgs("d", "c", "o", scale="1.5", memory_edges="zeros").model_config((256, 256))
-    assert given.memory_edges == "zeros"  # a given pooling is kept on tiles too
+    assert (whole.memory_edges, whole.memory_fusion, whole.memory_weight, whole.memory_pool) == (
+        recipe.memory_edges, recipe.memory_fusion, recipe.memory_weight, 7)
+    tiled = TrainArgs("d", "c", "o", scale="1.5").model_config((256, 256))
+    assert {k: getattr(tiled, k) for k in TILE_MEMORY} == TILE_MEMORY == {
+        "memory_pool": 3, "memory_edges": "mirror", "memory_fusion": "sum", "memory_weight": 2.0}
+    given = TrainArgs("d", "c", "o", scale="1.5", memory_edges="zeros", memory_pool=5, memory_fusion="max",
+                      memory_weight=1.0).model_config((256, 256))
+    assert (given.memory_edges, given.memory_pool, given.memory_fusion, given.memory_weight) == ("zeros", 5, "max", 1.0)
+    args = train_args_from(build_parser().parse_args(BASE + ["--memory-weight", "AUTO", "--memory-fusion", "sum"]))
+    assert (args.memory_weight, args.memory_fusion) == ("auto", "sum")
     with pytest.raises(SystemExit):
         build_parser().parse_args(BASE + ["--memory-edges", "wrap"])

@@ -42,6 +42,23 @@ def test_the_scale_tile_and_overlap_travel_in_the_checkpoint_and_model_json(tile
     assert info.thresholds["good_only"].details["n_images"] == 4  # the held-back whole images, not their tiles
 
 
+def test_a_tiled_run_gets_the_tile_memory_and_auto_keeps_it_when_refitted(tiled_model):
+    """Training on tiles gives the tile memory (export.map_options.TILE_MEMORY); `cfrg eval --memory-fusion auto` on
+    a tiled checkpoint means the tiles' choice, not the whole frames'."""
+    from export.checkpoint import load_checkpoint
+    from export.fitting import with_map_fusion
+    from export.map_options import TILE_MEMORY
+
+    run, _, _ = tiled_model
+    model, _ = load_checkpoint(run / "model.pt")
+    assert {k: getattr(model.config, k) for k in TILE_MEMORY} == TILE_MEMORY
+    assert model.memory.pool == 3 and model.memory.fusion == "sum" and model.memory.weight == 2.0
+    other = with_map_fusion(model, run, progress=False, memory_fusion="max", memory_weight=1.0)
+    assert (other.config.memory_fusion, other.config.memory_weight) == ("max", 1.0)
+    back = with_map_fusion(other, run, progress=False, memory_fusion="auto", memory_weight="auto")
+    assert (back.config.memory_fusion, back.config.memory_weight) == ("sum", 2.0)
+
+
 def test_the_detector_tiles_every_frame_as_training_did_without_being_told(tiled_model):
     from sdk.preprocess import preprocess
 
