@@ -71,7 +71,7 @@ class CFRGConfig:
     def from_dict(cls, d: dict) -> "CFRGConfig":
         known = {f for f in cls.__dataclass_fields__}
         if "memory_mirrored" in d and "memory_edges" not in d:  # the option before MEMORY_EDGES
-            d["memory_edges"] = "mirror" if d["memory_mirrored"] else "inside"
+            d = {**d, "memory_edges": "mirror" if d["memory_mirrored"] else "inside"}
         d = {k: v for k, v in d.items() if k in known}
         from .map_options import MAP_OPTIONS  # which declares what a record from before each option means
 

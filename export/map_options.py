@@ -56,10 +56,6 @@ def weight_check(v) -> Optional[str]:
     return None if v == "auto" or allows(number(0), v) else "give a number >= 0 or 'auto'"
 
 
-def edges_check(v) -> Optional[str]:
-    return None if v in MEMORY_EDGES + ("auto",) else f"give one of {', '.join(MEMORY_EDGES)} or auto"
-
-
 @dataclass(frozen=True)
 class MapOption:
     """One map or score option: a CFRGConfig field that `cfrg eval` can change on a trained checkpoint."""
@@ -73,9 +69,9 @@ class MapOption:
     check: Rule | None = None
     action: str | None = None  # "toggle": --X / --no-X
     train_default: Any = AS_CONFIG  # AS_CONFIG: CFRGConfig's
-    auto: Callable[[tuple[int, int]], Any] | None = None  # the config's value for "auto", from the input size
+    # the config's value for "auto", from the input size (None: CFRGConfig's; on tiles TILE_MEMORY's comes first)
+    auto: Callable[[tuple[int, int]], Any] | None = None
     auto_refits: bool = False  # "auto" is decided by the refit itself, so it always refits
-    tile_value: Any = None  # what "auto" means for a model trained on tiles (None: as on whole frames)
     rebuilds: frozenset = frozenset({MEMORY, FINE})  # what a change refits
     rebuilds_memory_with: tuple = ()  # values that, before or after a change, bring the memory's refit too
     needs_memory: bool = False  # applies to a patch memory only
@@ -91,9 +87,11 @@ class MapOption:
 
     def config_value(self, value, image_size, tiles: bool = False) -> Any:
         """The CFRGConfig value of an option value ("auto" resolved for the input size, and for tiles)."""
-        if value == "auto" and tiles and self.tile_value is not None:
-            return self.tile_value
-        return self.auto(image_size) if value == "auto" and self.auto is not None else value
+        if value != "auto":
+            return value
+        if tiles and self.name in TILE_MEMORY:
+            return TILE_MEMORY[self.name]
+        return self.auto(image_size) if self.auto is not None else getattr(_RECIPE, self.name)
 
     def refits(self, old, new) -> set:
         """What changing the option from `old` to `new` rebuilds."""
@@ -141,17 +139,16 @@ MAP_OPTIONS = {o.name: o for o in (
         f"160x416); {TILE_MEMORY['memory_pool']} on tiles",
         "checkpoints with a patch memory: evaluate the same weights with this memory pooling (or auto, from the "
         "model's input size), the memory rebuilt from the run's good images (default: the trained one)",
-        type=parse_pool, check=pool_check, train_default="auto", auto=auto_memory_pool, needs_memory=True,
-        tile_value=TILE_MEMORY["memory_pool"]),
+        type=parse_pool, check=pool_check, train_default="auto", auto=auto_memory_pool, needs_memory=True),
     MapOption(
         "memory_edges", "str",
         "the memory's pooling at the input's edges: 'inside' averages the cells inside the input only, 'zeros' "
         "counts the zero padding (PatchCore's), 'mirror' pools over mirrored features; auto (default): "
         f"{_RECIPE.memory_edges!r} on whole frames, 'mirror' on tiles (--scale)",
-        "checkpoints with a patch memory: evaluate the same weights with this pooling at the edges, the memory "
-        f"rebuilt from the run's good images {_AS_TRAINED}", choices=MEMORY_EDGES + ("auto",), check=edges_check,
-        train_default="auto", auto=lambda image_size: _RECIPE.memory_edges, needs_memory=True, before="inside",
-        tile_value=TILE_MEMORY["memory_edges"]),
+        "checkpoints with a patch memory: evaluate the same weights with this pooling at the edges (auto: as "
+        f"training chooses for the model's frames or tiles), the memory rebuilt from the run's good images "
+        f"{_AS_TRAINED}", choices=MEMORY_EDGES + ("auto",), train_default="auto", needs_memory=True,
+        before="inside"),
     MapOption(
         "memory_fusion", "str",
         "how the pixel map takes the z-scored map and memory map: 'max' per pixel, or 'sum' (a pixel counts as much "
@@ -159,16 +156,15 @@ MAP_OPTIONS = {o.name: o for o in (
         f"{TILE_MEMORY['memory_fusion']!r} on tiles",
         f"checkpoints with a patch memory: evaluate the same weights with this fusion (auto: as training chooses for "
         f"the model's frames or tiles) {_AS_TRAINED}",
-        choices=MEMORY_FUSIONS + ("auto",), train_default="auto", auto=lambda image_size: _RECIPE.memory_fusion,
-        tile_value=TILE_MEMORY["memory_fusion"], rebuilds=frozenset({FINE}), needs_memory=True, before="max"),
+        choices=MEMORY_FUSIONS + ("auto",), train_default="auto", rebuilds=frozenset({FINE}), needs_memory=True,
+        before="max"),
     MapOption(
         "memory_weight", "float | str",
         f"the memory map's weight in that fusion; auto (default): {_RECIPE.memory_weight:g} on whole frames, "
         f"{TILE_MEMORY['memory_weight']:g} on tiles",
         f"checkpoints with a patch memory: evaluate the same weights with the memory map weighted so (or auto) "
-        f"{_AS_TRAINED}", type=parse_weight, check=weight_check, train_default="auto",
-        auto=lambda image_size: _RECIPE.memory_weight, tile_value=TILE_MEMORY["memory_weight"],
-        rebuilds=frozenset({FINE}), needs_memory=True, before=1.0),
+        f"{_AS_TRAINED}", type=parse_weight, check=weight_check, train_default="auto", rebuilds=frozenset({FINE}),
+        needs_memory=True, before=1.0),
     MapOption(
         "image_score", "str",
         "image score: 'combined' sums the CFRG map's max, a soft max of the memory distances and (--global-score) a "
