@@ -50,6 +50,7 @@ class CFRGConfig:
     tile_scale: float = 0.0
     tile_overlap: int = 64
     tile_margin: int = 0
+    tile_score_top: int = 2  # a frame's score: the mean of its this many highest tiles' scores (sdk.tiling.TilePlan)
     memory_edges: str = "inside"  # MEMORY_EDGES
     memory_fusion: str = "max"  # MEMORY_FUSIONS
     memory_weight: float = 1.0  # the memory map's weight in that fusion
@@ -60,7 +61,8 @@ class CFRGConfig:
             return None
         from sdk.tiling import TilePlan
 
-        return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale, self.tile_margin)
+        return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale, self.tile_margin,
+                        self.tile_score_top)
 
     def to_dict(self) -> dict:
         d = asdict(self)

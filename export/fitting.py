@@ -225,6 +225,9 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
                          f"{config.image_score!r}: add --image-score combined")
     new_stats, new_memory = MAP_STATISTICS in refit, MEMORY in refit  # otherwise they carry over
     new = CFRG(config, pretrained_teacher=False)
+    if not refit:  # e.g. the tiles a frame's score averages: the model itself is the same
+        new.load_state_dict(model.state_dict())
+        return new.to(memory_format=torch.channels_last).eval()
     # the fine branch is scaled against the pixel map, so any change refits it
     rebuilt = ((("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
                + ("fine.",))

@@ -1,4 +1,4 @@
-"""The thirteen map and score options, declared once: each one's help, its check and what a change of it rebuilds.
+"""The fourteen map and score options, declared once: each one's help, its check and what a change of it rebuilds.
 
 From this table come TrainArgs' fields (so `cfrg train` and `cfrg demo` flags), `cfrg eval`'s flags for
 checkpoints, the copy into CFRGConfig (TrainArgs.model_config), the arguments of with_map_fusion and what it
@@ -195,4 +195,10 @@ MAP_OPTIONS = {o.name: o for o in (
         f"run's good images (0: none; {_AS_TRAINED[1:]}", type=parse_weight, check=weight_check,
         # "auto": the model starts without the branch (0) and the fit at the end of training sets the weight
         train_default="auto", auto=lambda image_size: 0.0, auto_refits=True, rebuilds=frozenset({FINE})),
+    MapOption(
+        "tile_score_top", "int",
+        f"with --scale: a frame's score is the mean of its this many highest tiles' scores (default "
+        f"{_RECIPE.tile_score_top}; 1: the highest tile's)",
+        f"checkpoints trained on tiles: evaluate the same weights with the frame's score the mean of this many "
+        f"highest tiles' scores {_AS_TRAINED}", type=int, check=whole(1, 64), rebuilds=frozenset(), before=1),
 )}

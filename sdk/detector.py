@@ -112,7 +112,8 @@ class Detector:
         self.tile_scale = require(scale, optional(number(0, low_open=True)),
                                   f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
                                   f"got {scale!r}")
-        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale, trained.margin if trained else 0)
+        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale, trained.margin if trained else 0,
+                                  trained.score_top if trained else 1)
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 
@@ -157,7 +158,7 @@ class Detector:
     def _tiled_result(self, frame_hw, raw: TiledRaw, k: int) -> Result:
         first, count, origins, scaled_hw, scale = raw.layout[k]
         amap = self.tile_plan.join(raw.maps[first:first + count], origins, scaled_hw)
-        result = self._result(frame_hw, amap, float(raw.scores[first:first + count].max()))
+        result = self._result(frame_hw, amap, self.tile_plan.frame_score(raw.scores[first:first + count]))
         result.tiling = {"tile": list(self.size), "overlap": self.tile_overlap, "tiles": count,
                          "scale": round(scale, 6)}
         return result

@@ -18,8 +18,9 @@ with one ModelFileError that names the file, the problem and the fix.
      "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
      "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...],  (cfrg threshold)
      "drift_reference": {...},  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
-     "tiling": {"scale", "tile": [h, w], "overlap", "margin"}}  (models trained on tiles, cfrg train --scale: frame
-         pixels per model pixel, the tile (the input), the overlap and each tile's margin in model pixels)
+     "tiling": {"scale", "tile": [h, w], "overlap", "margin", "score_top"}}  (models trained on tiles, cfrg train
+         --scale: frame pixels per model pixel, the tile (the input), the overlap and each tile's margin in model
+         pixels, the highest tiles whose scores' mean is the frame's score; 1 when absent)
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -323,7 +324,7 @@ class ModelInfo:
         from .tiling import TilePlan
 
         return TilePlan(tuple(self.tiling["tile"]), self.tiling["overlap"], 1.0 / self.tiling["scale"],
-                        self.tiling.get("margin", 0))
+                        self.tiling.get("margin", 0), self.tiling.get("score_top", 1))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -474,7 +475,8 @@ def utc_now() -> str:
 
 def _tiling(d: Any, model_input: dict) -> dict:
     """model.json's "tiling", validated: the scale (frame pixels per model pixel), the tile (the input's size),
-    the overlap of neighbouring tiles and each tile's margin (half the overlap, or 0) in model pixels."""
+    the overlap of neighbouring tiles and each tile's margin (half the overlap, or 0) in model pixels, and how
+    many of its highest tiles' scores a frame's score averages (score_top; 1, the highest, when absent)."""
     if not isinstance(d, dict):
         raise _Invalid("'tiling' must be an object")
     if not d:
@@ -490,4 +492,5 @@ def _tiling(d: Any, model_input: dict) -> dict:
     margin = _int(d.get("margin", 0), "'tiling.margin'", low=0)
     if margin and overlap != 2 * margin:
         raise _Invalid(f"'tiling.margin' must be half the overlap {overlap}, got {margin}")
-    return {"scale": scale, "tile": list(tile), "overlap": overlap, "margin": margin}
+    score_top = _int(d.get("score_top", 1), "'tiling.score_top'", low=1)
+    return {"scale": scale, "tile": list(tile), "overlap": overlap, "margin": margin, "score_top": score_top}

@@ -150,7 +150,8 @@ def stitch(
 class TilePlan:
     """How a model sees a frame in tiles: the frame scaled by `scale` model pixels per frame pixel (None: so that
     its short side fits the tile), cut into tiles of `tile` (h, w) model pixels that overlap by `overlap`; the
-    tile maps stitched with the maximum in the overlaps; the frame's score its highest tile's.
+    tile maps stitched with the maximum in the overlaps; the frame's score the mean of its `score_top` highest
+    tiles' (1: the highest; a frame of fewer tiles: all of them).
 
     With a `margin` (models trained on tiles: half the overlap), a tile's outer `margin` pixels are context only:
     the scaled frame is first padded by `margin` on every side (mirrored), each tile gives its map inside the
@@ -161,8 +162,12 @@ class TilePlan:
     overlap: int = 32
     scale: Optional[float] = None
     margin: int = 0
+    score_top: int = 1
 
     def __post_init__(self):
+        if isinstance(self.score_top, bool) or not isinstance(self.score_top, (int, np.integer)) or self.score_top < 1:
+            raise ValueError(f"score_top (the tiles a frame's score averages) must be a whole number >= 1, got "
+                             f"{self.score_top!r}")
         if self.margin and (self.overlap != 2 * self.margin or min(self.tile) <= 2 * self.margin):
             raise ValueError(f"a tile margin of {self.margin} needs an overlap of {2 * self.margin} and tiles larger "
                              f"than {2 * self.margin} a side; got overlap {self.overlap}, tile {self.tile}")
@@ -216,6 +221,14 @@ class TilePlan:
         full = stitch(inside, np.asarray(origins) + m, (h + 2 * m, w + 2 * m), mode="max")
         return np.ascontiguousarray(full[m:m + h, m:m + w])
 
+    def frame_score(self, tile_scores) -> float:
+        """The frame's score from its tiles' scores: the mean of the `score_top` highest."""
+        s = np.asarray(tile_scores, np.float64).reshape(-1)
+        if not len(s):
+            raise ValueError("a frame's score needs at least one tile's score")
+        k = min(int(self.score_top), len(s))
+        return float(s.max() if k == 1 else np.partition(s, len(s) - k)[len(s) - k:].mean())
+
     def count(self, frame_hw: Sequence[int]) -> int:
         """Tiles of a frame of (h, w)."""
         h, w = self.scaled_size(frame_hw)[0]
@@ -224,7 +237,7 @@ class TilePlan:
 
 
 def tiled_predict(predict: Callable, frames_rgb: Sequence[np.ndarray], plan: TilePlan, max_batch: int = 8):
-    """(maps at each frame's scaled size, scores) of RGB frames through `predict` (uint8 RGB NHWC tiles ->
+    """(maps at each frame's scaled size, scores: plan.frame_score) of RGB frames through `predict` (uint8 RGB NHWC tiles ->
     (maps (N, th, tw), scores (N,))), in batches of at most `max_batch` tiles."""
     cuts = [plan.cut(f) for f in frames_rgb]
     tiles = np.concatenate([c[0] for c in cuts])
@@ -238,6 +251,6 @@ def tiled_predict(predict: Callable, frames_rgb: Sequence[np.ndarray], plan: Til
     for tiles_k, origins, scaled_hw, _ in cuts:
         n = len(tiles_k)
         out_maps.append(plan.join(maps[first:first + n], origins, scaled_hw))
-        out_scores.append(float(scores[first:first + n].max()))
+        out_scores.append(plan.frame_score(scores[first:first + n]))
         first += n
     return out_maps, out_scores

@@ -34,7 +34,7 @@ def exported_model(tmp_path_factory):
     from export.train import TrainArgs, train
 
     out = tmp_path_factory.mktemp("export")
-    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(out / "run"), image_size=EXPORT_SIZE,
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(out / "run"), image_size=EXPORT_SIZE,
                     steps=4, time_budget=0, batch_size=4, progress=False, final_eval=False))
     onnx_path = out / "model.onnx"
     info = export_checkpoint(out / "run" / "model.pt", onnx_path, defect_split="test", progress=False)

@@ -117,7 +117,7 @@ def test_dynamic_batch(exported):
 
 
 def test_export_without_good_images_is_a_clear_error(tmp_path):
-    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=(64, 64),
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(tmp_path / "r"), image_size=(64, 64),
                     steps=1, time_budget=0, batch_size=2, progress=False, final_eval=False, holdout=0))
     with pytest.raises(ValueError, match="--good-dir"):
         export_checkpoint(tmp_path / "r" / "model.pt", tmp_path / "m.onnx", progress=False)
@@ -156,7 +156,7 @@ def test_fine_branch_trains_exports_and_matches_pytorch_in_onnxruntime(tmp_path,
     from export.model import to_tensor
     from export.fitting import with_map_fusion
 
-    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "r"), image_size=SIZE,
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(tmp_path / "r"), image_size=SIZE,
                     steps=2, time_budget=0, batch_size=2, progress=False, final_eval=False, fine_weight=0.35))
     model, _ = load_checkpoint(tmp_path / "r" / "model.pt")
     fine = model.fine
@@ -191,7 +191,7 @@ def test_fine_weight_auto_takes_the_weight_from_the_fit_and_drops_the_branch_at_
     from export.gaussians import auto_fine_weight
     from export.checkpoint import load_checkpoint
 
-    args = dict(data=str(DEMO_ROOT), category="ball_screw", image_size=SIZE, steps=2, time_budget=0, batch_size=2,
+    args = dict(data=str(DEMO_ROOT), category="ball_screw", scale="whole", image_size=SIZE, steps=2, time_budget=0, batch_size=2,
                 progress=False, final_eval=False, fine_weight="auto")
     cfg = train(TrainArgs(out=str(tmp_path / "r"), **args))
     fit = cfg["summary"]["fine"]

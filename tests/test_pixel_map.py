@@ -18,7 +18,7 @@ from tests.conftest import DEMO_ROOT
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pixel_map")
-    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(root / "run"), image_size=(64, 128),
+    train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(root / "run"), image_size=(64, 128),
                     steps=3, time_budget=0, batch_size=4, progress=False, final_eval=False,
                     fine_weight=0.0))  # the pixel maps alone: the fine branch would be added to each
     return root / "run"
@@ -57,7 +57,7 @@ def test_plain_fused_needs_a_memory_and_says_so(trained_run):
 
 
 def test_training_with_plain_fused_writes_it_into_the_checkpoint(tmp_path):
-    cfg = train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "run"), image_size=(64, 64),
+    cfg = train(TrainArgs(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(tmp_path / "run"), image_size=(64, 64),
                           steps=1, time_budget=0, batch_size=2, progress=False, final_eval=False,
                           pixel_map="plain_fused"))
     model, _ = load_checkpoint(tmp_path / "run" / "model.pt")

@@ -12,7 +12,7 @@ from tests.conftest import DEMO_ROOT
 
 
 def tiny_args(tmp_path, **kw):
-    base = dict(data=str(DEMO_ROOT), category="ball_screw", out=str(tmp_path / "run"), image_size=(64, 128),
+    base = dict(data=str(DEMO_ROOT), category="ball_screw", scale="whole", out=str(tmp_path / "run"), image_size=(64, 128),
                 steps=6, time_budget=0, batch_size=4, progress=False, final_eval=True, seed=0)
     base.update(kw)
     return TrainArgs(**base)
