@@ -35,7 +35,7 @@ def main():
     ap.add_argument("--augment", choices=("none", "flip"), default="none")
     ns = ap.parse_args()
     torch.set_num_threads(ns.threads)
-    args = TrainArgs(data=ns.data, category=ns.category, out="", final_eval=False)  # nothing is written
+    args = TrainArgs(data=ns.data, category=ns.category, out="", scale="whole", final_eval=False)  # nothing written
     train_set = AnomalyDataset(ns.data, ns.category, "train")
     size = resolve_image_size(args, train_set)
     torch.manual_seed(0)

@@ -11,8 +11,9 @@ size) runs in its own process, one frame at a time through sdk.Detector (ONNX Ru
 of Detector(frame) (pre-processing, tiles, inference, stitching, post-processing; not the decoding), and the
 process's peak resident memory above what it held with the model loaded before its first frame (the tiles, the
 maps, ONNX Runtime's buffers for that batch). Seams: on the good test images, the mean of the tiled model's stitched
-map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere; 1.0 is
-a map that does not show where the tiles meet.
+map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere: their
+ratio (1.0: the seams do not show; only for maps that are positive there) and their difference in standard deviations
+of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
     plan = det.frame_plan
     test = AnomalyDataset(data, category, "test")
     good = [i for i in range(len(test)) if not test[i].label]
-    near, far = [], []
+    near, far, spread = [], [], []
     predict = backend_predictor(det.backend, det.input_name, det.model_colour)
     for i in [good[k] for k in spread_indices(len(good), limit)]:
         (amap,), _ = tiled_predict(predict, [test.load_image(i, colour="rgb")], plan)
@@ -93,8 +94,11 @@ def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
                     seams[max(0, edge - 2):edge + 2, :] = True
         near.append(float(amap[seams].mean()))
         far.append(float(amap[~seams].mean()))
+        spread.append(float(amap[~seams].std()))
+    ratio = np.mean(near) / np.mean(far) if np.mean(far) > 0 else None
     return {"images": len(near), "seam_mean": round(float(np.mean(near)), 4), "elsewhere_mean": round(float(np.mean(far)), 4),
-            "ratio": round(float(np.mean(near) / np.mean(far)), 3) if np.mean(far) else None}
+            "ratio": None if ratio is None else round(float(ratio), 3),
+            "excess_sd": round(float((np.mean(near) - np.mean(far)) / np.mean(spread)), 3)}
 
 
 def main(argv=None) -> int:

@@ -175,9 +175,9 @@ class TrainArgs:
                                                "256x256 pixels at the training images' aspect ratio when they "
                                                "share one, else 256x256",
                                          type=parse_size, check=image_size_check)
-    scale: float | str = option("whole", "train on tiles: image pixels per model pixel (1: the camera's own scale), "
-                                "'auto' (from the training images' size: tiles for images much larger than the "
-                                "input, else whole), or 'whole' (default: every image squeezed into the input)",
+    scale: float | str = option("auto", "train on tiles: image pixels per model pixel (1: the camera's own scale), "
+                                "'auto' (default: from the training images' size, tiles for images much larger than "
+                                "the input, else whole frames), or 'whole' (every image squeezed into the input)",
                                 type=parse_scale, check=scale_check)
     tile_overlap: int = option(_RECIPE.tile_overlap, "with --scale: overlap of neighbouring tiles in model pixels, a "
                                "multiple of 32; half of it is each tile's margin, seen as context but neither "

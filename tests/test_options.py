@@ -39,7 +39,7 @@ def test_the_demo_takes_the_same_options_with_its_own_budget():
 
 
 def test_recipe_defaults_come_from_the_model_config():
-    args, config = TrainArgs("d", "c", "o"), CFRGConfig()
+    args, config = TrainArgs("d", "c", "o", scale="whole"), CFRGConfig()
     assert args.model_config(config.image_size) == config  # the size: auto, resolved from the training images
     assert set(EVAL_OPTIONS) == {"map_normalisation", "gaussian_sigma", "seg_sigma", "sum_seg_weight", "memory_size",
                                  "memory_pool", "memory_edges", "memory_fusion", "memory_weight", "image_score",
@@ -53,16 +53,16 @@ def test_recipe_defaults_come_from_the_model_config():
 def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
     """auto: the recipe's 9 cells on a 256-pixel short side, the nearest odd window in proportion on others."""
     assert auto_memory_pool(size) == pool
-    assert TrainArgs("d", "c", "o").model_config(size).memory_pool == pool
-    assert TrainArgs("d", "c", "o", memory_pool=7).model_config(size).memory_pool == 7  # a given window is kept
+    assert TrainArgs("d", "c", "o", scale="whole").model_config(size).memory_pool == pool
+    assert TrainArgs("d", "c", "o", scale="whole", memory_pool=7).model_config(size).memory_pool == 7  # a given window is kept
     assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
 
 
 def test_fine_weight_is_auto_by_default_and_takes_a_number():
     """auto: the model starts without the branch (its weight is resolved from the fit at the end of training)."""
     args = TrainArgs("d", "c", "o")
-    assert args.fine_weight == "auto" and args.model_config((64, 64)).fine_weight == 0.0
-    assert TrainArgs("d", "c", "o", fine_weight=0.35).model_config((64, 64)).fine_weight == 0.35
+    assert args.fine_weight == "auto" and args.model_config((64, 64), 0).fine_weight == 0.0
+    assert TrainArgs("d", "c", "o", scale="whole", fine_weight=0.35).model_config((64, 64)).fine_weight == 0.35
     assert parse_weight("AUTO") == "auto" and parse_weight("0.25") == 0.25
     assert train_args_from(build_parser().parse_args(BASE + ["--fine-weight", "0"])).fine_weight == 0.0
     with pytest.raises(argparse.ArgumentTypeError, match="give a number >= 0 or 'auto'"):
@@ -76,8 +76,8 @@ def test_student_width_reaches_the_model():
     from export.model import CFRG
 
     args = train_args_from(build_parser().parse_args(BASE + ["--student-width", "16"]))
-    config = args.model_config((64, 64))
-    assert config.student_width == 16 and TrainArgs("d", "c", "o").model_config((64, 64)).student_width == 32
+    config = args.model_config((64, 64), 0)
+    assert config.student_width == 16 and TrainArgs("d", "c", "o", scale="whole").model_config((64, 64)).student_width == 32
     student = CFRG(config, pretrained_teacher=False).student
     assert [a.in_channels for a in student.adapters] == [16, 32, 64]  # doubled at each stride
 
@@ -158,7 +158,7 @@ def test_memory_auto_is_the_recipes_on_whole_frames_and_the_tile_memory_on_tiles
     from export.map_options import TILE_MEMORY
 
     recipe = CFRGConfig()
-    whole = TrainArgs("d", "c", "o").model_config((224, 288))
+    whole = TrainArgs("d", "c", "o", scale="whole").model_config((224, 288))
     assert (whole.memory_edges, whole.memory_fusion, whole.memory_weight, whole.memory_pool) == (
         recipe.memory_edges, recipe.memory_fusion, recipe.memory_weight, 7)
     tiled = TrainArgs("d", "c", "o", scale="1.5").model_config((256, 256))

@@ -183,7 +183,7 @@ def _interrupt_training(tmp_path, signum: int) -> tuple[int, str, list[str]]:
     """A real `cfrg train` process, sent `signum` once its training loop runs; (exit code, stderr, argv)."""
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "sdk.cli", "train", "--data", str(DEMO_ROOT), "--category", "ball_screw",
-            "--out", str(out), "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
+            "--out", str(out), "--scale", "whole", "--image-size", "64x128", "--batch-size", "2", "--steps", "100000", "--threads", "1"]
     log = tmp_path / "train.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(argv, stderr=err, stdout=subprocess.DEVNULL, cwd=ROOT)

@@ -242,6 +242,17 @@ def test_scale_auto_tiles_the_large_sets_and_keeps_small_images_whole(data_root)
     assert all(1 <= tiled[c] <= 2 for c in ("ball_screw", "capsules", "tire"))
 
 
+def test_scale_auto_is_the_default_of_the_python_api_and_the_command_line():
+    """The default chosen over the six sets (docs/quality.md): `cfrg train` and TrainArgs decide from the images."""
+    from export.options import TrainArgs, train_args_from
+    from sdk.cli import build_parser
+
+    assert TrainArgs("d", "c", "o").scale == "auto"
+    assert train_args_from(build_parser().parse_args(["train", "--data", "d", "--category", "c", "--out", "o"])).scale == "auto"
+    with pytest.raises(ValueError, match="--scale auto is resolved from the training images"):
+        TrainArgs("d", "c", "o").model_config((256, 256))
+
+
 def test_per_position_statistics_are_refused_for_tiles():
     from export.config import CFRGConfig
     from export.model import CFRG
@@ -339,3 +350,17 @@ def test_the_tiled_graph_keeps_tensorrts_parser_rules(tiled_model):
     assert "Pad" in ops and "Slice" in ops
     for target in ("10.3", "10.x", "11.x"):
         assert errors(check(proto, target)) == [], target
+
+
+def test_the_seam_figure_of_benchmarks_tiles_holds_for_maps_below_zero(tiled_model):
+    """benchmarks/tiles.py's seam figure on the tiny tiled model's real stitched maps: the tiles' summed memory makes a
+    z-scored map that goes below 0, where a ratio of means says nothing, so the difference in the map's standard
+    deviations is reported beside it (and the ratio only where the map elsewhere is positive)."""
+    from benchmarks.tiles import seam_ratio
+
+    _, onnx_path, _ = tiled_model
+    seams = seam_ratio(str(onnx_path), str(DEMO_ROOT), "ball_screw", 2)
+    assert seams["images"] == 2 and np.isfinite(seams["excess_sd"])
+    assert (seams["ratio"] is None) == (seams["elsewhere_mean"] <= 0)
+    if seams["ratio"] is not None:
+        assert seams["ratio"] == pytest.approx(seams["seam_mean"] / seams["elsewhere_mean"], rel=1e-2)

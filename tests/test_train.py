@@ -208,7 +208,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
     from sdk.cli import main
 
     out = tmp_path / "cli"
-    assert main(["train", "--data", str(DEMO_ROOT), "--category", "ball_screw", "--out", str(out),
+    assert main(["train", "--data", str(DEMO_ROOT), "--category", "ball_screw", "--out", str(out), "--scale", "whole",
                  "--image-size", "64x128", "--steps", "2", "--time-budget", "0", "--batch-size", "2",
                  "--no-progress"]) == 0
     js = tmp_path / "m.json"
@@ -321,7 +321,7 @@ def test_train_cli_memory_options_reach_the_model_config():
     ns = parser.parse_args(base)
     args = train_args_from(ns)
     defaults = CFRGConfig()
-    assert args.memory_pool == "auto" and args.model_config((256, 256)).memory_pool == defaults.memory_pool
+    assert args.memory_pool == "auto" and args.model_config((256, 256), 0).memory_pool == defaults.memory_pool
     assert (args.memory_size, args.image_score, args.global_score) == (
         defaults.memory_size, defaults.image_score, defaults.global_score)
     ns = parser.parse_args(base + ["--memory-pool", "5", "--no-global-score"])
