@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 
 from sdk.checks import Rule, allows, number, odd, whole
 
-from .config import FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, MEMORY_EDGES, MEMORY_FUSIONS, PIXEL_MAPS, CFRGConfig
+from .config import (FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, MEMORY_EDGES, MEMORY_FUSIONS, PIXEL_MAPS,
+                     CFRGConfig)
 
 AUTO_POOL_SIDE = 256  # --memory-pool auto: CFRGConfig's pool on a short side of this many pixels, in proportion else
 _RECIPE = CFRGConfig()

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .checks import check_choice, check_frame, check_output, check_threads, describe
+from .checks import check_choice, check_frame, check_output, check_threads, describe, require, whole
 from .native import native_module
 from .preprocess import preprocess
 
@@ -165,9 +165,8 @@ class TilePlan:
     score_top: int = 1
 
     def __post_init__(self):
-        if isinstance(self.score_top, bool) or not isinstance(self.score_top, (int, np.integer)) or self.score_top < 1:
-            raise ValueError(f"score_top (the tiles a frame's score averages) must be a whole number >= 1, got "
-                             f"{self.score_top!r}")
+        require(self.score_top, whole(1), f"score_top (the tiles a frame's score averages) must be a whole number "
+                                          f">= 1, got {self.score_top!r}")
         if self.margin and (self.overlap != 2 * self.margin or min(self.tile) <= 2 * self.margin):
             raise ValueError(f"a tile margin of {self.margin} needs an overlap of {2 * self.margin} and tiles larger "
                              f"than {2 * self.margin} a side; got overlap {self.overlap}, tile {self.tile}")
@@ -226,8 +225,8 @@ class TilePlan:
         s = np.asarray(tile_scores, np.float64).reshape(-1)
         if not len(s):
             raise ValueError("a frame's score needs at least one tile's score")
-        k = min(int(self.score_top), len(s))
-        return float(s.max() if k == 1 else np.partition(s, len(s) - k)[len(s) - k:].mean())
+        k = min(self.score_top, len(s))
+        return float(np.partition(s, len(s) - k)[len(s) - k:].mean())
 
     def count(self, frame_hw: Sequence[int]) -> int:
         """Tiles of a frame of (h, w)."""
@@ -237,8 +236,8 @@ class TilePlan:
 
 
 def tiled_predict(predict: Callable, frames_rgb: Sequence[np.ndarray], plan: TilePlan, max_batch: int = 8):
-    """(maps at each frame's scaled size, scores: plan.frame_score) of RGB frames through `predict` (uint8 RGB NHWC tiles ->
-    (maps (N, th, tw), scores (N,))), in batches of at most `max_batch` tiles."""
+    """(maps at each frame's scaled size, scores: plan.frame_score) of RGB frames through `predict` (uint8 RGB NHWC
+    tiles -> (maps (N, th, tw), scores (N,))), in batches of at most `max_batch` tiles."""
     cuts = [plan.cut(f) for f in frames_rgb]
     tiles = np.concatenate([c[0] for c in cuts])
     maps, scores = [], []

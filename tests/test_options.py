@@ -54,7 +54,8 @@ def test_memory_pool_auto_covers_the_same_share_of_the_short_side(size, pool):
     """auto: the recipe's 9 cells on a 256-pixel short side, the nearest odd window in proportion on others."""
     assert auto_memory_pool(size) == pool
     assert TrainArgs("d", "c", "o", scale="whole").model_config(size).memory_pool == pool
-    assert TrainArgs("d", "c", "o", scale="whole", memory_pool=7).model_config(size).memory_pool == 7  # a given window is kept
+    # a given window is kept
+    assert TrainArgs("d", "c", "o", scale="whole", memory_pool=7).model_config(size).memory_pool == 7
     assert train_args_from(build_parser().parse_args(BASE + ["--memory-pool", "AUTO"])).memory_pool == "auto"
 
 
@@ -77,7 +78,8 @@ def test_student_width_reaches_the_model():
 
     args = train_args_from(build_parser().parse_args(BASE + ["--student-width", "16"]))
     config = args.model_config((64, 64), 0)
-    assert config.student_width == 16 and TrainArgs("d", "c", "o", scale="whole").model_config((64, 64)).student_width == 32
+    assert config.student_width == 16
+    assert TrainArgs("d", "c", "o", scale="whole").model_config((64, 64)).student_width == 32
     student = CFRG(config, pretrained_teacher=False).student
     assert [a.in_channels for a in student.adapters] == [16, 32, 64]  # doubled at each stride
 

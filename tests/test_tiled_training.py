@@ -248,7 +248,8 @@ def test_scale_auto_is_the_default_of_the_python_api_and_the_command_line():
     from sdk.cli import build_parser
 
     assert TrainArgs("d", "c", "o").scale == "auto"
-    assert train_args_from(build_parser().parse_args(["train", "--data", "d", "--category", "c", "--out", "o"])).scale == "auto"
+    argv = ["train", "--data", "d", "--category", "c", "--out", "o"]
+    assert train_args_from(build_parser().parse_args(argv)).scale == "auto"
     with pytest.raises(ValueError, match="--scale auto is resolved from the training images"):
         TrainArgs("d", "c", "o").model_config((256, 256))
 
