@@ -4,6 +4,7 @@ the tiles' seams on good images against the map elsewhere.
 
     python benchmarks/tiles.py --tiled runs/tiles/auto8_ball_screw/model.onnx --whole runs/prec/ball_screw/model.onnx \\
         [--data ../shared/data --category ball_screw] [--repeats 20] [--json runs/tiles/cost.json]
+    python benchmarks/tiles.py --tiled runs/tiles/auto8_ball_screw/model.onnx --seams-only
 
 Frame sizes: one tile (the tiled model's tile at its scale, so exactly one tile), a 1130x460 part (ball_screw's
 own size) and a 4096x2048 strip, cut from real images of --category (repeated to fill the strip). Each (model, frame
@@ -109,14 +110,21 @@ def main(argv=None) -> int:
     p.add_argument("--category", default="ball_screw")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seam-images", type=int, default=25)
+    p.add_argument("--seams-only", action="store_true", help="only the seams of --tiled (no --whole, no latency)")
     p.add_argument("--json")
     p.add_argument("--one", nargs=3, metavar=("MODEL", "FRAME", "REPEATS"), help=argparse.SUPPRESS)  # child process
     ns = p.parse_args(argv)
     if ns.one:
         print(json.dumps(measure_one(ns.one[0], ns.one[1], int(ns.one[2]))))
         return 0
+    if ns.seams_only and ns.tiled:
+        seams = seam_ratio(ns.tiled, ns.data, ns.category, ns.seam_images)
+        print(f"seams: {seams}")
+        if ns.json:
+            Path(ns.json).write_text(json.dumps({"tiled": ns.tiled, "seams": seams}, indent=2))
+        return 0
     if not (ns.tiled and ns.whole):
-        p.error("give --tiled MODEL and --whole MODEL")
+        p.error("give --tiled MODEL and --whole MODEL (or --tiled MODEL --seams-only)")
 
     from sdk.model_info import ModelInfo
 

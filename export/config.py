@@ -51,6 +51,11 @@ class CFRGConfig:
     tile_overlap: int = 64
     tile_margin: int = 0
     tile_score_top: int = 2  # a frame's score: the mean of its this many highest tiles' scores (sdk.tiling.TilePlan)
+    # on tiles: the good tiles' mean map by position in the tile (less its mean inside the margins) subtracted from
+    # every tile's map, in the graph, so that a pixel near a tile's edge reads like one at its centre
+    # (export.fitting.fit_tile_offset); and how overlapping insides combine (sdk.tiling.TILE_JOINS)
+    tile_offset: bool = True
+    tile_join: str = "mean"
     memory_edges: str = "inside"  # MEMORY_EDGES
     memory_fusion: str = "max"  # MEMORY_FUSIONS
     memory_weight: float = 1.0  # the memory map's weight in that fusion
@@ -62,7 +67,7 @@ class CFRGConfig:
         from sdk.tiling import TilePlan
 
         return TilePlan(tuple(self.image_size), self.tile_overlap, 1.0 / self.tile_scale, self.tile_margin,
-                        self.tile_score_top)
+                        self.tile_score_top, self.tile_join)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,5 +1,5 @@
 """The statistics fitted on good images after training (map statistics, patch memory, score statistics, the
-fine-feature Gaussian), and the re-fusion of trained weights with other map and score options."""
+fine-feature Gaussian, the tile offset), and the re-fusion of trained weights with other map and score options."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,6 +12,7 @@ from sdk.data import AnomalyDataset
 from sdk.evaluate import spread_indices
 from sdk.run_record import RunRecord
 
+from .blocks import inside
 from .config import FINE_SPREAD_LIMIT, CFRGConfig
 from .gaussians import GlobalGaussian, auto_fine_weight
 from .map_options import MAP_OPTIONS, MAP_STATISTICS, MEMORY
@@ -162,16 +163,50 @@ def fit_fine(model: CFRG, images: np.ndarray, holdout: np.ndarray | None = None,
     return {"images": n, "spread": round(spread, 4), "weight": weight}
 
 
+MIN_OFFSET_TILES = 64  # held-back tiles the tile offset needs before it takes them over the training tiles
+
+
+@torch.no_grad()
+def fit_tile_offset(model: CFRG, tiles: np.ndarray, holdout: np.ndarray | None = None, limit: int | None = 512,
+                    batch: int = 8, progress: bool = False) -> int | None:
+    """The offset a model trained on tiles subtracts from every tile's map: the mean output map of good tiles (as
+    the Detector cuts them: the held-back images' when there are at least MIN_OFFSET_TILES, else the training
+    images', whose own patches are in the memory; at most `limit`, spread over them) by position in the tile, less
+    that mean's mean inside the margins. A network sees least near a tile's edge and responds most there, so
+    without it the stitched map rises along the seams. Run last: it is measured on the output map. Returns the
+    tiles used (None: the model has no offset)."""
+    from sdk.progress import progress_bar
+
+    if model.tile_offset is None:
+        return None
+    was_training = model.training
+    model.eval()
+    model.tile_offset.zero_()
+    if holdout is not None and len(holdout) >= MIN_OFFSET_TILES:
+        tiles = holdout
+    index = spread_indices(len(tiles), limit)
+    total = torch.zeros_like(model.tile_offset, dtype=torch.float64)
+    for s in progress_bar(range(0, len(index), batch), desc="tile offset", unit="batch", disable=not progress,
+                          leave=False):
+        amap, _ = model(to_tensor(tiles[np.array(index[s:s + batch])]))
+        total += amap.double().sum(0, keepdim=True)
+    mean = total / len(index)
+    model.tile_offset.copy_((mean - inside(mean, model.config.tile_margin).mean()).float())
+    model.train(was_training)
+    return len(index)
+
+
 def fit_statistics(model: CFRG, images: np.ndarray, holdout_images: np.ndarray | None, cache: list[torch.Tensor],
               seed: int, limit: int | None = None, progress: bool = False,
               fine_weight: float | str | None = None) -> tuple[int, int, dict | None]:
     """The map's per-position statistics, then the patch memory and the score statistics, then the fine-feature
-    Gaussian (fit_fine's `weight`), from good images; returns the images the first two used and the fine
-    branch's fit."""
+    Gaussian (fit_fine's `weight`), then (on tiles) the tile offset, from good images; returns the images the first
+    two used and the fine branch's fit."""
     n_stats = fit_map(model, images, limit=limit, progress=progress)
     n_memory = fit_memory(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed)
     fine = fit_fine(model, images, holdout_images, cache, limit=limit, progress=progress, seed=seed,
                           weight=fine_weight)
+    fit_tile_offset(model, images, holdout_images, limit=min(limit or 512, 512), progress=progress)
     return n_stats, n_memory, fine
 
 
@@ -228,9 +263,9 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
     if not refit:  # e.g. the tiles a frame's score averages: the model itself is the same
         new.load_state_dict(model.state_dict())
         return new.to(memory_format=torch.channels_last).eval()
-    # the fine branch is scaled against the pixel map, so any change refits it
+    # the fine branch is scaled against the pixel map, and the tile offset measured on it, so any change refits them
     rebuilt = ((("memory.", "global_gaussian.") if new_memory else ()) + (("map_",) if new_stats else ())
-               + ("fine.",))
+               + ("fine.", "tile_offset"))
     missing, _ = new.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(rebuilt)},
                                      strict=False)
     assert all(k.startswith(rebuilt) for k in missing), missing  # same weights, only the map differs
@@ -238,9 +273,10 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
     rebuild_memory = bool(config.memory_size and new_memory)
     fine_from_fit = values.get("fine_weight") == "auto"
     fine = fine_from_fit or config.fine_weight > 0
-    if (new_stats and config.map_normalisation == "position") or rebuild_memory or fine:
+    offset = new.tile_offset is not None
+    if (new_stats and config.map_normalisation == "position") or rebuild_memory or fine or offset:
         images, holdout, seed = run_images(run_dir, data, config.image_size, progress,
-                                           holdout=rebuild_memory or fine, plan=config.tile_plan())
+                                           holdout=rebuild_memory or fine or offset, plan=config.tile_plan())
         if new_stats and config.map_normalisation == "position":
             fit_map(new, images, progress=progress)
         cache = teacher_cache(new, images) if rebuild_memory or fine else None
@@ -248,4 +284,5 @@ def with_map_fusion(model: CFRG, run_dir, *ordered, data: str | None = None, pro
             fit_memory(new, images, holdout, cache, progress=progress, seed=seed)
         fit_fine(new, images, holdout, cache, progress=progress, seed=seed,
                        weight="auto" if fine_from_fit else None)
+        fit_tile_offset(new, images, holdout, progress=progress)
     return new.to(memory_format=torch.channels_last).eval()

@@ -1,4 +1,4 @@
-"""The fourteen map and score options, declared once: each one's help, its check and what a change of it rebuilds.
+"""The sixteen map and score options, declared once: each one's help, its check and what a change of it rebuilds.
 
 From this table come TrainArgs' fields (so `cfrg train` and `cfrg demo` flags), `cfrg eval`'s flags for
 checkpoints, the copy into CFRGConfig (TrainArgs.model_config), the arguments of with_map_fusion and what it
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from sdk.checks import Rule, allows, number, odd, whole
+from sdk.tiling import TILE_JOINS
 
 from .config import (FINE_SPREAD_LIMIT, IMAGE_SCORES, MAP_NORMALISATIONS, MEMORY_EDGES, MEMORY_FUSIONS, PIXEL_MAPS,
                      CFRGConfig)
@@ -24,6 +25,7 @@ AS_CONFIG = object()  # a default that is CFRGConfig's
 TILE_MEMORY = {"memory_pool": 3, "memory_edges": "mirror", "memory_fusion": "sum", "memory_weight": 2.0}
 # what a change refits from the run's good images, beyond the options' own values
 MAP_STATISTICS, MEMORY, FINE = "map statistics", "memory", "fine"  # memory: bank, score statistics, global branch
+TILE_OFFSET = "tile offset"  # refitted with any other refit too: it is measured on the output map
 
 
 def auto_memory_pool(image_size, pool: int = _RECIPE.memory_pool, side: int = AUTO_POOL_SIDE) -> int:
@@ -202,4 +204,16 @@ MAP_OPTIONS = {o.name: o for o in (
         f"{_RECIPE.tile_score_top}; 1: the highest tile's)",
         f"checkpoints trained on tiles: evaluate the same weights with the frame's score the mean of this many "
         f"highest tiles' scores {_AS_TRAINED}", type=int, check=whole(1, 64), rebuilds=frozenset(), before=1),
+    MapOption(
+        "tile_offset", "bool",
+        "with --scale: subtract from every tile's map the good tiles' mean map by position in the tile (less its "
+        "mean inside the margins), fitted after training, so that the tiles' edges leave no seams (default on)",
+        f"checkpoints trained on tiles: evaluate the same weights with (or without) that offset, fitted on the run's "
+        f"good tiles {_AS_TRAINED}", action="toggle", rebuilds=frozenset({TILE_OFFSET}), before=False),
+    MapOption(
+        "tile_join", "str",
+        f"with --scale: where two tiles' insides overlap (the last tile along an axis), take the 'mean' of their "
+        f"maps or the 'max' (default {_RECIPE.tile_join})",
+        f"checkpoints trained on tiles: evaluate the same weights with the overlaps so combined {_AS_TRAINED}",
+        choices=TILE_JOINS, rebuilds=frozenset(), before="max"),
 )}

@@ -100,6 +100,9 @@ class CFRG(nn.Module):
         if not config.fine_weight >= 0:
             raise ValueError(f"fine_weight must be >= 0 (0: no fine-feature branch), got {config.fine_weight}")
         self.fine = self.new_fine_branch() if config.fine_weight > 0 else None
+        # on tiles: subtracted from the output map (export.fitting.fit_tile_offset fits it; zeros until then)
+        self.register_buffer("tile_offset", torch.zeros(1, 1, *config.image_size)
+                             if config.tile_scale and config.tile_offset else None)
 
     def new_fine_branch(self) -> FineGaussian:
         """An unfitted FineGaussian for this teacher and smoothing (fit_fine fits and scales it)."""
@@ -208,7 +211,9 @@ class CFRG(nn.Module):
     def forward(self, x: torch.Tensor):
         """Returns (anomaly_map (N,1,H,W), score (N,))."""
         pixel_map, score, t_feats = self.map_before_fine(x)
-        return (pixel_map if self.fine is None else pixel_map + self.fine(t_feats)), score
+        if self.fine is not None:
+            pixel_map = pixel_map + self.fine(t_feats)
+        return (pixel_map if self.tile_offset is None else pixel_map - self.tile_offset), score
 
     def map_before_fine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(the pixel map without the fine branch, the score, the teacher features): what FineGaussian is scaled

@@ -163,7 +163,8 @@ def export_checkpoint(checkpoint, out, data: str | None = None, category: str | 
                             "memory_size": model.config.memory_size, "memory_images": memory_images},
             drift_reference=reference_from_files(good_files, good_scores, normalisation, (h, w)),
             tiling=({"scale": model.config.tile_scale, "tile": [h, w], "overlap": model.config.tile_overlap,
-                     "margin": model.config.tile_margin, "score_top": model.config.tile_score_top}
+                     "margin": model.config.tile_margin, "score_top": model.config.tile_score_top,
+                     "join": model.config.tile_join}
                     if plan is not None else {}),
         )
         save_with_description(proto, tmp, info)

@@ -113,7 +113,7 @@ class Detector:
                                   f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
                                   f"got {scale!r}")
         self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale, trained.margin if trained else 0,
-                                  trained.score_top if trained else 1)
+                                  trained.score_top if trained else 1, trained.join_mode if trained else "max")
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 

@@ -18,9 +18,10 @@ with one ModelFileError that names the file, the problem and the fix.
      "precision_check": {...},  (reduced-precision graphs and engines: sdk.build.precision_check against FP32)
      "threshold_history": [{"replaced", "by", "thresholds", "default", "score_normalisation"}, ...],  (cfrg threshold)
      "drift_reference": {...},  (optional: what the held-back good images looked like, sdk.drift; older files lack it)
-     "tiling": {"scale", "tile": [h, w], "overlap", "margin", "score_top"}}  (models trained on tiles, cfrg train
-         --scale: frame pixels per model pixel, the tile (the input), the overlap and each tile's margin in model
-         pixels, the highest tiles whose scores' mean is the frame's score; 1 when absent)
+     "tiling": {"scale", "tile": [h, w], "overlap", "margin", "score_top", "join"}}  (models trained on tiles,
+         cfrg train --scale: frame pixels per model pixel, the tile (the input), the overlap and each tile's margin
+         in model pixels, the highest tiles whose scores' mean is the frame's score (1 when absent), how
+         overlapping insides combine ("max" when absent))
 
 "cfrg-model-1" descriptions (before provenance existed) are read and upgraded.
 """
@@ -39,6 +40,7 @@ from typing import Any
 
 from .backends import ModelFileError
 from .files import atomic_write
+from .tiling import TILE_JOINS
 
 FORMAT = "cfrg-model-2"
 FORMATS = ("cfrg-model-1", FORMAT)  # what this release reads
@@ -324,7 +326,7 @@ class ModelInfo:
         from .tiling import TilePlan
 
         return TilePlan(tuple(self.tiling["tile"]), self.tiling["overlap"], 1.0 / self.tiling["scale"],
-                        self.tiling.get("margin", 0), self.tiling.get("score_top", 1))
+                        self.tiling.get("margin", 0), self.tiling.get("score_top", 1), self.tiling.get("join", "max"))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -476,7 +478,8 @@ def utc_now() -> str:
 def _tiling(d: Any, model_input: dict) -> dict:
     """model.json's "tiling", validated: the scale (frame pixels per model pixel), the tile (the input's size),
     the overlap of neighbouring tiles and each tile's margin (half the overlap, or 0) in model pixels, and how
-    many of its highest tiles' scores a frame's score averages (score_top; 1, the highest, when absent)."""
+    many of its highest tiles' scores a frame's score averages (score_top; 1, the highest, when absent), and how
+    the tiles' overlapping insides combine (join: sdk.tiling.TILE_JOINS; "max" when absent)."""
     if not isinstance(d, dict):
         raise _Invalid("'tiling' must be an object")
     if not d:
@@ -493,4 +496,8 @@ def _tiling(d: Any, model_input: dict) -> dict:
     if margin and overlap != 2 * margin:
         raise _Invalid(f"'tiling.margin' must be half the overlap {overlap}, got {margin}")
     score_top = _int(d.get("score_top", 1), "'tiling.score_top'", low=1)
-    return {"scale": scale, "tile": list(tile), "overlap": overlap, "margin": margin, "score_top": score_top}
+    join = d.get("join", "max")
+    if join not in TILE_JOINS:
+        raise _Invalid(f"'tiling.join' must be one of {list(TILE_JOINS)}, got {join!r}")
+    return {"scale": scale, "tile": list(tile), "overlap": overlap, "margin": margin, "score_top": score_top,
+            "join": join}

@@ -24,6 +24,10 @@ from .preprocess import preprocess
 Pair = Union[int, Sequence[int]]
 MIN_TILE_SIDE = 32  # the teacher's coarsest stride: a smaller frame has no feature left
 MAX_TILED_PIXELS = 1 << 28  # a scaled frame beyond this would not fit in memory as tiles
+# with a margin, where two tiles' insides overlap (the last tile along an axis is aligned with the frame's end):
+# "max" of their maps (models exported before the option), or "mean" (the maximum of two maps of a good part is
+# higher than either, so the overlaps read as seams)
+TILE_JOINS = ("max", "mean")
 
 
 def _pair(value: Pair, name: str) -> tuple[int, int]:
@@ -155,16 +159,19 @@ class TilePlan:
 
     With a `margin` (models trained on tiles: half the overlap), a tile's outer `margin` pixels are context only:
     the scaled frame is first padded by `margin` on every side (mirrored), each tile gives its map inside the
-    margin (the model scores the same region), and those insides cover the frame exactly, so no pixel's value
-    comes from near a tile's edge, where a network sees least and responds most."""
+    margin (the model scores the same region), and those insides cover the frame, so no pixel's value comes from
+    near a tile's edge, where a network sees least and responds most; where two insides overlap, `join_mode` combines
+    them (TILE_JOINS)."""
 
     tile: tuple
     overlap: int = 32
     scale: Optional[float] = None
     margin: int = 0
     score_top: int = 1
+    join_mode: str = "max"  # with a margin: how the insides' overlaps (where the last tile along an axis meets) combine
 
     def __post_init__(self):
+        check_choice(self.join_mode, "join_mode", TILE_JOINS)
         require(self.score_top, whole(1), f"score_top (the tiles a frame's score averages) must be a whole number "
                                           f">= 1, got {self.score_top!r}")
         if self.margin and (self.overlap != 2 * self.margin or min(self.tile) <= 2 * self.margin):
@@ -217,8 +224,16 @@ class TilePlan:
             return stitch(maps, origins, scaled_hw, mode="max")
         h, w = int(scaled_hw[0]), int(scaled_hw[1])
         inside = np.ascontiguousarray(maps[:, m:maps.shape[1] - m, m:maps.shape[2] - m])
-        full = stitch(inside, np.asarray(origins) + m, (h + 2 * m, w + 2 * m), mode="max")
-        return np.ascontiguousarray(full[m:m + h, m:m + w])
+        if self.join_mode == "max":
+            full = stitch(inside, np.asarray(origins) + m, (h + 2 * m, w + 2 * m), mode="max")
+            return np.ascontiguousarray(full[m:m + h, m:m + w])
+        total = np.zeros((h + 2 * m, w + 2 * m), np.float32)
+        count = np.zeros_like(total)
+        ih, iw = inside.shape[1:]
+        for share, (x, y) in zip(inside, np.asarray(origins) + m):
+            total[y:y + ih, x:x + iw] += share
+            count[y:y + ih, x:x + iw] += 1
+        return np.ascontiguousarray(total[m:m + h, m:m + w] / count[m:m + h, m:m + w])
 
     def frame_score(self, tile_scores) -> float:
         """The frame's score from its tiles' scores: the mean of the `score_top` highest."""

@@ -43,7 +43,8 @@ def test_recipe_defaults_come_from_the_model_config():
     assert args.model_config(config.image_size) == config  # the size: auto, resolved from the training images
     assert set(EVAL_OPTIONS) == {"map_normalisation", "gaussian_sigma", "seg_sigma", "sum_seg_weight", "memory_size",
                                  "memory_pool", "memory_edges", "memory_fusion", "memory_weight", "image_score",
-                                 "global_score", "pixel_map", "fine_weight", "tile_score_top"}
+                                 "global_score", "pixel_map", "fine_weight", "tile_score_top", "tile_offset",
+                                 "tile_join"}
     actions = _actions("eval")
     assert all(actions[name].default is None for name in EVAL_OPTIONS)
 

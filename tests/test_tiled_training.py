@@ -37,7 +37,8 @@ def test_the_scale_tile_and_overlap_travel_in_the_checkpoint_and_model_json(tile
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["tile_scale"] == SCALE and config["model"]["image_size"] == list(TILE)
     assert config["summary"]["fit_tiles"] == PER_IMAGE * config["n_train_images"]  # every tile of every image
-    assert info.tiling == {"scale": SCALE, "tile": list(TILE), "overlap": OVERLAP, "margin": MARGIN, "score_top": 2}
+    assert info.tiling == {"scale": SCALE, "tile": list(TILE), "overlap": OVERLAP, "margin": MARGIN, "score_top": 2,
+                           "join": "mean"}
     assert ModelInfo.read(onnx_path).tiling == info.tiling
     assert info.thresholds["good_only"].details["n_images"] == 4  # the held-back whole images, not their tiles
 
@@ -142,6 +143,82 @@ def test_the_stitched_map_takes_no_pixel_from_a_tile_margin():
         TilePlan((64, 64), 16, 1.0, 16)
 
 
+def test_overlapping_insides_take_the_mean_and_older_descriptions_the_max(tiled_model, tmp_path):
+    """Where the last tile along an axis overlaps its neighbour's inside, the joined map is their mean (the maximum
+    of two maps of a good part is higher than either: it read as a seam); a model.json without tiling.join (exported
+    before the option) keeps the maximum."""
+    import shutil
+
+    from sdk.tiling import TilePlan
+
+    hw = (40, 80)  # padded 72x112: tiles at x 0, 32, 48 (the last aligned with the end), y 0, 8
+    for mode, expect in (("mean", lambda a, b: (a + b) / 2), ("max", max)):
+        plan = TilePlan((64, 64), 32, 1.0, 16, join_mode=mode)
+        tiles, origins = plan.tiles_of(np.zeros((*hw, 3), np.uint8))
+        maps = np.zeros((len(tiles), 64, 64), np.float32)
+        values = 1 + np.arange(len(tiles), dtype=np.float32)
+        maps[:, 16:-16, 16:-16] = values[:, None, None]
+        joined = plan.join(maps, origins, hw)
+        assert joined[0, 0] == values[0] and joined[0, 79] == values[2]  # one tile's own share
+        assert joined[0, 56] == expect(values[1], values[2])  # frame x 48-64: inside tiles 1 and 2
+        assert joined[20, 56] == expect(expect(values[1], values[2]), expect(values[4], values[5]))  # and y 8-32
+    with pytest.raises(ValueError, match="join_mode"):
+        TilePlan((64, 64), 32, 1.0, 16, join_mode="median")
+    run, onnx_path, info = tiled_model
+    assert info.tile_plan.join_mode == "mean"
+    old = tmp_path / "old.onnx"
+    shutil.copy(onnx_path, old)
+    d = info.to_dict()
+    d["tiling"].pop("join")
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    assert ModelInfo.read(old).tile_plan.join_mode == "max" and Detector(old).tile_plan.join_mode == "max"
+    assert Detector(onnx_path).tile_plan.join_mode == "mean"
+
+
+def test_the_tile_offset_levels_the_good_tiles_map_by_position_and_travels_in_the_graph(tiled_model):
+    """After training on tiles, the good tiles' mean map by position in the tile (less its mean inside the margins)
+    is subtracted from every tile's map: on the held-back tiles it was fitted on, the mean map is then flat, and the
+    exported graph gives the checkpoint's map with the offset in it. A checkpoint from before the option has no
+    offset, and `cfrg eval --no-tile-offset` takes it away."""
+    import torch
+
+    from export.blocks import inside
+    from export.checkpoint import load_checkpoint
+    from export.fitting import MIN_OFFSET_TILES, run_images, with_map_fusion
+    from export.config import CFRGConfig
+    from export.model import CFRG, to_tensor
+
+    run, onnx_path, _ = tiled_model
+    model, _ = load_checkpoint(run / "model.pt")
+    offset = model.tile_offset
+    assert offset is not None and offset.shape == (1, 1, *TILE)
+    assert float(offset.abs().max()) > 0 and abs(float(inside(offset, MARGIN).mean())) < 1e-5
+    from sdk.evaluate import spread_indices
+
+    tiles, held, _ = run_images(run, None, TILE, False, plan=model.config.tile_plan())
+    assert len(held) >= MIN_OFFSET_TILES  # the held-back images' tiles, whose patches are not in the memory
+    tiles = held[np.array(spread_indices(len(held), 512))]  # the tiles the fit took
+    with torch.no_grad():
+        level = torch.cat([model(to_tensor(tiles[s:s + 8]))[0] for s in range(0, len(tiles), 8)]).mean(0)
+        saved = offset.clone()
+        offset.zero_()
+        before = torch.cat([model(to_tensor(tiles[s:s + 8]))[0] for s in range(0, len(tiles), 8)]).mean(0)
+        offset.copy_(saved)
+    spread = float(before.std())
+    assert spread > 0 and float((level - inside(level[None], MARGIN).mean()).abs().max()) < 1e-3 * spread + 1e-5
+    graph_map, _ = Detector(onnx_path).infer(tiles[:4])
+    with torch.no_grad():
+        torch_map = model(to_tensor(tiles[:4]))[0][:, 0].numpy()
+    graph_map = graph_map.reshape(torch_map.shape)
+    off_by = np.abs(graph_map - torch_map).mean()  # the graph and torch agree to float tolerance, not exactly
+    assert off_by < 0.1 * np.abs(graph_map - (torch_map + saved[0].numpy())).mean()  # the offset is in the graph
+    without = with_map_fusion(model, run, progress=False, tile_offset=False)
+    assert without.tile_offset is None and "tile_offset" not in without.state_dict()
+    legacy = {k: v for k, v in model.config.to_dict().items() if k not in ("tile_offset", "tile_join")}
+    old = CFRG(CFRGConfig.from_dict(legacy), pretrained_teacher=False)
+    assert old.tile_offset is None and old.config.tile_join == "max"
+
+
 def test_any_frame_size_down_to_a_single_tile(tiled_model):
     _, onnx_path, _ = tiled_model
     det = Detector(onnx_path)
@@ -221,6 +298,7 @@ def test_training_crops_hold_their_defects_and_come_from_the_scaled_images(tiled
     ({"scale": 2, "tile": [64, 64], "overlap": 32, "margin": 8}, "'tiling.margin' must be half the overlap 32"),
     ({"scale": 2, "tile": [64, 64]}, "missing key 'tiling.overlap'"),
     ({"scale": 2, "tile": [64, 64], "overlap": 32, "margin": 16, "score_top": 0}, "'tiling.score_top' must be"),
+    ({"scale": 2, "tile": [64, 64], "overlap": 32, "margin": 16, "join": "median"}, "'tiling.join' must be one of"),
 ])
 def test_a_bad_tiling_description_is_refused_by_name(tiled_model, tiling, problem):
     d = tiled_model[2].to_dict()
