@@ -220,7 +220,8 @@ class ModelInfo:
     precision_check: dict = field(default_factory=dict)  # reduced precision: the check against FP32 (cfrg build)
     threshold_history: list = field(default_factory=list)  # thresholds replaced by cfrg threshold, oldest first
     drift_reference: dict = field(default_factory=dict)  # sdk.drift: good images' statistics and scores at export
-    tiling: dict = field(default_factory=dict)  # trained on tiles: {"scale", "tile", "overlap", "margin"}; {}: whole frames
+    # trained on tiles: {"scale", "tile", "overlap", "margin", "score_top", "join"}; {}: whole frames
+    tiling: dict = field(default_factory=dict)
     format: str = FORMAT
 
     # -- dict / JSON -----------------------------------------------------------------------
