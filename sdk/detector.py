@@ -5,7 +5,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -112,8 +112,8 @@ class Detector:
         self.tile_scale = require(scale, optional(number(0, low_open=True)),
                                   f"tile_scale must be a finite number > 0 (model pixels per frame pixel) or None, "
                                   f"got {scale!r}")
-        self.tile_plan = TilePlan(self.size, self.tile_overlap, self.tile_scale, trained.margin if trained else 0,
-                                  trained.score_top if trained else 1, trained.join_mode if trained else "max")
+        self.tile_plan = (replace(trained, overlap=self.tile_overlap, scale=self.tile_scale) if trained
+                          else TilePlan(self.size, self.tile_overlap, self.tile_scale))
 
     # -- the three stages (sdk.Stream runs them in separate threads) --------------------------
 

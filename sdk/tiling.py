@@ -223,17 +223,18 @@ class TilePlan:
         if not m:
             return stitch(maps, origins, scaled_hw, mode="max")
         h, w = int(scaled_hw[0]), int(scaled_hw[1])
+        padded_hw, at = (h + 2 * m, w + 2 * m), np.asarray(origins) + m  # the insides in the padded frame
         inside = np.ascontiguousarray(maps[:, m:maps.shape[1] - m, m:maps.shape[2] - m])
         if self.join_mode == "max":
-            full = stitch(inside, np.asarray(origins) + m, (h + 2 * m, w + 2 * m), mode="max")
-            return np.ascontiguousarray(full[m:m + h, m:m + w])
-        total = np.zeros((h + 2 * m, w + 2 * m), np.float32)
-        count = np.zeros_like(total)
-        ih, iw = inside.shape[1:]
-        for share, (x, y) in zip(inside, np.asarray(origins) + m):
-            total[y:y + ih, x:x + iw] += share
-            count[y:y + ih, x:x + iw] += 1
-        return np.ascontiguousarray(total[m:m + h, m:m + w] / count[m:m + h, m:m + w])
+            full = stitch(inside, at, padded_hw, mode="max")
+        else:  # stitch's "mean" weighs each tile's pixels by their distance from its edge; this is the plain mean
+            total, count = np.zeros(padded_hw, np.float32), np.zeros(padded_hw, np.float32)
+            ih, iw = inside.shape[1:]
+            for share, (x, y) in zip(inside, at):
+                total[y:y + ih, x:x + iw] += share
+                count[y:y + ih, x:x + iw] += 1
+            full = np.divide(total, count, out=total, where=count > 0)  # the insides cover the frame, not the pad
+        return np.ascontiguousarray(full[m:m + h, m:m + w])
 
     def frame_score(self, tile_scores) -> float:
         """The frame's score from its tiles' scores: the mean of the `score_top` highest."""

@@ -184,26 +184,28 @@ def test_the_tile_offset_levels_the_good_tiles_map_by_position_and_travels_in_th
 
     from export.blocks import inside
     from export.checkpoint import load_checkpoint
-    from export.fitting import MIN_OFFSET_TILES, run_images, with_map_fusion
     from export.config import CFRGConfig
+    from export.fitting import MIN_OFFSET_TILES, run_images, with_map_fusion
     from export.model import CFRG, to_tensor
+    from sdk.evaluate import spread_indices
 
     run, onnx_path, _ = tiled_model
     model, _ = load_checkpoint(run / "model.pt")
     offset = model.tile_offset
     assert offset is not None and offset.shape == (1, 1, *TILE)
     assert float(offset.abs().max()) > 0 and abs(float(inside(offset, MARGIN).mean())) < 1e-5
-    from sdk.evaluate import spread_indices
-
     tiles, held, _ = run_images(run, None, TILE, False, plan=model.config.tile_plan())
     assert len(held) >= MIN_OFFSET_TILES  # the held-back images' tiles, whose patches are not in the memory
     tiles = held[np.array(spread_indices(len(held), 512))]  # the tiles the fit took
-    with torch.no_grad():
-        level = torch.cat([model(to_tensor(tiles[s:s + 8]))[0] for s in range(0, len(tiles), 8)]).mean(0)
-        saved = offset.clone()
-        offset.zero_()
-        before = torch.cat([model(to_tensor(tiles[s:s + 8]))[0] for s in range(0, len(tiles), 8)]).mean(0)
-        offset.copy_(saved)
+
+    @torch.no_grad()
+    def mean_map():
+        return torch.cat([model(to_tensor(tiles[s:s + 8]))[0] for s in range(0, len(tiles), 8)]).mean(0)
+
+    level, saved = mean_map(), offset.clone()
+    offset.zero_()
+    before = mean_map()
+    offset.copy_(saved)
     spread = float(before.std())
     assert spread > 0 and float((level - inside(level[None], MARGIN).mean()).abs().max()) < 1e-3 * spread + 1e-5
     graph_map, _ = Detector(onnx_path).infer(tiles[:4])
