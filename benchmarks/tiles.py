@@ -14,7 +14,10 @@ process's peak resident memory above what it held with the model loaded before i
 maps, ONNX Runtime's buffers for that batch). Seams: on the good test images, the mean of the tiled model's stitched
 map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere: their
 ratio (1.0: the seams do not show; only for maps that are positive there) and their difference in standard deviations
-of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0).
+of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0). A part's
+map is not flat, so any line differs from the rest a little: the same figure for the seams moved by 16 to 64 model
+pixels either way (lines of the same shape that are not seams) is the noise floor, and the seams show where they
+stand above every one of those lines ("shows").
 """
 from __future__ import annotations
 
@@ -66,40 +69,97 @@ def measure_one(model: str, frame_path: str, repeats: int) -> dict:
             "tiles": first.tiling["tiles"] if first.tiling else 1, "memory_mib": round((peak - before) / 1024, 1)}
 
 
+# lines of the seams' shape that are not seams: the seams moved by these many model pixels (the noise floor)
+CONTROL_SHIFTS = (-64, -48, -32, -16, 16, 32, 48, 64)
+SEAM_HALF_WIDTH = 2  # model pixels either side of a line
+
+
+def line_band(shape: tuple[int, int], x_edges, y_edges, half: int = SEAM_HALF_WIDTH) -> np.ndarray:
+    """The pixels within `half` of the vertical lines at x_edges and the horizontal ones at y_edges (inside only)."""
+    band = np.zeros(shape, bool)
+    for e in x_edges:
+        if 0 < e < shape[1]:
+            band[:, max(0, e - half):e + half] = True
+    for e in y_edges:
+        if 0 < e < shape[0]:
+            band[max(0, e - half):e + half, :] = True
+    return band
+
+
+def seam_edges(shape: tuple[int, int], plan) -> tuple[list[int], list[int]]:
+    """Where the tiles' shares of a frame (their insides, [x, x + tile - 2 margin)) meet, in map pixels."""
+    from sdk.tiling import tile_grid
+
+    m = plan.margin
+    xs, ys = tile_grid((shape[0] + 2 * m, shape[1] + 2 * m), plan.tile, plan.overlap)
+    th, tw = plan.tile[0] - 2 * m, plan.tile[1] - 2 * m
+    x_edges = sorted({e for x in xs for e in (x, x + tw) if 0 < e < shape[1]})
+    y_edges = sorted({e for y in ys for e in (y, y + th) if 0 < e < shape[0]})
+    return x_edges, y_edges
+
+
+def control_edges(edges: list[int], shift: int, size: int) -> list[int]:
+    """The seams moved by `shift`, less those that land within two bands of a seam or outside the frame."""
+    return [e + shift for e in edges
+            if 0 < e + shift < size and min(abs(e + shift - f) for f in edges) >= 3 * SEAM_HALF_WIDTH]
+
+
+def line_figures(amap: np.ndarray, plan) -> dict:
+    """One stitched map: its mean on the seams' bands and elsewhere, its spread elsewhere, and each control's
+    excess over the mean elsewhere in that spread (shifts whose lines all fall on seams or outside are left out)."""
+    x_edges, y_edges = seam_edges(amap.shape, plan)
+    seams = line_band(amap.shape, x_edges, y_edges)
+    rest = amap[~seams]
+    far, sd = float(rest.mean()), float(rest.std())
+    control = {}
+    for s in CONTROL_SHIFTS:
+        lines = line_band(amap.shape, control_edges(x_edges, s, amap.shape[1]),
+                          control_edges(y_edges, s, amap.shape[0])) & ~seams
+        if lines.any():
+            control[s] = (float(amap[lines].mean()) - far) / sd
+    return {"seam_mean": float(amap[seams].mean()), "elsewhere_mean": far, "elsewhere_sd": sd,
+            "control_excess_sd": control}
+
+
 def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
-    """Mean stitched map within 2 model pixels of the inner seams against the mean elsewhere, good test images."""
+    """The stitched map within 2 model pixels of the inner seams against the map elsewhere, on good test images; and
+    the same for lines of the same shape that are not seams (the seams moved by CONTROL_SHIFTS), the noise floor a
+    seam must rise above to show."""
     from sdk import Detector
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor, spread_indices
-    from sdk.tiling import tile_grid, tiled_predict
+    from sdk.tiling import tiled_predict
 
     det = Detector(model, colour="rgb")
     plan = det.frame_plan
     test = AnomalyDataset(data, category, "test")
     good = [i for i in range(len(test)) if not test[i].label]
-    near, far, spread = [], [], []
+    near, far, spread, excess = [], [], [], []
+    control = {s: [] for s in CONTROL_SHIFTS}
     predict = backend_predictor(det.backend, det.input_name, det.model_colour)
     for i in [good[k] for k in spread_indices(len(good), limit)]:
         (amap,), _ = tiled_predict(predict, [test.load_image(i, colour="rgb")], plan)
-        m = plan.margin  # a tile's share of the frame: its inside, [x, x + tile - 2 margin) in frame pixels
-        xs, ys = tile_grid((amap.shape[0] + 2 * m, amap.shape[1] + 2 * m), plan.tile, plan.overlap)
-        seams = np.zeros(amap.shape, bool)
-        th, tw = plan.tile[0] - 2 * m, plan.tile[1] - 2 * m
-        for x in xs:  # each share's left and right edge, where it meets another inside the frame
-            for edge in (x, x + tw):
-                if 0 < edge < amap.shape[1]:
-                    seams[:, max(0, edge - 2):edge + 2] = True
-        for y in ys:
-            for edge in (y, y + th):
-                if 0 < edge < amap.shape[0]:
-                    seams[max(0, edge - 2):edge + 2, :] = True
-        near.append(float(amap[seams].mean()))
-        far.append(float(amap[~seams].mean()))
-        spread.append(float(amap[~seams].std()))
+        figures = line_figures(amap, plan)
+        for values, key in ((near, "seam_mean"), (far, "elsewhere_mean"), (spread, "elsewhere_sd")):
+            values.append(figures[key])
+        excess.append((near[-1] - far[-1]) / spread[-1])
+        for s in CONTROL_SHIFTS:
+            control[s].append(figures["control_excess_sd"].get(s, np.nan))
     ratio = np.mean(near) / np.mean(far) if np.mean(far) > 0 else None
-    return {"images": len(near), "seam_mean": round(float(np.mean(near)), 4), "elsewhere_mean": round(float(np.mean(far)), 4),
+    control_sd = {s: float(np.nanmean(v)) for s, v in control.items() if not np.all(np.isnan(v))}
+    seam_sd = float((np.mean(near) - np.mean(far)) / np.mean(spread))
+    half_ci = 1.96 * float(np.std(excess, ddof=1)) / np.sqrt(len(excess)) if len(excess) > 1 else float("nan")
+    return {"images": len(near), "seam_mean": round(float(np.mean(near)), 4),
+            "elsewhere_mean": round(float(np.mean(far)), 4),
             "ratio": None if ratio is None else round(float(ratio), 3),
-            "excess_sd": round(float((np.mean(near) - np.mean(far)) / np.mean(spread)), 3)}
+            "excess_sd": round(seam_sd, 3),
+            # per image: the mean of the seams' excess and its 95% interval over the images
+            "excess_sd_per_image": [round(float(np.mean(excess)), 3), round(float(half_ci), 3)],
+            "control_excess_sd": {str(s): round(v, 3) for s, v in control_sd.items()},
+            "control_max_sd": round(max(control_sd.values()), 3) if control_sd else None,
+            # the seams show where they stand above every line of their shape that is not a seam
+            "controls_above": sum(v >= seam_sd for v in control_sd.values()),
+            "shows": bool(control_sd) and seam_sd > max(control_sd.values())}
 
 
 def main(argv=None) -> int:
