@@ -87,6 +87,18 @@ def fit(model: torch.nn.Module, name: str, images: np.ndarray, coreset_ratio: fl
     model.eval()
 
 
+def peer_by_size(preds, test: AnomalyDataset, edges: str) -> str:
+    """The peer's I-AUROC per defect-area bin (benchmarks/small_defects.py's size_auroc), as a table."""
+    from small_defects import size_auroc
+
+    defects = np.flatnonzero(preds.labels)
+    areas = [int((test.load_mask(int(i)) > 0).sum()) for i in defects]
+    bounds = None if edges == "quartiles" else [float(v) for v in edges.split(",")]
+    rows = size_auroc(preds.scores[preds.labels == 0], preds.scores[defects], areas, bounds)
+    return "| defect area (px) | images | I-AUROC |\n| --- | --- | --- |\n" + "\n".join(
+        f"| {r['area']} | {r['images']} | {r['i_auroc']} |" for r in rows)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +113,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="torch seed: PaDiM's random features, PatchCore's coreset")
+    p.add_argument("--by-size", metavar="EDGES", nargs="?", const="quartiles",
+                   help="also print the peer's I-AUROC by defect area (benchmarks/small_defects.py's bins: the "
+                        "quartiles, or comma-separated inner bounds in frame pixels)")
     p.add_argument("--coverage", action="store_true",
                    help="also print benchmarks/region_coverage.py's table of the peer's maps (where AUPRO is lost)")
     args = p.parse_args(argv)
@@ -137,6 +152,8 @@ def main(argv=None) -> None:
                            "seed": args.seed, "fit_seconds": round(fit_s, 1), "test_seconds": round(time.perf_counter() - t1, 1)}
             write_json(out / "eval_default.json", res)
             print(f"{name} {cat} (fit {fit_s:.0f} s):\n{format_table(res)}", flush=True)
+            if args.by_size:
+                print(peer_by_size(preds, test, args.by_size), flush=True)
             if args.coverage:
                 from region_coverage import coverage_report
 

@@ -469,3 +469,28 @@ def test_the_seam_figure_tells_a_seam_from_the_lines_beside_it_on_constructed_ma
         assert (excess > max(figures["control_excess_sd"].values())) is shows
     assert abs((raised["seam_mean"] - raised["elsewhere_mean"]) / raised["elsewhere_sd"] - 0.5) < 0.05
     assert max(abs(v) for v in raised["control_excess_sd"].values()) < 0.05  # the rise is on the seams only
+
+
+def test_small_defects_bins_the_detectors_verdicts_by_defect_area(tiled_model):
+    """benchmarks/small_defects.py on the tiny tiled model and the demo ball_screw test images: one row per image with
+    the Detector's own verdict, each defect binned once by its mask's area, the bins' counts and I-AUROC consistent
+    with the rows. What it does not prove: how well a trained model finds small defects (docs/quality.md)."""
+    from benchmarks.small_defects import area_bins, image_rows, size_auroc, size_table
+    from sdk.data import AnomalyDataset
+
+    _, onnx_path, _ = tiled_model
+    rows, det = image_rows(str(onnx_path), str(DEMO_ROOT), "ball_screw")
+    test = AnomalyDataset(str(DEMO_ROOT), "ball_screw", "test")
+    assert len(rows) == len(test) and det.frame_plan is not None
+    defects = [r for r in rows if r["label"]]
+    assert defects and all(r["area"] > 0 and isinstance(r["found"], bool) for r in defects)
+    clear = [r for r in rows if abs(r["score"] - det.image_threshold) > 1e-3]  # scores are kept to 4 decimals
+    assert clear and all(r["caught"] == (r["score"] > det.image_threshold) for r in clear)  # min_area 0: the score
+    edges, table = size_table(rows)
+    assert sum(t["images"] for t in table) == len(defects) and len(table) == 4
+    assert all(t["caught"] <= t["caught_or_found"] <= t["images"] for t in table)
+    # constructed scores: a bin whose defects all outscore every good image gets 100, one below them all 0
+    aurocs = size_auroc([0.0, 1.0], [5.0, -1.0], [10, 1000], [100])
+    assert [a["i_auroc"] for a in aurocs] == [100.0, 0.0] and [a["images"] for a in aurocs] == [1, 1]
+    with pytest.raises(ValueError, match="no defect images"):
+        area_bins([])
