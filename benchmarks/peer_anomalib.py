@@ -87,14 +87,21 @@ def fit(model: torch.nn.Module, name: str, images: np.ndarray, coreset_ratio: fl
     model.eval()
 
 
-def peer_by_size(preds, test: AnomalyDataset, edges: str) -> str:
-    """The peer's I-AUROC per defect-area bin (benchmarks/small_defects.py's size_auroc), as a table."""
+def by_size_edges(text: str):
+    """--by-size: "quartiles", or small_defects.py's --edges, checked before any fit."""
+    from small_defects import area_edges
+
+    return text if text == "quartiles" else area_edges(text)
+
+
+def peer_by_size(preds, test: AnomalyDataset, edges: list[float] | None) -> str:
+    """The peer's I-AUROC per defect-area bin (benchmarks/small_defects.py's size_auroc; edges None: the quartiles),
+    as a table."""
     from small_defects import size_auroc
 
     defects = np.flatnonzero(preds.labels)
     areas = [int((test.load_mask(int(i)) > 0).sum()) for i in defects]
-    bounds = None if edges == "quartiles" else [float(v) for v in edges.split(",")]
-    rows = size_auroc(preds.scores[preds.labels == 0], preds.scores[defects], areas, bounds)
+    rows = size_auroc(preds.scores[preds.labels == 0], preds.scores[defects], areas, edges)
     return "| defect area (px) | images | I-AUROC |\n| --- | --- | --- |\n" + "\n".join(
         f"| {r['area']} | {r['images']} | {r['i_auroc']} |" for r in rows)
 
@@ -113,7 +120,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="torch seed: PaDiM's random features, PatchCore's coreset")
-    p.add_argument("--by-size", metavar="EDGES", nargs="?", const="quartiles",
+    p.add_argument("--by-size", metavar="EDGES", nargs="?", const="quartiles", type=by_size_edges,
                    help="also print the peer's I-AUROC by defect area (benchmarks/small_defects.py's bins: the "
                         "quartiles, or comma-separated inner bounds in frame pixels)")
     p.add_argument("--coverage", action="store_true",
@@ -153,7 +160,7 @@ def main(argv=None) -> None:
             write_json(out / "eval_default.json", res)
             print(f"{name} {cat} (fit {fit_s:.0f} s):\n{format_table(res)}", flush=True)
             if args.by_size:
-                print(peer_by_size(preds, test, args.by_size), flush=True)
+                print(peer_by_size(preds, test, None if args.by_size == "quartiles" else args.by_size), flush=True)
             if args.coverage:
                 from region_coverage import coverage_report
 

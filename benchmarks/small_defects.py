@@ -56,6 +56,17 @@ def area_bins(areas, edges: list[float] | None = None) -> tuple[list[float], lis
     return edges, list(zip(bounds[:-1], bounds[1:]))
 
 
+def area_edges(text: str) -> list[float]:
+    """--edges: comma-separated inner bounds of the area bins in frame pixels, rising (an argparse type)."""
+    try:
+        edges = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated numbers of pixels, e.g. 173,878,1910; got {text!r}")
+    if edges != sorted(edges):
+        raise argparse.ArgumentTypeError(f"the bounds must rise: {text!r}")
+    return edges
+
+
 def bin_name(lo: float, hi: float) -> str:
     return f"{lo:.0f}-{hi:.0f}" if np.isfinite(hi) else f">={lo:.0f}"
 
@@ -101,18 +112,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--category", required=True)
     p.add_argument("--min-area", type=int, default=0, help="the Detector's minimum region area (as deployed)")
-    p.add_argument("--edges", help="comma-separated inner bounds of the area bins, in frame pixels "
-                   "(default: the quartiles)")
+    p.add_argument("--edges", type=area_edges, help="comma-separated inner bounds of the area bins, in frame "
+                   "pixels (default: the quartiles)")
     p.add_argument("--json")
     ns = p.parse_args(argv)
-    try:
-        edges = [float(v) for v in ns.edges.split(",")] if ns.edges else None
-    except ValueError:
-        p.error(f"--edges takes comma-separated numbers of pixels, e.g. 173,878,1910; got {ns.edges!r}")
-    if edges is not None and edges != sorted(edges):
-        p.error(f"--edges must rise: {ns.edges!r}")
     rows, det = image_rows(ns.model, ns.data, ns.category, ns.min_area)
-    edges, table = size_table(rows, edges)
+    edges, table = size_table(rows, ns.edges)
     good = [r for r in rows if not r["label"]]
     rejected = sum(r["caught"] for r in good)
     with_region = sum(r["regions"] > 0 for r in good)
