@@ -28,6 +28,11 @@ from sdk.data import AnomalyDataset  # noqa: E402
 from sdk.metrics import image_auroc  # noqa: E402
 
 
+def peak(amap: np.ndarray, where: np.ndarray, pixel_threshold: float):
+    """The map's highest value on `where`, in units of the pixel threshold (None where `where` is empty)."""
+    return round(float(amap[where].max()) / pixel_threshold, 3) if where.any() else None
+
+
 def image_rows(model: str, data: str, category: str, min_area: int = 0) -> tuple[list[dict], Detector]:
     """One row per test image: label, score, verdict and, for a defect, its area and whether a region found it."""
     det = Detector(model, colour="rgb", min_area=min_area)
@@ -40,8 +45,8 @@ def image_rows(model: str, data: str, category: str, min_area: int = 0) -> tuple
         if test[i].label:
             truth = test.load_mask(i) > 0
             row.update(area=int(truth.sum()), found=bool((r.mask.astype(bool) & truth).any()),
-                       peak_inside=round(float(r.anomaly_map[truth].max()) / det.pixel_threshold, 3),
-                       peak_outside=round(float(r.anomaly_map[~truth].max()) / det.pixel_threshold, 3))
+                       peak_inside=peak(r.anomaly_map, truth, det.pixel_threshold),
+                       peak_outside=peak(r.anomaly_map, ~truth, det.pixel_threshold))
         rows.append(row)
     return rows, det
 
@@ -49,7 +54,7 @@ def image_rows(model: str, data: str, category: str, min_area: int = 0) -> tuple
 def area_bins(areas, edges: list[float] | None = None) -> tuple[list[float], list[tuple[float, float]]]:
     """The bins' inner bounds (None: the quartiles of `areas`) and each bin's [low, high) in frame pixels."""
     if not len(areas):
-        raise ValueError("the test split has no defect images with masks: nothing to bin by size")
+        raise ValueError("the test split has no defect images with a defect in their mask: nothing to bin by size")
     if edges is None:
         edges = [float(v) for v in np.percentile(np.asarray(areas, float), [25, 50, 75])]
     bounds = [0.0, *edges, np.inf]
@@ -68,38 +73,48 @@ def area_edges(text: str) -> list[float]:
 
 
 def bin_name(lo: float, hi: float) -> str:
-    return f"{lo:.0f}-{hi:.0f}" if np.isfinite(hi) else f">={lo:.0f}"
+    """A bin's label, [lo, hi) in pixels, with the bounds as given (not rounded)."""
+    return f"{lo:g}-<{hi:g}" if np.isfinite(hi) else f">={lo:g}"
+
+
+def bin_members(areas, bins: list[tuple[float, float]]) -> list[np.ndarray]:
+    """For each bin [lo, hi): which of `areas` fall in it; an area of 0 (a defect image whose mask is empty) in none."""
+    areas = np.asarray(areas, float)
+    return [(areas >= lo) & (areas < hi) & (areas > 0) for lo, hi in bins]
 
 
 def size_auroc(good_scores, defect_scores, areas, edges: list[float] | None = None) -> list[dict]:
     """Per area bin: the I-AUROC (%) of its defect images against every good image, by score alone."""
     areas, defect_scores = np.asarray(areas, float), np.asarray(defect_scores, float)
     good_scores = np.asarray(good_scores, float)
+    bins = area_bins(areas[areas > 0], edges)[1]
     rows = []
-    for lo, hi in area_bins(areas, edges)[1]:
-        pick = (areas >= lo) & (areas < hi)
+    for (lo, hi), pick in zip(bins, bin_members(areas, bins)):
         labels = np.r_[np.zeros(len(good_scores)), np.ones(pick.sum())]
-        auroc = 100 * image_auroc(labels, np.r_[good_scores, defect_scores[pick]]) if pick.any() else None
+        auroc = 100 * image_auroc(labels, np.r_[good_scores, defect_scores[pick]]) \
+            if pick.any() and len(good_scores) else None
         rows.append({"area": bin_name(lo, hi), "images": int(pick.sum()),
                      "i_auroc": None if auroc is None else round(auroc, 2)})
     return rows
 
 
 def size_table(rows: list[dict], edges: list[float] | None = None) -> tuple[list[float], list[dict]]:
-    """The defect rows binned by area (edges: the bins' inner bounds; None: the quartiles of the areas)."""
+    """The defect rows binned by area (edges: the bins' inner bounds; None: the quartiles of the areas). Defect images
+    whose mask is empty have no area and fall in no bin."""
     defects = [r for r in rows if r["label"]]
-    edges, bins = area_bins([r["area"] for r in defects], edges)
-    aurocs = size_auroc([r["score"] for r in rows if not r["label"]], [r["score"] for r in defects],
-                        [r["area"] for r in defects], edges)
+    areas = [r["area"] for r in defects]
+    edges, bins = area_bins([a for a in areas if a > 0], edges)
+    aurocs = size_auroc([r["score"] for r in rows if not r["label"]], [r["score"] for r in defects], areas, edges)
     table = []
-    for (lo, hi), auroc in zip(bins, aurocs):
-        inside = [r for r in defects if lo <= r["area"] < hi]
+    for auroc, pick in zip(aurocs, bin_members(areas, bins)):
+        inside = [r for r, p in zip(defects, pick) if p]
         n = len(inside)
 
         def median(key):
-            return round(float(np.median([r[key] for r in inside])), 3) if n else None
+            values = [r[key] for r in inside if r[key] is not None]
+            return round(float(np.median(values)), 3) if values else None
 
-        table.append({"area": bin_name(lo, hi), "images": n, "i_auroc": auroc["i_auroc"],
+        table.append({"area": auroc["area"], "images": n, "i_auroc": auroc["i_auroc"],
                       "caught": sum(r["caught"] for r in inside), "found": sum(r["found"] for r in inside),
                       "caught_or_found": sum(r["caught"] or r["found"] for r in inside),
                       "median_peak_inside": median("peak_inside"), "median_peak_outside": median("peak_outside")})
@@ -122,6 +137,9 @@ def main(argv=None) -> int:
     rejected = sum(r["caught"] for r in good)
     with_region = sum(r["regions"] > 0 for r in good)
     either = sum(r["caught"] or r["regions"] > 0 for r in good)
+    unmasked = sum(1 for r in rows if r["label"] and r["area"] == 0)
+    if unmasked:
+        print(f"{unmasked} defect image(s) have an empty mask: counted in no size bin")
     print(f"{ns.category}: image threshold {det.image_threshold:.4g}, pixel threshold {det.pixel_threshold:.4g}, "
           f"min area {ns.min_area}; good images rejected {rejected}/{len(good)} (with a region {with_region}, "
           f"either {either})")
@@ -140,7 +158,7 @@ def main(argv=None) -> int:
                                              "good_rejected": [rejected, len(good)],
                                              "good_with_region": with_region, "good_either": either,
                                              "table": table, "rows": rows},
-                                            indent=1))
+                                            indent=1, allow_nan=False))
     return 0
 
 

@@ -12,12 +12,14 @@ size) runs in its own process, one frame at a time through sdk.Detector (ONNX Ru
 of Detector(frame) (pre-processing, tiles, inference, stitching, post-processing; not the decoding), and the
 process's peak resident memory above what it held with the model loaded before its first frame (the tiles, the
 maps, ONNX Runtime's buffers for that batch). Seams: on the good test images, the mean of the tiled model's stitched
-map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere: their
+map within 2 model pixels of a seam between tiles' shares of the frame (inside it) against its mean elsewhere on
+pixels of one share (off the seams, and off the spans where the last tile along an axis overlaps its neighbour): their
 ratio (1.0: the seams do not show; only for maps that are positive there) and their difference in standard deviations
-of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0). A part's
-map is not flat, so any line differs from the rest a little: the same figure for the seams moved by 16 to 64 model
-pixels either way (lines of the same shape that are not seams) is the noise floor, and the seams show where they
-stand above every one of those lines ("shows").
+of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0), per
+image and then averaged, with its 95% interval. A part's map is not flat, so any line differs from the rest a
+little: the same figure for the seams moved by 16 to 64 model pixels either way (lines of the same shape that are not
+seams, none on an overlap) is the noise floor, and the seams show where the lower end of their interval stands above
+every one of those lines ("shows").
 """
 from __future__ import annotations
 
@@ -75,56 +77,108 @@ SEAM_HALF_WIDTH = 2  # model pixels either side of a line
 
 
 def line_band(shape: tuple[int, int], x_edges, y_edges, half: int = SEAM_HALF_WIDTH) -> np.ndarray:
-    """The pixels within `half` of the vertical lines at x_edges and the horizontal ones at y_edges (inside only)."""
+    """The pixels within `half` of the vertical lines at x_edges and the horizontal ones at y_edges (edges inside the
+    frame, as seam_edges and control_edges give them)."""
     band = np.zeros(shape, bool)
     for e in x_edges:
-        if 0 < e < shape[1]:
-            band[:, max(0, e - half):e + half] = True
+        band[:, max(0, e - half):e + half] = True
     for e in y_edges:
-        if 0 < e < shape[0]:
-            band[max(0, e - half):e + half, :] = True
+        band[max(0, e - half):e + half, :] = True
     return band
 
 
-def seam_edges(shape: tuple[int, int], plan) -> tuple[list[int], list[int]]:
-    """Where the tiles' shares of a frame (their insides, [x, x + tile - 2 margin)) meet, in map pixels."""
+def share_starts(shape: tuple[int, int], plan) -> tuple[list[int], list[int], int, int]:
+    """Where the tiles' shares of a frame (their insides, [x, x + tw) and [y, y + th)) start in map pixels; tw, th."""
     from sdk.tiling import tile_grid
 
     m = plan.margin
     xs, ys = tile_grid((shape[0] + 2 * m, shape[1] + 2 * m), plan.tile, plan.overlap)
-    th, tw = plan.tile[0] - 2 * m, plan.tile[1] - 2 * m
+    return xs, ys, plan.tile[1] - 2 * m, plan.tile[0] - 2 * m
+
+
+def seam_edges(shape: tuple[int, int], plan) -> tuple[list[int], list[int]]:
+    """Where the tiles' shares of a frame meet, in map pixels (inside the frame)."""
+    xs, ys, tw, th = share_starts(shape, plan)
     x_edges = sorted({e for x in xs for e in (x, x + tw) if 0 < e < shape[1]})
     y_edges = sorted({e for y in ys for e in (y, y + th) if 0 < e < shape[0]})
     return x_edges, y_edges
 
 
-def control_edges(edges: list[int], shift: int, size: int) -> list[int]:
-    """The seams moved by `shift`, less those that land within two bands of a seam or outside the frame."""
+def shared_spans(shape: tuple[int, int], plan) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The spans along x and along y where two shares overlap (the last tile along an axis is aligned with the
+    frame's end), whose pixels are a join of two maps rather than one map: [start, end) in map pixels."""
+    xs, ys, tw, th = share_starts(shape, plan)
+
+    def spans(starts, side):
+        return [(b, a + side) for a, b in zip(starts, starts[1:]) if b < a + side]
+
+    return spans(xs, tw), spans(ys, th)
+
+
+def control_edges(edges: list[int], shift: int, size: int, shared=()) -> list[int]:
+    """The seams moved by `shift`, less those that land within two bands of a seam, outside the frame, or with their
+    band on a span two shares overlap (`shared`)."""
+    h = SEAM_HALF_WIDTH
     return [e + shift for e in edges
-            if 0 < e + shift < size and min(abs(e + shift - f) for f in edges) >= 3 * SEAM_HALF_WIDTH]
+            if 0 < e + shift < size and min(abs(e + shift - f) for f in edges) >= 3 * h
+            and not any(e + shift - h < end and start < e + shift + h for start, end in shared)]
+
+
+def excess_in_sd(values: np.ndarray, far: float, sd: float) -> float:
+    """How far the mean of `values` stands above `far`, in units of `sd` (NaN where the map elsewhere is flat)."""
+    return (float(values.mean()) - far) / sd if sd > 0 else float("nan")
 
 
 def line_figures(amap: np.ndarray, plan) -> dict:
-    """One stitched map: its mean on the seams' bands and elsewhere, its spread elsewhere, and each control's
-    excess over the mean elsewhere in that spread (shifts whose lines all fall on seams or outside are left out)."""
+    """One stitched map: its mean on the seams' bands and on the pixels of one share away from the seams (the
+    reference: not on a seam's band, not where two shares overlap), the reference's spread, the seams' excess over
+    the reference in that spread, and each control line's excess (shifts whose lines all fall on seams, on an
+    overlap or outside are left out)."""
     x_edges, y_edges = seam_edges(amap.shape, plan)
+    x_shared, y_shared = shared_spans(amap.shape, plan)
     seams = line_band(amap.shape, x_edges, y_edges)
-    rest = amap[~seams]
+    overlaps = np.zeros(amap.shape, bool)
+    for start, end in x_shared:
+        overlaps[:, start:end] = True
+    for start, end in y_shared:
+        overlaps[start:end, :] = True
+    rest = amap[~seams & ~overlaps]
     far, sd = float(rest.mean()), float(rest.std())
     control = {}
     for s in CONTROL_SHIFTS:
-        lines = line_band(amap.shape, control_edges(x_edges, s, amap.shape[1]),
-                          control_edges(y_edges, s, amap.shape[0])) & ~seams
+        lines = line_band(amap.shape, control_edges(x_edges, s, amap.shape[1], x_shared),
+                          control_edges(y_edges, s, amap.shape[0], y_shared)) & ~seams & ~overlaps
         if lines.any():
-            control[s] = (float(amap[lines].mean()) - far) / sd
+            control[s] = excess_in_sd(amap[lines], far, sd)
     return {"seam_mean": float(amap[seams].mean()), "elsewhere_mean": far, "elsewhere_sd": sd,
-            "control_excess_sd": control}
+            "excess_sd": excess_in_sd(amap[seams], far, sd), "control_excess_sd": control}
+
+
+def rounded(value, digits: int = 3):
+    """A figure for the JSON output: rounded, or None where it is not a number (JSON has no NaN)."""
+    return round(float(value), digits) if value is not None and np.isfinite(value) else None
+
+
+def mean_and_interval(values) -> tuple[float, float]:
+    """The mean of the finite values and the half-width of its 95% interval (NaN with fewer than two)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), 1.96 * float(v.std(ddof=1)) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+
+
+def seams_show(seam: tuple[float, float], controls: dict) -> bool:
+    """The seams show where the lower end of their excess's 95% interval stands above every control line's mean
+    excess; all of them per image, averaged over the same images. With the seams' excess alone against 8 controls, a
+    map with no seams at all would show about 1 time in 9 (the seams are then one of 9 lines of the same kind)."""
+    mean, half = seam
+    return bool(controls) and np.isfinite(mean) and np.isfinite(half) and mean - half > max(controls.values())
 
 
 def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
-    """The stitched map within 2 model pixels of the inner seams against the map elsewhere, on good test images; and
-    the same for lines of the same shape that are not seams (the seams moved by CONTROL_SHIFTS), the noise floor a
-    seam must rise above to show."""
+    """The stitched map within 2 model pixels of the inner seams against the map of one share elsewhere, on good test
+    images; and the same for lines of the same shape that are not seams (the seams moved by CONTROL_SHIFTS, off the
+    tiles' overlaps), the noise floor a seam must rise above to show. Excess figures are per image, then averaged."""
     from sdk import Detector
     from sdk.data import AnomalyDataset
     from sdk.evaluate import backend_predictor, spread_indices
@@ -134,32 +188,30 @@ def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:
     plan = det.frame_plan
     test = AnomalyDataset(data, category, "test")
     good = [i for i in range(len(test)) if not test[i].label]
-    near, far, spread, excess = [], [], [], []
+    near, far, excess = [], [], []
     control = {s: [] for s in CONTROL_SHIFTS}
     predict = backend_predictor(det.backend, det.input_name, det.model_colour)
     for i in [good[k] for k in spread_indices(len(good), limit)]:
         (amap,), _ = tiled_predict(predict, [test.load_image(i, colour="rgb")], plan)
         figures = line_figures(amap, plan)
-        for values, key in ((near, "seam_mean"), (far, "elsewhere_mean"), (spread, "elsewhere_sd")):
-            values.append(figures[key])
-        excess.append((near[-1] - far[-1]) / spread[-1])
+        near.append(figures["seam_mean"])
+        far.append(figures["elsewhere_mean"])
+        excess.append(figures["excess_sd"])
         for s in CONTROL_SHIFTS:
             control[s].append(figures["control_excess_sd"].get(s, np.nan))
+    if not near:
+        raise ValueError(f"{category}'s test split has no good images: the seams are measured on good images")
     ratio = np.mean(near) / np.mean(far) if np.mean(far) > 0 else None
-    control_sd = {s: float(np.nanmean(v)) for s, v in control.items() if not np.all(np.isnan(v))}
-    seam_sd = float((np.mean(near) - np.mean(far)) / np.mean(spread))
-    half_ci = 1.96 * float(np.std(excess, ddof=1)) / np.sqrt(len(excess)) if len(excess) > 1 else float("nan")
-    return {"images": len(near), "seam_mean": round(float(np.mean(near)), 4),
-            "elsewhere_mean": round(float(np.mean(far)), 4),
-            "ratio": None if ratio is None else round(float(ratio), 3),
-            "excess_sd": round(seam_sd, 3),
-            # per image: the mean of the seams' excess and its 95% interval over the images
-            "excess_sd_per_image": [round(float(np.mean(excess)), 3), round(float(half_ci), 3)],
-            "control_excess_sd": {str(s): round(v, 3) for s, v in control_sd.items()},
-            "control_max_sd": round(max(control_sd.values()), 3) if control_sd else None,
-            # the seams show where they stand above every line of their shape that is not a seam
-            "controls_above": sum(v >= seam_sd for v in control_sd.values()),
-            "shows": bool(control_sd) and seam_sd > max(control_sd.values())}
+    seam = mean_and_interval(excess)
+    control_sd = {s: m for s, m in ((s, mean_and_interval(v)[0]) for s, v in control.items()) if np.isfinite(m)}
+    return {"images": len(near), "seam_mean": rounded(np.mean(near), 4), "elsewhere_mean": rounded(np.mean(far), 4),
+            "ratio": rounded(ratio),
+            # per image, then averaged: the seams' excess over the map elsewhere, and its 95% interval
+            "excess_sd": rounded(seam[0]), "excess_sd_interval": rounded(seam[1]),
+            "control_excess_sd": {str(s): rounded(v) for s, v in control_sd.items()},
+            "control_max_sd": rounded(max(control_sd.values())) if control_sd else None,
+            "controls_above": sum(v >= seam[0] for v in control_sd.values()),
+            "shows": seams_show(seam, control_sd)}
 
 
 def main(argv=None) -> int:
@@ -181,7 +233,7 @@ def main(argv=None) -> int:
         seams = seam_ratio(ns.tiled, ns.data, ns.category, ns.seam_images)
         print(f"seams: {seams}")
         if ns.json:
-            Path(ns.json).write_text(json.dumps({"tiled": ns.tiled, "seams": seams}, indent=2))
+            Path(ns.json).write_text(json.dumps({"tiled": ns.tiled, "seams": seams}, indent=2, allow_nan=False))
         return 0
     if not (ns.tiled and ns.whole):
         p.error("give --tiled MODEL and --whole MODEL (or --tiled MODEL --seams-only)")
@@ -216,7 +268,7 @@ def main(argv=None) -> int:
         print(f"| {r['frame']} | {r['model']} | {r['tiles']} | {r['p50_ms']} | {r['p90_ms']} | {r['memory_mib']} | "
               f"{r['p50_ms'] / whole['p50_ms']:.2f}x |")
     if ns.json:
-        Path(ns.json).write_text(json.dumps(result, indent=2))
+        Path(ns.json).write_text(json.dumps(result, indent=2, allow_nan=False))
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
