@@ -172,7 +172,7 @@ def seams_show(seam: tuple[float, float], controls: dict) -> bool:
     excess; all of them per image, averaged over the same images. With the seams' excess alone against 8 controls, a
     map with no seams at all would show about 1 time in 9 (the seams are then one of 9 lines of the same kind)."""
     mean, half = seam
-    return bool(controls) and np.isfinite(mean) and np.isfinite(half) and mean - half > max(controls.values())
+    return bool(controls and np.isfinite(mean) and np.isfinite(half) and mean - half > max(controls.values()))
 
 
 def seam_ratio(model: str, data: str, category: str, limit: int) -> dict:

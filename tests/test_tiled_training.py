@@ -442,6 +442,7 @@ def test_the_seam_figure_of_benchmarks_tiles_holds_for_maps_below_zero(tiled_mod
     _, onnx_path, _ = tiled_model
     seams = seam_ratio(str(onnx_path), str(DEMO_ROOT), "ball_screw", 2)
     assert seams["images"] == 2 and np.isfinite(seams["excess_sd"])
+    json.dumps(seams, allow_nan=False)  # what --json writes: plain numbers, no NaN
     assert (seams["ratio"] is None) == (seams["elsewhere_mean"] <= 0)
     if seams["control_max_sd"] is not None and seams["excess_sd_interval"] is not None:
         low = seams["excess_sd"] - seams["excess_sd_interval"]
