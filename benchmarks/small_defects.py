@@ -52,11 +52,14 @@ def image_rows(model: str, data: str, category: str, min_area: int = 0) -> tuple
 
 
 def area_bins(areas, edges: list[float] | None = None) -> tuple[list[float], list[tuple[float, float]]]:
-    """The bins' inner bounds (None: the quartiles of `areas`) and each bin's [low, high) in frame pixels."""
+    """The bins' inner bounds (None: the quartiles of the areas above 0; an empty mask has no size) and each bin's
+    [low, high) in frame pixels."""
+    areas = np.asarray(areas, float)
+    areas = areas[areas > 0]
     if not len(areas):
         raise ValueError("the test split has no defect images with a defect in their mask: nothing to bin by size")
     if edges is None:
-        edges = [float(v) for v in np.percentile(np.asarray(areas, float), [25, 50, 75])]
+        edges = [float(v) for v in np.percentile(areas, [25, 50, 75])]
     bounds = [0.0, *edges, np.inf]
     return edges, list(zip(bounds[:-1], bounds[1:]))
 
@@ -87,7 +90,7 @@ def size_auroc(good_scores, defect_scores, areas, edges: list[float] | None = No
     """Per area bin: the I-AUROC (%) of its defect images against every good image, by score alone."""
     areas, defect_scores = np.asarray(areas, float), np.asarray(defect_scores, float)
     good_scores = np.asarray(good_scores, float)
-    bins = area_bins(areas[areas > 0], edges)[1]
+    bins = area_bins(areas, edges)[1]
     rows = []
     for (lo, hi), pick in zip(bins, bin_members(areas, bins)):
         labels = np.r_[np.zeros(len(good_scores)), np.ones(pick.sum())]
@@ -103,7 +106,7 @@ def size_table(rows: list[dict], edges: list[float] | None = None) -> tuple[list
     whose mask is empty have no area and fall in no bin."""
     defects = [r for r in rows if r["label"]]
     areas = [r["area"] for r in defects]
-    edges, bins = area_bins([a for a in areas if a > 0], edges)
+    edges, bins = area_bins(areas, edges)
     aurocs = size_auroc([r["score"] for r in rows if not r["label"]], [r["score"] for r in defects], areas, edges)
     table = []
     for auroc, pick in zip(aurocs, bin_members(areas, bins)):

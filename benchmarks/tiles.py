@@ -18,8 +18,8 @@ ratio (1.0: the seams do not show; only for maps that are positive there) and th
 of the map elsewhere (0: the seams do not show; z-scored maps, such as the tiles' summed memory, go below 0), per
 image and then averaged, with its 95% interval. A part's map is not flat, so any line differs from the rest a
 little: the same figure for the seams moved by 16 to 64 model pixels either way (lines of the same shape that are not
-seams, none on an overlap) is the noise floor, and the seams show where the lower end of their interval stands above
-every one of those lines ("shows").
+seams, none on an overlap) is the noise floor, and the seams show where they stand above each of those lines image
+by image, the 95% interval of the paired difference above 0 ("shows").
 """
 from __future__ import annotations
 
@@ -76,15 +76,20 @@ CONTROL_SHIFTS = (-64, -48, -32, -16, 16, 32, 48, 64)
 SEAM_HALF_WIDTH = 2  # model pixels either side of a line
 
 
+def span_band(shape: tuple[int, int], x_spans, y_spans) -> np.ndarray:
+    """The pixels in the columns [start, end) of x_spans and the rows [start, end) of y_spans."""
+    band = np.zeros(shape, bool)
+    for start, end in x_spans:
+        band[:, max(0, start):end] = True
+    for start, end in y_spans:
+        band[max(0, start):end, :] = True
+    return band
+
+
 def line_band(shape: tuple[int, int], x_edges, y_edges, half: int = SEAM_HALF_WIDTH) -> np.ndarray:
     """The pixels within `half` of the vertical lines at x_edges and the horizontal ones at y_edges (edges inside the
     frame, as seam_edges and control_edges give them)."""
-    band = np.zeros(shape, bool)
-    for e in x_edges:
-        band[:, max(0, e - half):e + half] = True
-    for e in y_edges:
-        band[max(0, e - half):e + half, :] = True
-    return band
+    return span_band(shape, [(e - half, e + half) for e in x_edges], [(e - half, e + half) for e in y_edges])
 
 
 def share_starts(shape: tuple[int, int], plan) -> tuple[list[int], list[int], int, int]:
@@ -137,11 +142,7 @@ def line_figures(amap: np.ndarray, plan) -> dict:
     x_edges, y_edges = seam_edges(amap.shape, plan)
     x_shared, y_shared = shared_spans(amap.shape, plan)
     seams = line_band(amap.shape, x_edges, y_edges)
-    overlaps = np.zeros(amap.shape, bool)
-    for start, end in x_shared:
-        overlaps[:, start:end] = True
-    for start, end in y_shared:
-        overlaps[start:end, :] = True
+    overlaps = span_band(amap.shape, x_shared, y_shared)
     rest = amap[~seams & ~overlaps]
     far, sd = float(rest.mean()), float(rest.std())
     control = {}
