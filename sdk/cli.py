@@ -162,6 +162,9 @@ def cmd_threshold(ns) -> int:
           f"{rejected(after)} at the new one ({done.new.default_threshold})")
     print(f"drift check: {done.new.threshold_history[-1]['drift_check']}")
     print(f"wrote {done.description} (the old thresholds kept in its threshold_history)")
+    if Path(ns.model).suffix == ".onnx":
+        print(f"{Path(ns.model).name} keeps the export's thresholds in its own description: deploy "
+              f"{done.description.name} beside it, or a copy without it runs at the old ones")
     return 0
 
 

@@ -51,6 +51,14 @@ def test_new_thresholds_from_the_line_keep_the_old_in_the_history(model, line_go
     assert det.image_threshold == t.image and det.pixel_threshold == t.pixel
     scores = [det(read_image(p, "bgr")).score for p in image_files(line_good)]
     assert sum(s >= t.image for s in scores) == round(t.details["observed_frr"] * 40)
+    assert f"deploy {model.with_suffix('.json').name} beside it" in out
+    alone = tmp_path / "alone" / model.name  # what the warning is about: the graph copied without model.json
+    alone.parent.mkdir()
+    shutil.copy(model, alone)
+    old_default = before.thresholds[before.default_threshold]
+    assert old_default.image != t.image
+    with Detector(alone) as lone:
+        assert (lone.image_threshold, lone.pixel_threshold) == (old_default.image, old_default.pixel)
     defects = tmp_path / "line_defects"
     defects.mkdir()
     kind = next(d for d in sorted((data_root / "ball_screw" / "test").iterdir()) if d.name != "good")
