@@ -143,6 +143,7 @@ def cmd_export(ns) -> int:
 
 
 def cmd_threshold(ns) -> int:
+    from .backends import backend_for
     from .files import image_files
     from .rethreshold import rethreshold
 
@@ -162,7 +163,7 @@ def cmd_threshold(ns) -> int:
           f"{rejected(after)} at the new one ({done.new.default_threshold})")
     print(f"drift check: {done.new.threshold_history[-1]['drift_check']}")
     print(f"wrote {done.description} (the old thresholds kept in its threshold_history)")
-    if Path(ns.model).suffix == ".onnx":
+    if backend_for(ns.model) == "onnxruntime":  # an engine has no description inside
         print(f"{Path(ns.model).name} keeps the export's thresholds in its own description: deploy "
               f"{done.description.name} beside it, or a copy without it runs at the old ones")
     return 0
